@@ -1,0 +1,1 @@
+"""One entry point per CLI verb; each assembles config, runtime, data and model."""
