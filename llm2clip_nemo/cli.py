@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("llm2clip_nemo.data.cli", "build shards, the demo dataset, inspect"),
     "launch": ("llm2clip_nemo.launch.cli", "Run any verb on SLURM (submitit) or locally"),
     "plan": ("llm2clip_nemo.launch.plan", "FLOPs, memory and wall-time estimates for a config"),
+    "doctor": ("llm2clip_nemo.launch.doctor", "Check the distributed wiring: ranks, nodes, backend, all-reduce"),
     "info": ("llm2clip_nemo.recipes.info", "What this machine offers: CUDA, TE, apex, FP8, versions"),
 }
 
