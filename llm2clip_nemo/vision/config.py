@@ -1,0 +1,129 @@
+"""`ViTConfig`: the vision tower's typed config, with presets from a CPU-sized tiny model to g/14.
+
+The field set mirrors Hugging Face `CLIPVisionConfig` (plus the projection size and the
+hardware/training switches) so a config converts one to one in both directions.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+ACTIVATIONS = ("gelu", "quick_gelu")
+TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
+FP8_RECIPES = ("delayed", "tensorwise")
+PARAMS_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class ViTConfig:
+    """A CLIP-style ViT: conv patches, class token, learned positions, pre-LN blocks, CLS pooling."""
+
+    image_size: int = 64
+    """Square input resolution in pixels; must be a multiple of `patch_size`."""
+    patch_size: int = 8
+    """Side of the square patches (the conv kernel and stride)."""
+    num_channels: int = 3
+    """Input image channels."""
+    width: int = 192
+    """Hidden size of the transformer (HF `hidden_size`)."""
+    num_layers: int = 4
+    """Number of transformer blocks."""
+    num_heads: int = 3
+    """Attention heads; must divide `width`."""
+    mlp_dim: int = 768
+    """Hidden size of each block's MLP (HF `intermediate_size`)."""
+    embed_dim: int = 128
+    """Joint embedding size: output of the bias-free `visual_projection`."""
+    activation: str = "gelu"
+    """MLP activation: 'gelu' (exact) or 'quick_gelu' (x * sigmoid(1.702 x), OpenAI CLIP checkpoints)."""
+    layernorm_eps: float = 1e-5
+    """Epsilon of every LayerNorm."""
+    hidden_dropout: float = 0.0
+    """Dropout after attention and MLP outputs (CLIP uses none)."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities (CLIP uses none)."""
+    init_std: float = 0.02
+    """Std of the normal init of the transformer's linear weights (megatron `init_method_std`)."""
+    transformer_impl: str = "auto"
+    """Layer implementation: 'local' (torch, any device), 'transformer_engine' (CUDA + TE), or 'auto'
+    (TE when `probes.transformer_engine()` says it is usable, local otherwise)."""
+    fp8: bool = False
+    """Run the transformer GEMMs in FP8 (hybrid E4M3/E5M2) through Transformer Engine."""
+    fp8_recipe: str = "delayed"
+    """FP8 scaling recipe: 'delayed' or 'tensorwise'."""
+    fp8_fallback: bool = False
+    """If FP8 is requested on a machine without it (no TE or no sm_89+ GPU), run in bf16/fp32 with a
+    warning instead of raising."""
+    recompute: bool = False
+    """Activation checkpointing of every block (megatron recompute_granularity='full', uniform)."""
+    params_dtype: str = "float32"
+    """Parameter dtype: 'float32', 'bfloat16' or 'float16' (mixed precision usually keeps float32)."""
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> ViTConfig:
+        """The preset `name` (see `PRESETS`) with fields replaced by `overrides`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown ViT preset {name!r}: choose one of {sorted(PRESETS)}.")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head channels."""
+        return self.width // self.num_heads
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per image side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per image: patches plus the class token."""
+        return self.grid_size**2 + 1
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field, the value and the fix."""
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"vision.width={self.width} is not divisible by vision.num_heads={self.num_heads}: "
+                f"set vision.width to a multiple of {self.num_heads} (e.g. "
+                f"{(self.width // self.num_heads + 1) * self.num_heads}) or choose a vision.num_heads "
+                f"that divides {self.width}."
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"vision.image_size={self.image_size} is not divisible by vision.patch_size="
+                f"{self.patch_size}: use an image size that is a multiple of the patch size (e.g. "
+                f"{(self.image_size // self.patch_size) * self.patch_size})."
+            )
+        for name, value, allowed in (
+            ("activation", self.activation, ACTIVATIONS),
+            ("transformer_impl", self.transformer_impl, TRANSFORMER_IMPLS),
+            ("fp8_recipe", self.fp8_recipe, FP8_RECIPES),
+            ("params_dtype", self.params_dtype, PARAMS_DTYPES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"vision.{name}={value!r} is not supported: choose one of {list(allowed)}.")
+        for name in ("image_size", "patch_size", "num_channels", "width", "num_layers", "num_heads",
+                     "mlp_dim", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"vision.{name}={getattr(self, name)} must be >= 1.")
+        if self.fp8 and self.transformer_impl == "local" and not self.fp8_fallback:
+            raise ValueError(
+                "vision.fp8=true needs vision.transformer_impl='transformer_engine' or 'auto' (the local "
+                "layers have no FP8 GEMMs): change transformer_impl or set vision.fp8=false."
+            )
+
+
+# Real CLIP widths/depths/heads/MLP sizes (OpenAI CLIP / open_clip); embed_dim is CLIP's joint size.
+PRESETS: dict[str, ViTConfig] = {
+    "tiny": ViTConfig(),
+    "B/16": ViTConfig(image_size=224, patch_size=16, width=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                      embed_dim=512),
+    "L/14": ViTConfig(image_size=224, patch_size=14, width=1024, num_layers=24, num_heads=16, mlp_dim=4096,
+                      embed_dim=768),
+    "H/14": ViTConfig(image_size=224, patch_size=14, width=1280, num_layers=32, num_heads=16, mlp_dim=5120,
+                      embed_dim=1024),
+    "g/14": ViTConfig(image_size=224, patch_size=14, width=1408, num_layers=40, num_heads=16, mlp_dim=6144,
+                      embed_dim=1024),
+}

@@ -1,0 +1,247 @@
+"""Layer specs and the megatron TransformerConfig of the ViT.
+
+Two implementations of the same block (pre-LN attention + pre-LN GELU MLP, biases everywhere):
+- local: megatron's torch layers, with our `SDPACoreAttention` (bidirectional). megatron 0.16's
+  own ViT local spec uses a causal mask and its `DotProductAttention` builds a causal mask whenever
+  none is passed, so the spec sets `AttnMaskType.no_mask` and the core attention never masks.
+- transformer_engine: TE fused LayerNorm+Linear and TE attention, also no_mask; needed for FP8.
+
+The two name the input norms differently (TE fuses them into the following linear); both layouts
+map onto one canonical (local) state dict with `to_canonical_keys` / `from_canonical_keys`.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from llm2clip_nemo.runtime import probes
+
+from .config import ViTConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# TE layout name -> local (canonical) layout name, per layer.
+_TE_TO_LOCAL = {
+    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    "self_attention.linear_qkv.layer_norm_bias": "input_layernorm.bias",
+    "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_bias": "pre_mlp_layernorm.bias",
+}
+_LOCAL_TO_TE = {v: k for k, v in _TE_TO_LOCAL.items()}
+
+
+def resolve_impl(cfg: ViTConfig) -> str:
+    """'local' or 'transformer_engine' for this config on this machine."""
+    if cfg.transformer_impl == "auto":
+        return "transformer_engine" if probes.transformer_engine().available else "local"
+    if cfg.transformer_impl == "transformer_engine":
+        te = probes.transformer_engine()
+        if not te.available:
+            raise RuntimeError(
+                f"vision.transformer_impl='transformer_engine' but Transformer Engine is unusable here "
+                f"({te.reason}): set vision.transformer_impl='auto' or 'local'."
+            )
+    return cfg.transformer_impl
+
+
+def resolve_fp8(cfg: ViTConfig) -> bool:
+    """Whether FP8 will be used; raises if requested on a machine without it (unless fp8_fallback)."""
+    if not cfg.fp8:
+        return False
+    cap = probes.fp8_capable()
+    if cap.available and resolve_impl(cfg) == "transformer_engine":
+        return True
+    why = cap.reason if not cap.available else "vision.transformer_impl='local' has no FP8 GEMMs"
+    if cfg.fp8_fallback:
+        warnings.warn(f"vision.fp8=true requested but FP8 is unavailable ({why}); running without FP8 "
+                      "because vision.fp8_fallback=true.", stacklevel=2)
+        return False
+    raise RuntimeError(
+        f"vision.fp8=true but FP8 is unavailable on this machine ({why}). FP8 needs Transformer Engine "
+        "and an sm_89+/H100 GPU: set vision.fp8=false, or vision.fp8_fallback=true to run without it."
+    )
+
+
+def transformer_config(cfg: ViTConfig):
+    """The megatron `TransformerConfig` of the ViT blocks."""
+    from megatron.core.activations import quick_gelu
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    use_fp8 = resolve_fp8(cfg)
+    dtype = _DTYPES[cfg.params_dtype]
+    kwargs = {}
+    if cfg.recompute and torch.cuda.is_available():
+        # megatron's CheckpointFunction saves CUDA RNG state, which fails on CPU: there the ViT
+        # checkpoints each layer with torch.utils.checkpoint instead (VisionTransformer).
+        kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    if use_fp8:
+        kwargs.update(fp8="hybrid", fp8_recipe=cfg.fp8_recipe)
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.width,
+        num_attention_heads=cfg.num_heads,
+        ffn_hidden_size=cfg.mlp_dim,
+        kv_channels=cfg.head_dim,
+        hidden_dropout=cfg.hidden_dropout,
+        attention_dropout=cfg.attention_dropout,
+        layernorm_epsilon=cfg.layernorm_eps,
+        normalization="LayerNorm",
+        activation_func=quick_gelu if cfg.activation == "quick_gelu" else F.gelu,
+        gated_linear_unit=False,
+        add_bias_linear=True,
+        add_qkv_bias=True,
+        init_method_std=cfg.init_std,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        tensor_model_parallel_size=1,
+        **kwargs,
+    )
+
+
+class SDPACoreAttention(torch.nn.Module):
+    """Bidirectional core attention for the local spec, on torch's fused SDPA kernel.
+
+    Same call contract as megatron's DotProductAttention: q/k/v [s, b, heads, head_dim] in,
+    [s, b, heads*head_dim] out. It never masks: every ViT token attends to every token.
+    """
+
+    def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str = "self",
+                 attention_dropout: float | None = None, softmax_scale: float | None = None,
+                 cp_comm_type: str | None = None, pg_collection=None, **_unused):
+        super().__init__()
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.softmax_scale = softmax_scale
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask=None,
+                attn_mask_type=None, attention_bias=None, packed_seq_params=None) -> torch.Tensor:
+        """Attention over all tokens; masks and packing are not used by the ViT."""
+        if attention_mask is not None or attention_bias is not None or packed_seq_params is not None:
+            raise ValueError("SDPACoreAttention is bidirectional: it takes no mask, bias or packing.")
+        s, b, h, d = query.shape
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, scale=self.softmax_scale
+        )
+        return out.permute(2, 0, 1, 3).reshape(s, b, h * d)
+
+
+def local_layer_spec():
+    """Pre-LN block from megatron's local (torch) layers, with bidirectional SDPA attention."""
+    from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+    from megatron.core.tensor_parallel.layers import (
+        ColumnParallelLinear,
+        RowParallelLinear,
+    )
+    from megatron.core.transformer.attention import (
+        SelfAttention,
+        SelfAttentionSubmodules,
+    )
+    from megatron.core.transformer.enums import AttnMaskType
+    from megatron.core.transformer.mlp import MLP, MLPSubmodules
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.transformer_layer import (
+        TransformerLayer,
+        TransformerLayerSubmodules,
+    )
+
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=WrappedTorchNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.no_mask},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=ColumnParallelLinear,
+                    core_attention=SDPACoreAttention,
+                    linear_proj=RowParallelLinear,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=WrappedTorchNorm,
+            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
+                                                                linear_fc2=RowParallelLinear)),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )
+
+
+def te_layer_spec():
+    """The same block from Transformer Engine modules (fused LN+linear, TE attention), no mask."""
+    from megatron.core.extensions.transformer_engine import (
+        TEDotProductAttention,
+        TELayerNormColumnParallelLinear,
+        TERowParallelLinear,
+    )
+    from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+    from megatron.core.transformer.attention import (
+        SelfAttention,
+        SelfAttentionSubmodules,
+    )
+    from megatron.core.transformer.enums import AttnMaskType
+    from megatron.core.transformer.identity_op import IdentityOp
+    from megatron.core.transformer.mlp import MLP, MLPSubmodules
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.transformer_layer import (
+        TransformerLayer,
+        TransformerLayerSubmodules,
+    )
+
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.no_mask},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=TELayerNormColumnParallelLinear,
+                    core_attention=TEDotProductAttention,
+                    linear_proj=TERowParallelLinear,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=IdentityOp,
+            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=TELayerNormColumnParallelLinear,
+                                                                linear_fc2=TERowParallelLinear)),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )
+
+
+def layer_spec(impl: str):
+    """The block spec for 'local' or 'transformer_engine'."""
+    return te_layer_spec() if impl == "transformer_engine" else local_layer_spec()
+
+
+def _rename_layer_keys(sd: dict, table: dict) -> dict:
+    out = {}
+    for key, value in sd.items():
+        head, sep, tail = key.partition(".layers.")
+        if sep:
+            idx, _, rest = tail.partition(".")
+            if rest in table:
+                key = f"{head}.layers.{idx}.{table[rest]}"
+        out[key] = value
+    return out
+
+
+def to_canonical_keys(sd: dict, impl: str) -> dict:
+    """A state dict of a model built with `impl` -> the canonical (local) layout. megatron's
+    `_extra_state` entries (None for local linears, FP8 scaling metadata for TE) are dropped:
+    they are not weights."""
+    if impl == "transformer_engine":
+        sd = _rename_layer_keys(sd, _TE_TO_LOCAL)
+    return {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
+
+
+def from_canonical_keys(sd: dict, impl: str) -> dict:
+    """The canonical (local) layout -> the key names of a model built with `impl`."""
+    return dict(sd) if impl != "transformer_engine" else _rename_layer_keys(sd, _LOCAL_TO_TE)

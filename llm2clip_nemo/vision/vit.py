@@ -1,0 +1,159 @@
+"""The CLIP vision tower on megatron-core's TransformerBlock.
+
+Layout, one to one with Hugging Face `CLIPVisionModelWithProjection` (see convert/clip_vision.py):
+  patch_embed (conv, no bias) -> [class_token; patches] + position_embeddings -> pre_layernorm
+  -> decoder (megatron TransformerBlock, pre-LN blocks, no final norm) -> post_layernorm(CLS)
+  -> projection (no bias).
+Megatron's [seq, batch, hidden] layout stays inside `encode_tokens`; the public methods take
+pixels [B, C, H, W] and return [B, dim].
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import ViTConfig
+from .specs import (
+    from_canonical_keys,
+    layer_spec,
+    resolve_impl,
+    to_canonical_keys,
+    transformer_config,
+)
+
+
+def vision_pg_collection(groups):
+    """The megatron ProcessGroupCollection for the vision tower, which is never tensor-parallel.
+
+    With the teacher at TP=1 this is `groups.pg_collection`. With a TP>1 teacher the collection's
+    tp group spans t ranks, so the ViT gets a copy whose tp (and tp_cp) group is this rank alone:
+    megatron's context-parallel group, which has exactly one rank because this project never uses
+    context parallelism (checked).
+    """
+    pgc = groups.pg_collection
+    if groups.tp_size == 1:
+        return pgc
+    import copy
+
+    single = pgc.cp
+    if single is None or single.size() != 1:
+        raise RuntimeError(
+            "the vision tower needs a single-rank process group for its TP=1 layers, and megatron's "
+            "context-parallel group is not one (context parallelism is unsupported here): "
+            "initialise parallel state with context_parallel_size=1."
+        )
+    out = copy.copy(pgc)
+    out.tp = single
+    if hasattr(out, "tp_cp"):
+        out.tp_cp = single
+    return out
+
+
+def _run_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return layer(hidden_states=x, attention_mask=None)[0]
+
+
+class VisionTransformer(nn.Module):
+    """CLIP ViT. `forward(pixels) -> [B, embed_dim]` un-normalised image embeddings."""
+
+    def __init__(self, cfg: ViTConfig, groups) -> None:
+        """Build from `cfg` on the process groups `groups` (a runtime.ParallelGroups)."""
+        super().__init__()
+        from megatron.core.transformer.transformer_block import TransformerBlock
+
+        cfg.validate()
+        self.cfg = cfg
+        self.impl = resolve_impl(cfg)
+        self.tconfig = transformer_config(cfg)
+        self.fp8 = self.tconfig.fp8 is not None
+        # activation checkpointing on CPU goes through torch.utils.checkpoint (see specs.py)
+        self._torch_recompute = cfg.recompute and self.tconfig.recompute_granularity is None
+        dtype = self.tconfig.params_dtype
+        w = cfg.width
+        self.patch_embed = nn.Conv2d(cfg.num_channels, w, cfg.patch_size, cfg.patch_size, bias=False, dtype=dtype)
+        self.class_token = nn.Parameter(torch.empty(w, dtype=dtype))
+        self.position_embeddings = nn.Parameter(torch.empty(cfg.seq_len, w, dtype=dtype))
+        self.pre_layernorm = nn.LayerNorm(w, eps=cfg.layernorm_eps, dtype=dtype)
+        self.decoder = TransformerBlock(
+            config=self.tconfig,
+            spec=layer_spec(self.impl),
+            post_layer_norm=False,  # CLIP normalises only the pooled CLS token (post_layernorm)
+            pre_process=True,
+            post_process=True,
+            pg_collection=vision_pg_collection(groups),
+        )
+        self.post_layernorm = nn.LayerNorm(w, eps=cfg.layernorm_eps, dtype=dtype)
+        self.projection = nn.Linear(w, cfg.embed_dim, bias=False, dtype=dtype)
+        self._init_own_weights()
+        device = getattr(groups, "device", None)
+        if device is not None:
+            self.to(device)
+
+    def _init_own_weights(self) -> None:
+        # open_clip's scales; the transformer blocks are initialised by megatron (init_method_std).
+        scale = self.cfg.width**-0.5
+        nn.init.normal_(self.class_token, std=scale)
+        nn.init.normal_(self.position_embeddings, std=scale)
+        nn.init.normal_(self.patch_embed.weight, std=self.cfg.init_std)
+        nn.init.normal_(self.projection.weight, std=scale)
+
+    def encode_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, C, H, W] -> transformer output [seq, B, width] (megatron layout, internal)."""
+        cfg = self.cfg
+        if pixels.dim() != 4 or pixels.shape[1] != cfg.num_channels or pixels.shape[-2:] != (
+            cfg.image_size, cfg.image_size
+        ):
+            raise ValueError(
+                f"expected pixels [B, {cfg.num_channels}, {cfg.image_size}, {cfg.image_size}] "
+                f"(vision.image_size={cfg.image_size}), got {list(pixels.shape)}: resize the images "
+                "or set vision.image_size."
+            )
+        b = pixels.shape[0]
+        if self.fp8 and (b * cfg.seq_len) % 16:
+            raise ValueError(
+                f"FP8 GEMMs need batch*tokens divisible by 16; batch {b} x {cfg.seq_len} tokens is not: "
+                "use a per-rank batch that is a multiple of 16."
+            )
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # [B, W, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [B, g*g, W]
+        cls = self.class_token.to(x.dtype).expand(b, 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.position_embeddings.to(x.dtype)
+        x = self.pre_layernorm(x)
+        x = x.transpose(0, 1).contiguous()  # megatron wants [seq, batch, hidden]
+        if self._torch_recompute and self.training and torch.is_grad_enabled():
+            for layer in self.decoder.layers:
+                x = checkpoint(_run_layer, layer, x, use_reentrant=False)
+            return x
+        return self.decoder(hidden_states=x, attention_mask=None)
+
+    def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels -> post-LayerNorm CLS token [B, width] (HF `pooler_output`), before projection."""
+        return self.post_layernorm(self.encode_tokens(pixels)[0])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, C, H, W] -> image embeddings [B, embed_dim], not L2-normalised."""
+        return self.projection(self.pooled(pixels))
+
+    def canonical_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict in the canonical (local-spec) key layout, whatever the layer implementation."""
+        return to_canonical_keys(self.state_dict(), self.impl)
+
+    def load_canonical_state_dict(self, sd: dict[str, torch.Tensor], strict: bool = True):
+        """Load a canonical-layout state dict (e.g. from `convert.clip_vision.vit_from_hf`).
+
+        With the TE layout the FP8 `_extra_state` entries are allowed to be missing.
+        """
+        result = self.load_state_dict(from_canonical_keys(sd, self.impl), strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if strict and (missing or result.unexpected_keys):
+            raise KeyError(
+                f"state dict does not fit this ViT: missing {missing[:8]}, unexpected "
+                f"{result.unexpected_keys[:8]}: check that its config matches vision.*."
+            )
+        return result
+
+
+def build_vit(cfg: ViTConfig, groups) -> VisionTransformer:
+    """Build the vision tower for `cfg` on `groups` (runtime.ParallelGroups)."""
+    return VisionTransformer(cfg, groups)
