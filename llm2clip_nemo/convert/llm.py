@@ -1,0 +1,189 @@
+"""HF Llama-family directory <-> Megatron teacher directory, and loading the teacher at any TP.
+
+Megatron teacher directory layout (written atomically: a temp dir renamed at the end):
+
+    teacher.json              format version, LlamaSpec, tp, weights digest, source
+    hf/                       the source's config.json, generation_config.json, tokenizer files
+    mp_rank_00/model.safetensors ... mp_rank_{tp-1}/model.safetensors   (local-spec key names)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..text.hf_io import CheckpointError, _find_gguf, check_hf_dir, check_safetensors_file, load_hf_causal_lm
+from ..text.llama_spec import LlamaSpec
+from .llama_keymap import hf_to_megatron, megatron_to_hf, to_te_names
+
+FORMAT = "llm2clip_nemo.teacher/1"
+HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "vocab.json", "merges.txt")
+
+
+# ---- reading a HF checkpoint ---------------------------------------------------------------------
+
+def read_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaSpec, dict[str, torch.Tensor], dict]:
+    """(spec, full state dict with the stored bytes, config dict). GGUF goes through transformers."""
+    path = Path(path)
+    directory, gguf = _find_gguf(path)
+    if gguf:
+        model, _ = load_hf_causal_lm(path)
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        cfg = model.config.to_dict()
+    else:
+        check_hf_dir(directory)
+        cfg = json.loads((directory / "config.json").read_text())
+        sd = {}
+        for f in sorted(directory.glob("*.safetensors")):
+            sd.update(load_file(f))
+    spec = LlamaSpec.from_hf_config(cfg)
+    if spec.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    return spec, sd, cfg
+
+
+def weights_digest(hf_sd: dict[str, torch.Tensor]) -> str:
+    """sha256 over HF names, dtypes, shapes and bytes: the same for a HF dir and its Megatron copy."""
+    h = hashlib.sha256()
+    for k in sorted(hf_sd):
+        t = hf_sd[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def teacher_fingerprint(digest: str, bidirectional: bool, pooling: str) -> str:
+    """Identifies the embeddings a teacher produces: weights + attention mode + pooling."""
+    return hashlib.sha256(f"{digest}|bidirectional={bidirectional}|pooling={pooling}".encode()).hexdigest()[:24]
+
+
+# ---- import / export -----------------------------------------------------------------------------
+
+def _atomic_dir(out: Path):
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists: choose a new --out or remove it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+
+
+def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1) -> Path:
+    """HF directory (safetensors or GGUF) -> Megatron teacher directory split for `tp` ranks."""
+    hf_path, out = Path(hf_path), Path(out)
+    spec, sd, cfg = read_hf_checkpoint(hf_path)
+    shards = hf_to_megatron(sd, spec, tp)
+    tmp = _atomic_dir(out)
+    try:
+        for r, shard in enumerate(shards):
+            (tmp / f"mp_rank_{r:02d}").mkdir()
+            save_file(shard, str(tmp / f"mp_rank_{r:02d}" / "model.safetensors"), metadata={"format": "pt"})
+        side = tmp / "hf"
+        side.mkdir()
+        src_dir, gguf = _find_gguf(hf_path)
+        if gguf:  # no config/tokenizer files next to a GGUF: write them from the loaded objects
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf).save_pretrained(side)
+            (side / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        else:
+            for name in HF_SIDE_FILES:
+                if (src_dir / name).is_file():
+                    shutil.copy2(src_dir / name, side / name)
+        meta = {"format": FORMAT, "spec": spec.to_dict(), "tp": tp, "weights_digest": weights_digest(sd),
+                "dtypes": sorted({str(t.dtype) for t in sd.values()}), "source": str(hf_path)}
+        (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_teacher_meta(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    f = path / "teacher.json"
+    if not f.is_file():
+        raise CheckpointError(f"{path} has no teacher.json: not a Megatron teacher directory "
+                              "(make one with `llm2clip-nemo convert import-llm`).")
+    meta = json.loads(f.read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{f} has format {meta.get('format')!r}, expected {FORMAT!r}: unknown checkpoint layout.")
+    for r in range(meta["tp"]):
+        shard = path / f"mp_rank_{r:02d}" / "model.safetensors"
+        if not shard.is_file():
+            raise CheckpointError(f"{shard} is missing: the teacher was written for tp={meta['tp']}; "
+                                  "re-run `convert import-llm`.")
+        check_safetensors_file(shard)
+    return meta
+
+
+def read_megatron_shards(path: str | os.PathLike) -> tuple[LlamaSpec, list[dict[str, torch.Tensor]], dict]:
+    meta = read_teacher_meta(path)
+    shards = [load_file(Path(path) / f"mp_rank_{r:02d}" / "model.safetensors") for r in range(meta["tp"])]
+    return LlamaSpec(**meta["spec"]), shards, meta
+
+
+def export_llm(megatron_path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Megatron teacher directory -> a HF causal-LM directory that stock transformers loads."""
+    spec, shards, meta = read_megatron_shards(megatron_path)
+    sd = megatron_to_hf(shards, spec)
+    tmp = _atomic_dir(Path(out))
+    try:
+        side = Path(megatron_path) / "hf"
+        for f in side.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Path(out)
+
+
+# ---- loading the teacher -------------------------------------------------------------------------
+
+def teacher_shard_for(path: str | os.PathLike, tp: int, tp_rank: int) -> tuple[LlamaSpec, dict, dict]:
+    """This rank's shard for the requested TP size, re-sharding when the stored TP differs.
+
+    A HF directory/GGUF is accepted too (converted in memory), so `teacher.path` may point at
+    either; a stored TP equal to the requested one reads only this rank's file.
+    """
+    path = Path(path)
+    if (path / "teacher.json").is_file():
+        meta = read_teacher_meta(path)
+        spec = LlamaSpec(**meta["spec"])
+        spec.check_tp(tp, "teacher.tensor_parallel")
+        if meta["tp"] == tp:
+            return spec, load_file(path / f"mp_rank_{tp_rank:02d}" / "model.safetensors"), meta
+        spec, shards, meta = read_megatron_shards(path)
+        hf_sd = megatron_to_hf(shards, spec)
+        return spec, hf_to_megatron(hf_sd, spec, tp)[tp_rank], meta
+    spec, hf_sd, _ = read_hf_checkpoint(path)
+    spec.check_tp(tp, "teacher.tensor_parallel")
+    meta = {"weights_digest": weights_digest(hf_sd), "source": str(path), "tp": None}
+    return spec, hf_to_megatron(hf_sd, spec, tp)[tp_rank], meta
+
+
+def load_teacher_weights(encoder, shard: dict[str, torch.Tensor]) -> None:
+    """Load a local-spec shard into an encoder of either spec; every weight must be used."""
+    if encoder.use_te:
+        shard = to_te_names(shard)
+    shard = {k: v for k, v in shard.items() if not k.startswith("output_layer.")}
+    target = encoder.state_dict()
+    dtype = encoder.options.params_dtype
+    missing = [k for k in target if k not in shard and not k.endswith("_extra_state")]
+    unexpected = [k for k in shard if k not in target]
+    if missing or unexpected:
+        raise CheckpointError(f"teacher weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    with torch.no_grad():
+        for k, v in shard.items():
+            if target[k].shape != v.shape:
+                raise CheckpointError(f"{k}: checkpoint shape {tuple(v.shape)} != model shape {tuple(target[k].shape)}.")
+            target[k].copy_(v.to(dtype))
