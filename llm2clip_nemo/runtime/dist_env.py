@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 DEFAULT_PORT_BASE = 29500
 
@@ -36,7 +36,7 @@ class DistEnv:
         return self.world_size > 1
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "DistEnv":
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> DistEnv:
         """Read torchrun variables first (they win inside an srun that wraps torchrun), then SLURM."""
         env = os.environ if environ is None else environ
         if "RANK" in env and "WORLD_SIZE" in env:

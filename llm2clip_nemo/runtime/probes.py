@@ -30,7 +30,7 @@ def probe_module(name: str, importer=importlib.import_module) -> Probe:
     return Probe(True, str(getattr(mod, "__version__", "unknown version")))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def transformer_engine() -> Probe:
     """TE is usable only with CUDA present and `transformer_engine.pytorch` importable."""
     if not torch.cuda.is_available():
@@ -38,7 +38,7 @@ def transformer_engine() -> Probe:
     return probe_module("transformer_engine.pytorch")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def apex() -> Probe:
     """NVIDIA apex (not the unrelated PyPI `apex`): recognised by `apex.normalization`."""
     return probe_module("apex.normalization")

@@ -6,7 +6,7 @@ is tested against.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ def set_bidirectional(model: nn.Module, bidirectional: bool) -> None:
     if cfg is not None:
         cfg.is_causal = not bidirectional
     for m in model.modules():
-        if hasattr(m, "is_causal") and isinstance(getattr(m, "is_causal"), bool):
+        if hasattr(m, "is_causal") and isinstance(m.is_causal, bool):
             m.is_causal = not bidirectional
 
 
@@ -58,7 +58,7 @@ class HFEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, pooling: str = "mean", bidirectional: bool = True,
-                        dtype: torch.dtype = torch.float32) -> "HFEncoder":
+                        dtype: torch.dtype = torch.float32) -> HFEncoder:
         from .hf_io import load_hf_causal_lm
 
         model, tok = load_hf_causal_lm(path, dtype=dtype)

@@ -64,7 +64,7 @@ class LlamaSpec:
                 )
 
     @classmethod
-    def from_hf_config(cls, cfg) -> "LlamaSpec":
+    def from_hf_config(cls, cfg) -> LlamaSpec:
         """From a transformers PretrainedConfig (or its dict)."""
         d = cfg if isinstance(cfg, dict) else cfg.to_dict()
         archs = d.get("architectures") or []

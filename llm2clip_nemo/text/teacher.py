@@ -8,8 +8,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -77,7 +77,7 @@ class Teacher:
         return self.encoder.spec.hidden_size
 
     @classmethod
-    def load(cls, path, groups: ParallelGroups, options: EncoderOptions = EncoderOptions()) -> "Teacher":
+    def load(cls, path, groups: ParallelGroups, options: EncoderOptions = EncoderOptions()) -> Teacher:
         from transformers import AutoTokenizer
 
         from ..convert.llm import load_teacher_weights, teacher_shard_for

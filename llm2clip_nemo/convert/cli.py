@@ -1,0 +1,44 @@
+"""`llm2clip-nemo convert import-llm | export-llm | export-hf`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm2clip-nemo convert", description="Checkpoint conversion.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("import-llm", help="HF Llama-family dir or GGUF -> Megatron teacher dir (TP shards)")
+    a.add_argument("--hf", required=True, help="HF model directory (safetensors) or a .gguf file")
+    a.add_argument("--out", required=True, help="output directory (must not exist)")
+    a.add_argument("--tp", type=int, default=1, help="tensor-parallel size; must divide heads and KV groups")
+    b = sub.add_parser("export-llm", help="Megatron teacher dir -> HF causal-LM dir (stock transformers loads it)")
+    b.add_argument("--megatron", required=True)
+    b.add_argument("--out", required=True)
+    c = sub.add_parser("export-hf", help="LLM2CLIP checkpoint -> HF dirs (vision, adapter, LLM)")
+    c.add_argument("--model", required=True)
+    c.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "import-llm":
+            from .llm import import_llm, read_teacher_meta
+
+            out = import_llm(args.hf, args.out, args.tp)
+            meta = read_teacher_meta(out)
+            print(f"wrote Megatron teacher tp={meta['tp']} to {out} (weights sha256 {meta['weights_digest'][:16]}…)")
+        elif args.cmd == "export-llm":
+            from .llm import export_llm
+
+            print(f"wrote HF causal-LM directory {export_llm(args.megatron, args.out)}")
+        else:
+            from .hf_export import export_hf
+
+            print(f"wrote Hugging Face export {export_hf(args.model, args.out)}")
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError) as e:
+        print(f"llm2clip-nemo convert {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
