@@ -1,0 +1,71 @@
+"""Typed config of the training stream (one dataclass; every field documented)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .transforms import TransformConfig
+
+OUTPUTS = ("captions", "tokens", "embeddings")
+
+
+@dataclass
+class StreamConfig:
+    urls: str = ""
+    """Shards: brace patterns, directories or manifest.json files; several sources joined by '::'
+    (open_clip style), e.g. 'laion/{000000..099999}.tar::recap/{00000..09999}.tar'."""
+    upsampling_factors: str | None = None
+    """One factor per source, '::'-separated (open_clip's --train-data-upsampling-factors). A source's
+    share is proportional to its shard count x factor. In epoch mode a factor is a per-epoch repeat
+    count (fractions drawn per shard by seed and epoch)."""
+    resampled: bool = True
+    """True: draw shards with replacement forever (open_clip --dataset-resampled). False: epoch mode,
+    every shard once per epoch, split by rank and worker."""
+    epochs: int | None = None
+    """Epoch mode only: stop after this many epochs; None loops forever (the trainer counts steps)."""
+    seed: int = 0
+    """Seeds shard order, interleaving, shuffling, crops and caption choice (with epoch and position)."""
+    batch_size: int = 32
+    """Samples per batch per rank (batches are built in the loader workers)."""
+    drop_last: bool = False
+    """Drop a worker's final partial batch (finite epoch mode only)."""
+    shard_shuffle: bool = True
+    """Epoch mode: shuffle the shard order each epoch (seed, epoch)."""
+    open_shards: int = 4
+    """Shards each worker reads at once, interleaved at random: mixes samples across shards."""
+    shuffle_buffer: int = 1000
+    """Samples shuffled together (a window per worker). Resuming re-reads at most one window."""
+    caption_fields: dict[str, float] = field(default_factory=lambda: {"txt": 1.0})
+    """Caption field -> weight. 'txt' is the alt text; other names are json keys ('long', 'short_list')."""
+    output: str = "captions"
+    """'captions' (text only), 'tokens' (input_ids/attention_mask from the tokenizer passed to the stream,
+    for the online teacher) or 'embeddings' (teacher_emb from sidecars, offline training)."""
+    max_text_tokens: int = 77
+    """Token budget per caption in 'tokens' mode (padded and truncated to it)."""
+    sidecar_dir: str | None = None
+    """'embeddings' mode: directory of the .emb.tar sidecars; None: next to each image shard."""
+    teacher_fingerprint: str | None = None
+    """'embeddings' mode: sidecars written by another teacher are refused; None skips the check."""
+    teacher_dim: int | None = None
+    """'embeddings' mode: expected embedding size; None skips the check."""
+    check_paths: bool = True
+    """Check every local shard is readable when the stream is built (one stat per shard)."""
+    no_valid_error_after: int = 512
+    """Raise if a source has produced this many items and not one valid sample."""
+    log_first: int = 3
+    """Log the first N skips of each reason in full; after that only periodic totals."""
+    log_interval_s: float = 120.0
+    """Seconds between periodic skip-total log lines per worker."""
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    """Image transform (size, crop, normalisation)."""
+
+    def validate(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"data.output={self.output!r} must be one of {OUTPUTS}")
+        for name in ("batch_size", "open_shards", "shuffle_buffer", "max_text_tokens", "no_valid_error_after"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}={getattr(self, name)} must be >= 1")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"data.epochs={self.epochs} must be >= 1 or null (forever)")
+        if not self.caption_fields or sum(self.caption_fields.values()) <= 0 or min(self.caption_fields.values()) < 0:
+            raise ValueError(f"data.caption_fields={dict(self.caption_fields)} needs weights >= 0, not all 0, e.g. {{txt: 1.0}}")
+        self.transform.validate()

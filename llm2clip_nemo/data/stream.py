@@ -1,0 +1,405 @@
+"""The training stream over image-text shards: mixing, splitting, shuffling, exact resumption.
+
+Per DataLoader worker (and rank) the stream reads its own sequence of shards:
+  epoch mode:     the epoch's shard list (repeated by factor, shuffled by (seed, epoch)), taken
+                  [global_worker :: global_workers] so ranks and workers get disjoint shards;
+  resampled mode: shard j drawn with replacement by weight from Random(seed, global_worker, j).
+It keeps `open_shards` shards open, interleaves them at random into windows of `shuffle_buffer`
+items, permutes each window and yields batches. All randomness is a function of counters
+(seed, worker, epoch, window, item), so a position is a handful of integers:
+  {"epoch", "next" (shard-list index), "open": [[list index, item offset], ...], "window", "done"}
+and resuming means reopening the listed shards at their offsets, re-reading one window and
+skipping the `done` items already delivered. Every batch carries its worker's position in
+`batch["stream_state"]`; the main process keeps the latest per worker (`track`), which is what
+`state_dict()` saves. DataLoader hands out batches round-robin over workers, so the state also
+records whose turn is next and a resumed loader starts at that worker.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .captions import CaptionPolicy
+from .config import StreamConfig
+from .sidecar import SidecarReader, sidecar_path
+from .spec import DataSourceError, parse_sources
+from .tario import IMAGE_EXTS, RawSample, iter_tar_samples
+from .transforms import ImageTransform, normalize_batch, to_uint8_batch
+
+log = logging.getLogger("llm2clip_nemo.data")
+STATE_VERSION = 1
+
+
+class NoValidSamplesError(DataSourceError):
+    """A source produced items but not a single usable sample."""
+
+
+def _empty_stats(n_sources: int) -> dict:
+    return {"skipped": {}, "fields": {}, "valid": [0] * n_sources, "raw": [0] * n_sources}
+
+
+def _start_pos() -> dict:
+    return {"epoch": 0, "next": 0, "open": [], "window": 0, "done": 0}
+
+
+class _SkipLog:
+    """Log the first few skips per reason in full, then periodic totals: bounded, never spammy."""
+
+    def __init__(self, first: int, interval_s: float, worker: int):
+        self.first, self.interval, self.worker = first, interval_s, worker
+        self.seen: dict[str, int] = {}
+        self.last = time.monotonic()
+
+    def __call__(self, reason: str, where: str, stats: dict) -> None:
+        n = self.seen[reason] = self.seen.get(reason, 0) + 1
+        if n <= self.first:
+            log.warning("data: skipped sample (%s) at %s%s", reason, where,
+                        "; further skips of this kind are only counted" if n == self.first else "")
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            log.warning("data worker %d: skipped so far %s", self.worker, stats["skipped"])
+
+
+class ImageTextStream(IterableDataset):
+    """Iterable of batches (dicts) over image-text shards; see the module docstring.
+
+    Batch keys: "image" float32 [B,3,S,S] (normalised), "key" list[str], "caption" list[str],
+    "caption_field" list[str], "source" list[int], "url" list[str], "stream_state" dict;
+    output="tokens" adds "input_ids"/"attention_mask" [B,max_text_tokens] long;
+    output="embeddings" adds "teacher_emb" float32 [B,dim].
+    Use with `DataLoader(stream, batch_size=None, num_workers=N)` or `stream.loader(N)`.
+    """
+
+    def __init__(self, cfg: StreamConfig, rank: int = 0, world_size: int = 1, tokenizer: Any = None):
+        cfg.validate()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        if cfg.output == "tokens" and tokenizer is None:
+            raise ValueError("data.output='tokens' needs the teacher's tokenizer: ImageTextStream(cfg, tokenizer=tok)")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.tokenizer = None
+        if tokenizer is not None:
+            self.tokenizer = copy.copy(tokenizer)
+            if getattr(self.tokenizer, "pad_token", "x") is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths)
+        self.shards: list[tuple[str, int]] = [(u, s) for s, src in enumerate(self.sources) for u in src.urls]
+        self.shard_factor = [self.sources[s].factor for _, s in self.shards]
+        self.policy = CaptionPolicy(dict(cfg.caption_fields))
+        self.transform = ImageTransform(cfg.transform)
+        # Main-process view of consumed batches (see track / state_dict).
+        self._positions: dict[int, dict] = {}
+        self._stats: dict[int, dict] = {}
+        self._num_workers: int | None = None
+        self._next_worker = 0
+
+    # ---- shard order -------------------------------------------------------------------------
+    def epoch_shards(self, epoch: int) -> list[int]:
+        """Epoch mode: the whole epoch's shard list (indices into self.shards), before splitting."""
+        rng = random.Random(f"order:{self.cfg.seed}:{epoch}")
+        order = []
+        for i, f in enumerate(self.shard_factor):
+            reps = math.floor(f) + (1 if rng.random() < f - math.floor(f) else 0)
+            order += [i] * reps
+        if self.cfg.shard_shuffle:
+            rng.shuffle(order)
+        return order
+
+    def worker_shards(self, epoch: int, rank: int, worker: int, num_workers: int) -> list[int]:
+        """Epoch mode: the shards of one (rank, worker): disjoint slices of the epoch list."""
+        n_gw = self.world_size * num_workers
+        order = self.epoch_shards(epoch)
+        if len(order) < n_gw:
+            raise DataSourceError(
+                f"epoch {epoch} has {len(order)} shards for {self.world_size} ranks x {num_workers} workers = {n_gw} "
+                f"readers: some would get none. Use fewer DataLoader workers, more (smaller) shards "
+                f"(`llm2clip-nemo data build --samples-per-shard`), or data.resampled=true"
+            )
+        return order[rank * num_workers + worker :: n_gw]
+
+    def _draw(self, gw: int, j: int) -> int:
+        return random.Random(f"draw:{self.cfg.seed}:{gw}:{j}").choices(range(len(self.shards)), weights=self.shard_factor)[0]
+
+    # ---- one worker's item sequence ----------------------------------------------------------
+    def _items(self, lw: int, nw: int, pos: dict, stats: dict) -> Iterator[tuple[dict | None, dict]]:
+        """Yield (sample or None, position after it) forever or until the last epoch ends."""
+        cfg = self.cfg
+        gw = self.rank * nw + lw
+        skiplog = _SkipLog(cfg.log_first, cfg.log_interval_s, gw)
+        sidecars: dict[str, SidecarReader] = {}
+        pos = copy.deepcopy(pos)
+        opened: list[list] = []  # [list index, offset, generator]; reopened from `pos` on (re)start
+        opened_epoch = None
+        try:
+            while True:
+                epoch = pos["epoch"]
+                if not cfg.resampled and cfg.epochs is not None and epoch >= cfg.epochs:
+                    return
+                order = None if cfg.resampled else self.worker_shards(epoch, self.rank, lw, nw)
+                if opened_epoch != (epoch, pos["window"]):
+                    # (Re)start: open the snapshot's shards at their offsets.
+                    for o in opened:
+                        o[2].close()
+                    opened = [[oi, off, self._open(order, gw, oi, off)] for oi, off in pos["open"]]
+                rng = random.Random(f"win:{cfg.seed}:{gw}:{epoch}:{pos['window']}")
+                nxt = pos["next"]
+                items: list[tuple[RawSample, int]] = []
+                while len(items) < cfg.shuffle_buffer:
+                    while len(opened) < cfg.open_shards and (order is None or nxt < len(order)):
+                        opened.append([nxt, 0, self._open(order, gw, nxt, 0)])
+                        nxt += 1
+                    if not opened:
+                        break
+                    k = rng.randrange(len(opened))
+                    o = opened[k]
+                    item = next(o[2], None)
+                    if item is None:
+                        opened.pop(k)
+                        continue
+                    o[1] += 1
+                    items.append((item, self._shard_of(order, gw, o[0])))
+                end = {"epoch": epoch, "next": nxt, "open": [[o[0], o[1]] for o in opened],
+                       "window": pos["window"] + 1, "done": 0}
+                if not items:  # epoch finished for this worker
+                    self._check_sources(stats, final=True)
+                    pos = {**_start_pos(), "epoch": epoch + 1}
+                    opened, opened_epoch = [], None
+                    continue
+                rng.shuffle(items)
+                opened_epoch = (epoch, end["window"])
+                for j in range(pos["done"], len(items)):
+                    item, shard = items[j]
+                    srng = random.Random(f"s:{cfg.seed}:{gw}:{epoch}:{pos['window']}:{j}")
+                    sample = self._process(item, self.shards[shard][1], srng, stats, skiplog, sidecars)
+                    after = end if j + 1 == len(items) else {**pos, "done": j + 1}
+                    yield sample, after
+                pos = end
+        finally:
+            for o in opened:
+                o[2].close()
+            for r in sidecars.values():
+                r.close()
+
+    def _shard_of(self, order, gw: int, oi: int) -> int:
+        return self._draw(gw, oi) if order is None else order[oi]
+
+    def _open(self, order, gw: int, oi: int, offset: int):
+        return iter_tar_samples(self.shards[self._shard_of(order, gw, oi)][0], start=offset)
+
+    def _check_sources(self, stats: dict, final: bool) -> None:
+        for s, src in enumerate(self.sources):
+            raw, valid = stats["raw"][s], stats["valid"][s]
+            if valid == 0 and raw > 0 and (final or raw >= self.cfg.no_valid_error_after):
+                top = sorted(stats["skipped"].items(), key=lambda kv: -kv[1])[:3]
+                raise NoValidSamplesError(
+                    f"data source {src.spec!r} gave {raw} items and no valid sample (skips so far: {dict(top)}); "
+                    f"check its shards with `llm2clip-nemo data inspect {src.urls[0]}`, fix data.caption_fields "
+                    f"(now {dict(self.cfg.caption_fields)}) or drop the source from data.urls"
+                )
+
+    def _skip(self, reason: str, item: RawSample, stats: dict, skiplog: _SkipLog) -> None:
+        stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
+        skiplog(reason, f"{item.url}:{item.key or '#' + str(item.index)}", stats)
+
+    def _process(self, item: RawSample, src: int, rng: random.Random, stats: dict, skiplog, sidecars) -> dict | None:
+        stats["raw"][src] += 1
+        try:
+            for r in item.skipped:
+                self._skip(r, item, stats, skiplog)
+            if item.error is not None:
+                self._skip(item.error.split(":")[0], item, stats, skiplog)
+                return None
+            m = item.members
+            img_ext = next((e for e in IMAGE_EXTS if e in m), None)
+            if img_ext is None:
+                self._skip("missing_image", item, stats, skiplog)
+                return None
+            txt = meta = None
+            if "txt" in m:
+                try:
+                    txt = m["txt"].decode("utf-8")
+                except UnicodeDecodeError:
+                    self._skip("bad_text", item, stats, skiplog)
+            if "json" in m:
+                try:
+                    meta = json.loads(m["json"])
+                except ValueError:
+                    self._skip("bad_json", item, stats, skiplog)
+            choice = self.policy.choose(txt, meta, rng)
+            if choice is None:
+                self._skip("missing_caption", item, stats, skiplog)
+                return None
+            try:
+                image = self.transform(m[img_ext], rng)
+            except Exception:  # noqa: BLE001  PIL raises many types for bad bytes: all mean "corrupt image"
+                self._skip("corrupt_image", item, stats, skiplog)
+                return None
+            sample = {"key": item.key, "image": image, "caption": choice.text, "caption_field": choice.field,
+                      "source": src, "url": item.url}
+            if self.cfg.output == "embeddings":
+                sample["teacher_emb"] = self._sidecar(item.url, sidecars).vector(item.key, choice.field)
+            stats["valid"][src] += 1
+            stats["fields"][choice.field] = stats["fields"].get(choice.field, 0) + 1
+            return sample
+        finally:
+            self._check_sources(stats, final=False)
+
+    def _sidecar(self, url: str, cache: dict) -> SidecarReader:
+        r = cache.get(url)
+        if r is None:
+            if len(cache) >= 2 * self.cfg.open_shards:
+                cache.pop(next(iter(cache))).close()
+            r = cache[url] = SidecarReader(
+                sidecar_path(url, self.cfg.sidecar_dir), fingerprint=self.cfg.teacher_fingerprint,
+                dim=self.cfg.teacher_dim, fields=self.policy.fields,
+            )
+        return r
+
+    # ---- batches -----------------------------------------------------------------------------
+    def _collate(self, buf: list[dict], lw: int, nw: int, pos: dict, stats: dict) -> dict:
+        images = to_uint8_batch([s["image"] for s in buf])
+        batch = {
+            "image": normalize_batch(images, self.cfg.transform.mean, self.cfg.transform.std),
+            "key": [s["key"] for s in buf],
+            "caption": [s["caption"] for s in buf],
+            "caption_field": [s["caption_field"] for s in buf],
+            "source": [s["source"] for s in buf],
+            "url": [s["url"] for s in buf],
+            "stream_state": {"worker": lw, "num_workers": nw, "rank": self.rank,
+                             "position": copy.deepcopy(pos), "stats": copy.deepcopy(stats)},
+        }
+        if self.cfg.output == "tokens":
+            tok = self.tokenizer(batch["caption"], padding="max_length", truncation=True,
+                                 max_length=self.cfg.max_text_tokens, return_tensors="pt")
+            batch["input_ids"], batch["attention_mask"] = tok["input_ids"], tok["attention_mask"]
+        elif self.cfg.output == "embeddings":
+            batch["teacher_emb"] = torch.stack([s["teacher_emb"] for s in buf])
+        return batch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        nw, pw = (info.num_workers, info.id) if info is not None else (1, 0)
+        if self._num_workers is not None and self._num_workers != nw:
+            raise DataSourceError(
+                f"the stream position was saved with {self._num_workers} DataLoader workers per rank but this "
+                f"loader has {nw}: positions are per worker, so resume with num_workers={self._num_workers}"
+            )
+        lw = (pw + self._next_worker) % nw
+        pos = self._positions.get(lw, _start_pos())
+        stats = copy.deepcopy(self._stats.get(lw, _empty_stats(len(self.sources))))
+        buf: list[dict] = []
+        last = pos
+        for sample, after in self._items(lw, nw, pos, stats):
+            last = after
+            if sample is None:
+                continue
+            buf.append(sample)
+            if len(buf) == self.cfg.batch_size:
+                batch = self._collate(buf, lw, nw, after, stats)
+                buf = []
+                if info is None:
+                    self.track(batch)
+                yield batch
+        if buf and not self.cfg.drop_last:
+            batch = self._collate(buf, lw, nw, last, stats)
+            if info is None:
+                self.track(batch)
+            yield batch
+
+    # ---- position in the main process --------------------------------------------------------
+    def track(self, batch: dict) -> None:
+        """Record a consumed batch's worker position (the loader from `loader()` calls this)."""
+        st = batch["stream_state"]
+        self._num_workers = st["num_workers"]
+        self._positions[st["worker"]] = st["position"]
+        self._stats[st["worker"]] = st["stats"]
+        self._next_worker = (st["worker"] + 1) % st["num_workers"]
+
+    def state_dict(self) -> dict:
+        """This rank's position: epoch, per-worker shard index and item offset, whose turn is next.
+
+        RNG state needs no saving: every draw is seeded by (seed, worker, epoch, window, item)."""
+        return {"version": STATE_VERSION, "rank": self.rank, "world_size": self.world_size, "seed": self.cfg.seed,
+                "urls": self.cfg.urls, "num_workers": self._num_workers, "next_worker": self._next_worker,
+                "positions": {str(w): copy.deepcopy(p) for w, p in self._positions.items()},
+                "stats": {str(w): copy.deepcopy(s) for w, s in self._stats.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
+        for k, mine in (("world_size", self.world_size), ("rank", self.rank), ("seed", self.cfg.seed), ("urls", self.cfg.urls)):
+            if state[k] != mine:
+                raise DataSourceError(
+                    f"stream state was saved with {k}={state[k]!r} but this stream has {k}={mine!r}: an exact resume "
+                    f"needs the same {k}; restore the original setting or start the data stream fresh"
+                )
+        self._num_workers = state["num_workers"]
+        self._next_worker = state["next_worker"]
+        self._positions = {int(w): copy.deepcopy(p) for w, p in state["positions"].items()}
+        self._stats = {int(w): copy.deepcopy(s) for w, s in state["stats"].items()}
+
+    def summary(self) -> dict:
+        """Totals over this rank's workers: samples per source, skips by reason, caption field counts."""
+        out = _empty_stats(len(self.sources))
+        for s in self._stats.values():
+            for k in ("skipped", "fields"):
+                for r, n in s[k].items():
+                    out[k][r] = out[k].get(r, 0) + n
+            for k in ("valid", "raw"):
+                out[k] = [a + b for a, b in zip(out[k], s[k])]
+        out["epoch"] = max((p["epoch"] for p in self._positions.values()), default=0)
+        return out
+
+    def loader(self, num_workers: int = 2, **kw) -> TrackedLoader:
+        return TrackedLoader(self, num_workers=num_workers, **kw)
+
+
+class TrackedLoader:
+    """A DataLoader over the stream whose consumed batches update the stream's position.
+
+    Workers are not persistent on purpose: each new iteration re-sends the stream (with the tracked
+    position) to fresh workers, so batches prefetched but never consumed are produced again."""
+
+    def __init__(self, stream: ImageTextStream, num_workers: int = 2, **kw):
+        self.stream = stream
+        kw.setdefault("prefetch_factor", 2 if num_workers > 0 else None)
+        self.loader = DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False, **kw)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.stream.track(batch)
+            yield batch
+
+
+def decode_member(ext: str, data: bytes):
+    """The decode whitelist for loose members: images, text, json, npy, cls; pickles never.
+
+    Returns None for anything not whitelisted (the caller counts it)."""
+    import numpy as np
+    from PIL import Image
+
+    base = ext.rsplit(".", 1)[-1]
+    if base in IMAGE_EXTS:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img
+    if base in ("txt", "text", "caption"):
+        return data.decode("utf-8")
+    if base == "json":
+        return json.loads(data)
+    if base == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if base == "cls":
+        return int(data.decode().strip())
+    return None
