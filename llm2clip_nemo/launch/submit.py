@@ -1,0 +1,317 @@
+"""Submit any verb to SLURM (or this machine) through submitit, with requeue-and-resume.
+
+    spec = LaunchSpec(cluster="slurm", nodes=2, gpus_per_node=8, time_min=240)
+    job, folder = submit("pretrain", ["--config-name", "pretrain_large"], spec)
+    outcome = wait(job)           # JobOutcome(returncode, state, message, ...)
+
+Every task of the job runs `RecipeJob`: the verb's `main(argv)` in-process; torch.distributed
+ranks come from SLURM's variables through `runtime.DistEnv`, exactly as under `srun` from an
+sbatch script. On preemption or time-out SLURM sends the signal submitit listens for
+(`--signal=USR2@signal_delay_s`); rank 0 calls `RecipeJob.checkpoint()`, which returns the same
+job with the verb's resume override appended (`exp_manager.resume_if_exists=true`), and submitit
+requeues it: the next attempt resumes from the last checkpoint the recipe wrote.
+
+Imports stay light (no torch): this module is unpickled in every task before the verb runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import importlib.util
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.core import utils as submitit_utils
+from submitit.slurm.slurm import SlurmExecutor, SlurmJob
+
+CLUSTERS = ("slurm", "local")
+
+# The override each verb needs to pick up where a requeued attempt left off. Verbs not listed are
+# re-run as they were (doctor, evaluate: idempotent).
+RESUME_ARGS: dict[str, list[str]] = {
+    "pretrain": ["exp_manager.resume_if_exists=true"],
+    "finetune": ["exp_manager.resume_if_exists=true"],
+    "caption-contrastive": ["exp_manager.resume_if_exists=true"],
+}
+
+# sacct states in which a job may still produce results (a requeued job passes through these).
+_NOT_DONE = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "RESIZING",
+             "SUSPENDED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
+
+REPO_SLURM_DIR = Path(__file__).resolve().parents[2] / "slurm"
+
+
+@dataclass
+class LaunchSpec:
+    """Where and how big: the resources of one launched job."""
+
+    cluster: str = "slurm"
+    """'slurm' (sbatch through submitit) or 'local' (submitit's LocalExecutor: tasks on this machine)."""
+    nodes: int = 1
+    """Number of nodes (local: must be 1)."""
+    gpus_per_node: int = 0
+    """GPUs per node; 0 for CPU jobs (gloo)."""
+    tasks_per_node: int | None = None
+    """Processes per node; default one per GPU (or 1 without GPUs)."""
+    cpus_per_task: int | None = None
+    """CPU cores per process (data loader workers + the main thread); sets OMP_NUM_THREADS too."""
+    partition: str | None = None
+    """SLURM partition; None: the cluster's default."""
+    time_min: int = 60
+    """Time limit in minutes. submitit counts a signal after 80% of it as a time-out (bounded requeues)."""
+    mem: str | None = None
+    """Memory per node in SLURM syntax ('64G', '500000M', '0' = all of it); None: cluster default."""
+    account: str | None = None
+    """SLURM account to charge."""
+    qos: str | None = None
+    """SLURM quality of service."""
+    job_name: str = "llm2clip"
+    """SLURM job name; also the prefix of the job folder."""
+    folder: str = "runs/launch"
+    """Parent of the per-run job folders (must be visible from every node)."""
+    signal_delay_s: int = 90
+    """Seconds before the time limit at which the preemption/time-out signal arrives (time to checkpoint)."""
+    max_requeues: int = 3
+    """How many time-outs may requeue the job (preemptions do not count)."""
+    container_image: str | None = None
+    """pyxis/enroot image for srun (`--container-image`); None runs on the host."""
+    container_mounts: str | None = None
+    """pyxis `--container-mounts` (default: the job folder's parent mounted at the same path)."""
+    python: str | None = None
+    """Interpreter the tasks run; default this interpreter (or `python3` inside a container)."""
+    setup: list[str] = field(default_factory=list)
+    """Extra shell lines run in the batch script before srun (module loads, exports)."""
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.nodes * self.ntasks_per_node
+
+    def validate(self) -> None:
+        if self.cluster not in CLUSTERS:
+            raise ValueError(f"cluster={self.cluster!r}: choose one of {', '.join(CLUSTERS)}.")
+        for name in ("nodes", "time_min"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.tasks_per_node is not None and self.tasks_per_node < 1:
+            raise ValueError(f"tasks_per_node={self.tasks_per_node} must be >= 1.")
+        if self.gpus_per_node and self.tasks_per_node and self.tasks_per_node != self.gpus_per_node:
+            raise ValueError(
+                f"tasks_per_node={self.tasks_per_node} with gpus_per_node={self.gpus_per_node}: run one task "
+                f"per GPU (drop --tasks-per-node or set it to {self.gpus_per_node})."
+            )
+        if self.cluster == "local" and self.nodes != 1:
+            raise ValueError(f"nodes={self.nodes} with cluster=local: a local run has one node; use --cluster slurm.")
+
+
+def resolve_target(target: str) -> str:
+    """Check that `target` is a CLI verb or an importable module with `main(argv)`; return it."""
+    from ..cli import VERBS
+
+    if target in VERBS:
+        return target
+    if "." in target and importlib.util.find_spec(target) is not None:
+        return target
+    raise ValueError(
+        f"unknown launch target {target!r}: give a verb ({', '.join(sorted(VERBS))}) or an importable "
+        "module path whose main(argv) returns an exit status (e.g. mypkg.my_job)."
+    )
+
+
+def with_resume(argv: Sequence[str], resume_args: Sequence[str]) -> list[str]:
+    """`argv` with each `key=value` of `resume_args` set (replacing an earlier value of the key)."""
+    keys = {a.split("=", 1)[0] for a in resume_args}
+    kept = [a for a in argv if not ("=" in a and not a.startswith("-") and a.split("=", 1)[0] in keys)]
+    return kept + list(resume_args)
+
+
+class RecipeJob(submitit.helpers.Checkpointable):
+    """What every task of a launched job runs: `llm2clip-nemo <verb> argv` (or `module.main(argv)`)."""
+
+    def __init__(self, target: str, argv: Sequence[str], resume_args: Sequence[str] = ()):
+        self.target = target
+        self.argv = list(argv)
+        self.resume_args = list(resume_args)
+
+    def __call__(self) -> int:
+        from ..cli import VERBS
+        from ..cli import main as cli_main
+
+        if self.target in VERBS:
+            rc = cli_main([self.target, *self.argv])
+        else:
+            rc = importlib.import_module(self.target).main(list(self.argv))
+        rc = int(rc or 0)
+        if rc != 0:  # an exception reaches the caller with its traceback; a bare status must too
+            raise RuntimeError(f"{self.target} exited with status {rc} (argv: {shlex.join(self.argv)})")
+        return rc
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called on rank 0 when the preemption/time-out signal arrives: the job to requeue."""
+        resumed = RecipeJob(self.target, with_resume(self.argv, self.resume_args), self.resume_args)
+        return submitit.helpers.DelayedSubmission(resumed, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"RecipeJob({self.target!r}, {self.argv!r}, resume_args={self.resume_args!r})"
+
+
+def new_job_folder(spec: LaunchSpec, now: datetime.datetime | None = None) -> Path:
+    """A fresh, timestamped folder per run: SLURM job ids restart on a new cluster state, so reusing a
+    folder could mix an old run's results into a new one."""
+    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    base = Path(spec.folder).expanduser().absolute() / f"{spec.job_name}-{stamp}"
+    folder, n = base, 1
+    while folder.exists():
+        folder, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return folder
+
+
+def slurm_parameters(spec: LaunchSpec, folder: Path) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters (sbatch names) for `spec`."""
+    setup = []
+    if (REPO_SLURM_DIR / "env.sh").is_file():  # the same NCCL/OMP settings the sbatch scripts use
+        setup.append(f"source {shlex.quote(str(REPO_SLURM_DIR / 'env.sh'))}")
+    setup += spec.setup
+    srun_args = ["--kill-on-bad-exit=1"]  # one failed rank ends the step instead of hanging its peers
+    if spec.container_image:
+        mounts = spec.container_mounts or f"{folder.parent}:{folder.parent}"
+        srun_args += [f"--container-image={spec.container_image}", f"--container-mounts={mounts}",
+                      "--container-workdir=" + str(Path.cwd())]
+    params: dict[str, Any] = {
+        "job_name": spec.job_name,
+        "nodes": spec.nodes,
+        "ntasks_per_node": spec.ntasks_per_node,
+        "time": spec.time_min,
+        "signal_delay_s": spec.signal_delay_s,
+        "setup": setup,
+        "srun_args": srun_args,
+        "additional_parameters": {"requeue": True},
+    }
+    optional = {"gpus_per_node": spec.gpus_per_node or None, "cpus_per_task": spec.cpus_per_task,
+                "partition": spec.partition, "mem": spec.mem, "account": spec.account, "qos": spec.qos}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    return params
+
+
+def _python(spec: LaunchSpec) -> str | None:
+    if spec.python:
+        return spec.python
+    return "python3" if spec.container_image else None
+
+
+class _SbatchRenderer(SlurmExecutor):
+    """SlurmExecutor that only renders: works where `srun` is absent (a laptop preparing a job)."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 2
+
+
+def render_sbatch(spec: LaunchSpec, folder: Path) -> str:
+    """The exact sbatch script submitit writes for `spec` (what `--dry-run` prints)."""
+    spec.validate()
+    ex = _SbatchRenderer(folder, max_num_timeout=spec.max_requeues, python=_python(spec))
+    ex.update_parameters(**slurm_parameters(spec, Path(folder)))
+    return ex._make_submission_file_text(ex._submitit_command_str, "dry-run")
+
+
+def make_executor(spec: LaunchSpec, folder: Path) -> submitit.core.core.PicklingExecutor:
+    spec.validate()
+    if spec.cluster == "local":
+        ex = submitit.LocalExecutor(folder, max_num_timeout=spec.max_requeues, python=_python(spec))
+        ex.update_parameters(timeout_min=spec.time_min, tasks_per_node=spec.ntasks_per_node,
+                             gpus_per_node=spec.gpus_per_node, signal_delay_s=spec.signal_delay_s,
+                             setup=spec.setup)
+        return ex
+    ex = SlurmExecutor(folder, max_num_timeout=spec.max_requeues, python=_python(spec))
+    ex.update_parameters(**slurm_parameters(spec, Path(folder)))
+    return ex
+
+
+def submit(target: str, argv: Sequence[str], spec: LaunchSpec,
+           resume_args: Sequence[str] | None = None) -> tuple[submitit.Job, Path]:
+    """Submit `target` (a verb or a module with main(argv)) with `argv`; return (job, job folder)."""
+    target = resolve_target(target)
+    resume = RESUME_ARGS.get(target, []) if resume_args is None else list(resume_args)
+    folder = new_job_folder(spec)
+    ex = make_executor(spec, folder)
+    job = ex.submit(RecipeJob(target, argv, resume))
+    return job, folder
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended, as the caller sees it."""
+
+    job_id: str
+    state: str
+    """SLURM state from sacct ('COMPLETED', 'FAILED', ...) or 'FINISHED' for local jobs."""
+    returncode: int
+    """0 when every task returned successfully, 1 otherwise."""
+    message: str
+    """'' on success; else the last line of the first failing task's traceback (or why there is none)."""
+    results: list[Any] = dataclasses.field(default_factory=list)
+    """Per task: the verb's return value, or None when the task failed or left no result."""
+
+
+def last_traceback_line(trace: str) -> str:
+    lines = [ln for ln in trace.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _task_paths(job: submitit.Job, task: int) -> submitit_utils.JobPaths:
+    return submitit_utils.JobPaths(job.paths.folder, job_id=job.job_id, task_id=task)
+
+
+def wait(job: submitit.Job, poll_s: float = 2.0, timeout_s: float | None = None) -> JobOutcome:
+    """Block until `job` is over (through requeues); report per-task results and the first error."""
+    start = time.monotonic()
+    results = [_task_paths(job, t).result_pickle for t in range(job.num_tasks)]
+    state = "UNKNOWN"
+    while True:
+        if all(p.exists() for p in results):
+            break
+        if isinstance(job, SlurmJob):
+            # poll sacct ourselves: submitit's shared watcher backs off to minutes between calls
+            state = job.watcher.get_state(job.job_id, mode="force")
+            finished = state.split()[0].upper() not in _NOT_DONE
+        else:
+            finished = job.done()
+            state = "FINISHED" if finished else "RUNNING"
+        if finished:
+            grace = time.monotonic() + 5  # result files may land just after the state flips
+            while time.monotonic() < grace and not all(p.exists() for p in results):
+                time.sleep(0.5)
+            break
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"job {job.job_id} still {state} after {timeout_s:.0f} s (folder {job.paths.folder})")
+        time.sleep(poll_s)
+    if isinstance(job, SlurmJob) and state in ("UNKNOWN", "RUNNING", "COMPLETING"):
+        state = job.watcher.get_state(job.job_id, mode="force")
+    values, message = [], ""
+    for t, path in enumerate(results):
+        if not path.exists():
+            values.append(None)
+            if not message:
+                err = _task_paths(job, t).stderr
+                tail = last_traceback_line(err.read_text(errors="replace")) if err.exists() else ""
+                message = f"task {t} left no result (job state {state})" + (f"; stderr ends: {tail}" if tail else "")
+            continue
+        outcome, value = submitit_utils.pickle_load(path)
+        if outcome == "success":
+            values.append(value)
+        else:
+            values.append(None)
+            if not message or message.startswith("task "):
+                message = last_traceback_line(value)
+    rc = 0 if all(p.exists() for p in results) and not message else 1
+    return JobOutcome(job_id=str(job.job_id), state=state, returncode=rc, message=message, results=values)
