@@ -1,5 +1,7 @@
 """report.json / report.md content, PNG plots (size and drawn content), and the suite helpers."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,3 +133,10 @@ def test_examples_and_grids_from_eval_set(tmp_path):
 def test_lines_rejects_bare_values(tmp_path):
     with pytest.raises(ValueError, match=r"series 'x' must be a list of \(step, value\) pairs"):
         report.plot_lines({"x": [1, 2]}, tmp_path / "x.png")
+
+
+def test_metrics_import_without_matplotlib():
+    code = ("import sys; import llm2clip_nemo.eval as e; e.evaluate_features; e.caption_retrieval_accuracy; "
+            "print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

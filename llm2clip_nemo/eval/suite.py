@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from . import metrics as M
-from . import report
 from .manifest import EvalSet
 
 
@@ -76,6 +75,8 @@ def retrieval_examples(image_feats: torch.Tensor, text_feats: torch.Tensor, text
 def plot_examples(eval_set: EvalSet, examples: dict[str, Examples], out_dir: str | Path,
                   prefix: str = "") -> dict[str, Path]:
     """Write `{prefix}t2i_grid.png` and `{prefix}i2t_grid.png` for `retrieval_examples` output."""
+    from . import report  # matplotlib only when plotting
+
     out = Path(out_dir)
     t, i = examples["t2i"], examples["i2t"]
     return {
