@@ -81,6 +81,20 @@ class ViTConfig:
         """Tokens per image: patches plus the class token."""
         return self.grid_size**2 + 1
 
+    def num_params(self) -> int:
+        """Parameter count of the tower (projection included), from the config alone."""
+        w, m = self.width, self.mlp_dim
+        per_layer = 2 * 2 * w + (3 * w * w + 3 * w) + (w * w + w) + (m * w + m) + (w * m + w)
+        embed = self.num_channels * self.patch_size**2 * w + w + self.seq_len * w
+        return embed + 2 * w + self.num_layers * per_layer + 2 * w + w * self.embed_dim
+
+    def forward_flops(self) -> float:
+        """Forward FLOPs per image (2 per multiply-add; matmuls and attention, norms ignored)."""
+        s, w, m = self.seq_len, self.width, self.mlp_dim
+        per_layer = 2 * s * (3 * w * w + w * w + 2 * w * m) + 2 * 2 * s * s * w
+        patch = 2 * (s - 1) * self.num_channels * self.patch_size**2 * w
+        return float(patch + self.num_layers * per_layer + 2 * w * self.embed_dim)
+
     def validate(self) -> None:
         """Raise ValueError naming the field, the value and the fix."""
         if self.width % self.num_heads:
