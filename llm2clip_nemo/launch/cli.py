@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--container-image", default=None, help="pyxis/enroot image for srun")
     p.add_argument("--container-mounts", default=None)
     p.add_argument("--python", default=None, help="interpreter the tasks run (default: this one)")
+    p.add_argument("--setup", action="append", default=[], metavar="LINE",
+                   help="shell line run in the batch script before srun (module load, export); repeatable")
     p.add_argument("--resume-arg", action="append", default=None, metavar="KEY=VALUE",
                    help="override appended when a preempted job is requeued (default: the verb's own)")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit")
@@ -78,6 +80,7 @@ def spec_from_args(args: argparse.Namespace) -> LaunchSpec:
         job_name=args.job_name or f"llm2clip-{args.target.replace('.', '-')}", folder=args.folder,
         signal_delay_s=args.signal_delay, max_requeues=args.max_requeues,
         container_image=args.container_image, container_mounts=args.container_mounts, python=args.python,
+        setup=list(args.setup),
     )
     spec.validate()
     return spec

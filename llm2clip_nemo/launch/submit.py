@@ -119,11 +119,14 @@ def resolve_target(target: str) -> str:
 
     if target in VERBS:
         return target
-    if "." in target and importlib.util.find_spec(target) is not None:
-        return target
+    try:
+        if importlib.util.find_spec(target) is not None:
+            return target
+    except (ImportError, ValueError):  # a dotted name whose parent package does not exist
+        pass
     raise ValueError(
         f"unknown launch target {target!r}: give a verb ({', '.join(sorted(VERBS))}) or an importable "
-        "module path whose main(argv) returns an exit status (e.g. mypkg.my_job)."
+        "module whose main(argv) returns an exit status (e.g. mypkg.my_job), importable here and on the nodes."
     )
 
 

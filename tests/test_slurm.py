@@ -1,0 +1,105 @@
+"""On a real SLURM cluster (tests/slurm_fixtures.py starts one): the sbatch scripts, `llm2clip-nemo
+launch`, requeue with resume, and a failing job's error reaching the caller."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from slurm_fixtures import REPO, slurm_cluster  # noqa: F401  (session fixture)
+
+from llm2clip_nemo.launch import cli as launch_cli
+from llm2clip_nemo.launch.submit import LaunchSpec, render_sbatch, submit, wait
+
+TESTS = Path(__file__).resolve().parent
+# the launched test workload (tests/slurm_workload.py) must be importable on the nodes
+WORKLOAD_SETUP = f"export PYTHONPATH={TESTS}${{PYTHONPATH:+:$PYTHONPATH}}"
+DOCTOR_LINE = re.compile(r"^doctor rank=(\d+) local_rank=(\d+) world=(\d+) .* node=(\S+) .* launcher=(\S+) "
+                         r"backend=gloo rank_sum=(\d+)$", re.M)
+
+
+def check_doctor_2x2(text: str) -> None:
+    """All 4 ranks reported, agree on the sum, and sit 2 per node on 2 nodes."""
+    rows = sorted((int(r), int(lr), int(w), node, launcher, int(s))
+                  for r, lr, w, node, launcher, s in DOCTOR_LINE.findall(text))
+    assert [r[0] for r in rows] == [0, 1, 2, 3], text
+    assert {(r[2], r[4], r[5]) for r in rows} == {(4, "slurm", 6)}
+    by_node: dict[str, list[int]] = {}
+    for r in rows:
+        by_node.setdefault(r[3], []).append(r[1])
+    assert sorted(sorted(v) for v in by_node.values()) == [[0, 1], [0, 1]], by_node
+    assert "doctor OK: 4 ranks on 2 node(s)" in text
+
+
+def _sbatch_and_wait(script: str, args: list[str], out: Path, timeout: float = 240) -> str:
+    env = {**os.environ, "LLM2CLIP_PYTHON": sys.executable}
+    jid = subprocess.run(["sbatch", "--parsable", f"--output={out}", script, *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["squeue", "-h", "-j", jid], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, f"job {jid} still queued/running after {timeout} s"
+        time.sleep(1)
+    state = subprocess.run(["sacct", "-n", "-X", "-j", jid, "-o", "State,ExitCode", "--parsable2"],
+                           capture_output=True, text=True).stdout.strip()
+    assert state.startswith("COMPLETED|0:0"), f"{script}: {state}\n{out.read_text()}"
+    return out.read_text()
+
+
+# (script, args, checker): the CPU sbatch scripts across 2 nodes x 2 tasks over gloo.
+# When the pretrain recipe exists: ("slurm/pretrain_tiny.sh", [...], check_checkpoint_written).
+SBATCH_CASES = [("slurm/doctor.sh", [], check_doctor_2x2)]
+
+
+@pytest.mark.parametrize("script,args,check", SBATCH_CASES, ids=[c[0] for c in SBATCH_CASES])
+def test_sbatch_script_2_nodes_x_2_tasks(slurm_cluster, tmp_path, script, args, check):  # noqa: F811
+    check(_sbatch_and_wait(script, args, tmp_path / "job.out"))
+
+
+def test_launch_doctor_2_nodes_x_2_tasks(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    argv = ["doctor", "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "2", "--cpus-per-task", "1",
+            "--time", "10", "--folder", str(tmp_path), "--wait"]
+    assert launch_cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    folder = Path(re.search(r"job folder (\S+)", printed).group(1))
+    job_id = re.search(r"as job (\d+)", printed).group(1)
+    assert "4 task(s) succeeded" in printed
+    check_doctor_2x2("".join((folder / f"{job_id}_{t}_log.out").read_text() for t in range(4)))
+    # --dry-run prints exactly what was submitted
+    args, _ = launch_cli.parse_args(argv)
+    assert render_sbatch(launch_cli.spec_from_args(args), folder) == (folder / f"{job_id}_submission.sh").read_text()
+
+
+def test_preempted_job_is_requeued_and_resumes_without_loss_or_repeat(slurm_cluster, tmp_path):  # noqa: F811
+    out, items = tmp_path / "work", 12
+    spec = LaunchSpec(cluster="slurm", folder=str(tmp_path / "runs"), time_min=30, setup=[WORKLOAD_SETUP])
+    job, folder = submit("slurm_workload", [f"out={out}", f"items={items}", "sleep=0.4"], spec,
+                         resume_args=["resume=true"])
+    log = out / "processed.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().split()) >= 3):
+        assert time.monotonic() < deadline, "workload never started"
+        time.sleep(0.2)
+    # what SLURM sends before preempting a job that asked for --signal (submitit listens for USR2)
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
+    outcome = wait(job, timeout_s=180)
+    assert outcome.returncode == 0, outcome
+    ids = [int(x) for x in log.read_text().split()]
+    assert ids == list(range(items)), f"lost or repeated items: {ids}"
+    attempts = (out / "attempts.log").read_text().splitlines()
+    assert len(attempts) == 2, attempts
+    first_start = int(re.search(r"start=(\d+)", attempts[1]).group(1))
+    assert first_start >= 3 and "restart=1" in attempts[1] and attempts[1].endswith("resume=true")
+    assert "this job is preempted" in (folder / f"{job.job_id}_0_log.err").read_text()
+
+
+def test_failing_job_reports_traceback_last_line(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    argv = ["slurm_workload", "--cluster", "slurm", "--nodes", "2", "--time", "10", "--folder", str(tmp_path),
+            "--setup", WORKLOAD_SETUP, "--wait", f"out={tmp_path / 'work'}", "items=5", "sleep=0", "fail_at=2"]
+    assert launch_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"job \d+ failed \(\w+\): RuntimeError: item 2 is corrupt \(fail_at=2\)$", err.strip()), err
+    assert (tmp_path / "work" / "processed.log").read_text().split() == ["0", "1"]
