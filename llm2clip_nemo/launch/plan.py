@@ -1,0 +1,403 @@
+"""Capacity planner: FLOPs, memory per GPU, throughput, wall time and embedding storage for a run.
+
+    llm2clip-nemo plan --config-name pretrain_large plan.gpus=256 plan.samples=2e9
+    plan(vision={"width": 1024, "layers": 24, ...}, teacher={...}, batch=32768, gpus=256)
+
+Counts (2 FLOPs per multiply-add; norms, softmax and biases ignored):
+  * ViT forward per image: patch conv 2*(s-1)*C*p^2*w, per layer 2*s*(4w^2 + 2*w*m) for the
+    projections and MLP plus 4*s^2*w for QK^T and AV, and the output projection. Training is
+    3x forward (backward = 2x); full recompute adds one more forward (hardware, not model FLOPs).
+  * Teacher (Llama) forward per caption of t tokens: 2*t*(non-embedding params) + 4*L*t^2*h. The
+    embedding lookup is not a matmul and an encoder has no LM head (`include_lm_head` for the
+    "2 * N * tokens" convention that counts a causal LM's head).
+  * Memory per GPU: fp32 params + fp32 grads + AdamW m,v (optionally sharded over data-parallel
+    ranks); activations per Korthikanti et al. 2022 with 2-byte activations: per layer
+    s*b*(18w + 4m) bytes (34*s*b*w at m=4w) plus 5*a*s^2*b without fused attention; with full
+    recompute only the layer inputs 2*s*b*w per layer plus one layer's working set. The frozen
+    teacher: its bf16 TP shard and one layer's inference working set on the TP group's batch.
+  * Throughput: samples/s = gpus * peak * MFU / model FLOPs per sample.
+  * Offline embeddings: samples * captions * dim * bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+H100_BF16_DENSE_TFLOPS = 989.0
+
+# Published shapes (Hugging Face config.json of each model) for `teacher.preset`.
+TEACHER_PRESETS: dict[str, dict[str, int]] = {
+    "llama-3-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256),
+    "llama-3.2-1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192, vocab=128256),
+    "llama-3.2-3b": dict(hidden=3072, layers=28, heads=24, kv_heads=8, ffn=8192, vocab=128256),
+    "llama-3-70b": dict(hidden=8192, layers=80, heads=64, kv_heads=8, ffn=28672, vocab=128256),
+    "smollm2-135m": dict(hidden=576, layers=30, heads=9, kv_heads=3, ffn=1536, vocab=49152),
+}
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """The ViT dimensions the counts need."""
+
+    width: int
+    layers: int
+    heads: int
+    mlp_dim: int
+    patch_size: int
+    image_size: int
+    channels: int = 3
+    embed_dim: int = 0
+    """Output projection size (0: no projection)."""
+
+    @property
+    def tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+@dataclass(frozen=True)
+class TeacherShape:
+    """The Llama teacher dimensions the counts need."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    seq_len: int = 77
+    """Caption tokens per forward (padded length)."""
+    tensor_parallel: int = 1
+    mode: str = "online"
+    """'online' (teacher runs in the training step) or 'offline' (precomputed embedding sidecars)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+_ALIASES = {
+    "layers": ("layers", "num_layers", "num_hidden_layers"),
+    "heads": ("heads", "num_heads", "num_attention_heads"),
+    "kv_heads": ("kv_heads", "num_kv_heads", "num_key_value_heads", "num_query_groups"),
+    "hidden": ("hidden", "hidden_size", "width"),
+    "ffn": ("ffn", "ffn_hidden_size", "intermediate_size"),
+    "vocab": ("vocab", "vocab_size"),
+    "mlp_dim": ("mlp_dim", "intermediate_size"),
+    "channels": ("channels", "num_channels"),
+    "seq_len": ("seq_len", "max_length", "max_seq_len"),
+    "tensor_parallel": ("tensor_parallel", "tp", "tensor_model_parallel_size"),
+}
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    if section is None:
+        return {}
+    if dataclasses.is_dataclass(section):
+        return dataclasses.asdict(section)
+    return dict(section)
+
+
+def _pick(d: Mapping[str, Any], name: str, where: str, default: Any = None) -> Any:
+    for key in _ALIASES.get(name, (name,)):
+        if d.get(key) is not None:
+            return d[key]
+    if default is not None:
+        return default
+    raise ValueError(f"{where}.{name} is missing: set it (or {where}.preset) in the config or as {where}.{name}=N.")
+
+
+def vision_shape(section: Any) -> VisionShape:
+    """A VisionShape from a dict-like/dataclass section (vision.{width,layers,heads,mlp_dim,patch_size,
+    image_size}; ViTConfig's names work too; `preset: L/14` fills them from vision.config.PRESETS)."""
+    d = _as_dict(section)
+    if d.get("preset"):
+        from ..vision.config import PRESETS  # lazy: imports torch via the vision package
+
+        if d["preset"] not in PRESETS:
+            raise ValueError(f"vision.preset={d['preset']!r} is unknown: choose one of {sorted(PRESETS)}.")
+        d = {**dataclasses.asdict(PRESETS[d["preset"]]), **{k: v for k, v in d.items() if k != "preset"}}
+    v = VisionShape(width=int(_pick(d, "width", "vision")), layers=int(_pick(d, "layers", "vision")),
+                    heads=int(_pick(d, "heads", "vision")), mlp_dim=int(_pick(d, "mlp_dim", "vision")),
+                    patch_size=int(_pick(d, "patch_size", "vision")), image_size=int(_pick(d, "image_size", "vision")),
+                    channels=int(_pick(d, "channels", "vision", 3)), embed_dim=int(d.get("embed_dim") or 0))
+    if v.image_size % v.patch_size:
+        raise ValueError(f"vision.image_size={v.image_size} is not a multiple of vision.patch_size={v.patch_size}.")
+    return v
+
+
+def teacher_shape(section: Any) -> TeacherShape | None:
+    """A TeacherShape from teacher.{hidden,layers,heads,kv_heads,ffn,vocab,seq_len,tensor_parallel,mode},
+    `preset` (TEACHER_PRESETS) or `path` (a Hugging Face model dir with config.json). None when absent."""
+    d = _as_dict(section)
+    if not d:
+        return None
+    base: dict[str, Any] = {}
+    if d.get("preset"):
+        if d["preset"] not in TEACHER_PRESETS:
+            raise ValueError(f"teacher.preset={d['preset']!r} is unknown: choose one of {sorted(TEACHER_PRESETS)}.")
+        base = dict(TEACHER_PRESETS[d["preset"]])
+    elif d.get("path") and (Path(str(d["path"])) / "config.json").is_file():
+        base = json.loads((Path(str(d["path"])) / "config.json").read_text())
+    d = {**base, **{k: v for k, v in d.items() if v is not None}}
+    mode = str(d.get("mode", "online"))
+    if mode not in ("online", "offline"):
+        raise ValueError(f"teacher.mode={mode!r}: choose 'online' or 'offline'.")
+    t = TeacherShape(hidden=int(_pick(d, "hidden", "teacher")), layers=int(_pick(d, "layers", "teacher")),
+                     heads=int(_pick(d, "heads", "teacher")), kv_heads=int(_pick(d, "kv_heads", "teacher", d.get("heads"))),
+                     ffn=int(_pick(d, "ffn", "teacher")), vocab=int(_pick(d, "vocab", "teacher")),
+                     seq_len=int(_pick(d, "seq_len", "teacher", 77)),
+                     tensor_parallel=int(_pick(d, "tensor_parallel", "teacher", 1)), mode=mode)
+    for what, n in (("heads", t.heads), ("kv_heads", t.kv_heads)):
+        if n % t.tensor_parallel:
+            raise ValueError(f"teacher.tensor_parallel={t.tensor_parallel} does not divide teacher.{what}={n}.")
+    return t
+
+
+# ---------------------------------------------------------------- counts
+def vit_param_count(width: int, layers: int, mlp_dim: int, patch_size: int, image_size: int,
+                    channels: int = 3, embed_dim: int = 0) -> int:
+    """Parameters of a CLIP ViT: bias-free patch conv, class token, learned positions, pre-LN,
+    `layers` pre-LN blocks (QKV/out/MLP with biases, two LayerNorms), post-LN, bias-free projection
+    to `embed_dim` (0: none). Matches HF CLIPVisionModelWithProjection."""
+    w, m = width, mlp_dim
+    tokens = (image_size // patch_size) ** 2 + 1
+    embed = channels * patch_size**2 * w + w + tokens * w
+    per_layer = (3 * w * w + 3 * w) + (w * w + w) + (w * m + m) + (m * w + w) + 2 * 2 * w
+    return embed + 2 * w + layers * per_layer + 2 * w + w * embed_dim
+
+
+def vit_forward_flops(v: VisionShape) -> float:
+    """Forward FLOPs per image."""
+    s, w, m = v.tokens, v.width, v.mlp_dim
+    patch = 2 * (s - 1) * v.channels * v.patch_size**2 * w
+    per_layer = 2 * s * (4 * w * w + 2 * w * m) + 4 * s * s * w
+    return float(patch + v.layers * per_layer + 2 * w * v.embed_dim)
+
+
+def llama_param_count(t: TeacherShape, include_embedding: bool = True, include_lm_head: bool = False) -> int:
+    """Parameters of a Llama decoder (RMSNorm, SwiGLU, GQA, no biases)."""
+    h, kv = t.hidden, t.kv_heads * t.head_dim
+    per_layer = h * h + 2 * h * kv + h * h + 3 * h * t.ffn + 2 * h
+    n = t.layers * per_layer + h
+    return n + (t.vocab * h if include_embedding else 0) + (t.vocab * h if include_lm_head else 0)
+
+
+def llama_forward_flops(t: TeacherShape, tokens: int | None = None, include_lm_head: bool = False) -> float:
+    """Forward FLOPs per caption of `tokens` tokens (default teacher.seq_len)."""
+    s = tokens or t.seq_len
+    matmul = 2 * s * llama_param_count(t, include_embedding=False, include_lm_head=include_lm_head)
+    return float(matmul + 4 * t.layers * s * s * t.hidden)
+
+
+def vit_activation_bytes(v: VisionShape, batch: int, recompute: bool, fused_attention: bool = True) -> float:
+    """Activation memory of the ViT's training step for `batch` images (2-byte activations)."""
+    s, w, m, a = v.tokens, v.width, v.mlp_dim, v.heads
+    layer = s * batch * (18 * w + 4 * m) + (0 if fused_attention else 5 * a * s * s * batch)
+    if recompute:
+        return float(v.layers * 2 * s * batch * w + layer)
+    return float(v.layers * layer)
+
+
+def offline_storage_bytes(samples: float, captions: int, dim: int, bytes_per_value: float = 2) -> float:
+    """Embedding sidecars: one `dim`-vector per caption per sample."""
+    return float(samples) * captions * dim * bytes_per_value
+
+
+# ---------------------------------------------------------------- the plan
+def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float = 0.4,
+         peak_tflops: float = H100_BF16_DENSE_TFLOPS, samples: float = 1e9, captions_per_sample: int = 1,
+         recompute: bool = False, fused_attention: bool = True, distributed_optimizer: bool = False,
+         embedding_bytes: float = 2) -> dict[str, Any]:
+    """Estimates for training `vision` against `teacher` with global `batch` over `gpus` GPUs.
+
+    `vision`/`teacher` are VisionShape/TeacherShape, or dict-like sections (see vision_shape /
+    teacher_shape). Returns a flat dict of numbers (FLOPs, bytes, seconds)."""
+    v = vision if isinstance(vision, VisionShape) else vision_shape(vision)
+    t = teacher if isinstance(teacher, TeacherShape) or teacher is None else teacher_shape(teacher)
+    if gpus < 1 or batch < 1:
+        raise ValueError(f"plan needs gpus >= 1 and batch >= 1 (got gpus={gpus}, batch={batch}).")
+    if batch % gpus:
+        raise ValueError(f"batch={batch} is not divisible by gpus={gpus}: the global batch splits evenly over "
+                         f"data-parallel ranks; use a multiple of {gpus}.")
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu={mfu} must be in (0, 1].")
+    if t is not None and gpus % t.tensor_parallel:
+        raise ValueError(f"teacher.tensor_parallel={t.tensor_parallel} does not divide gpus={gpus}.")
+    micro = batch // gpus
+    r: dict[str, Any] = {"gpus": gpus, "global_batch": batch, "micro_batch": micro, "mfu": mfu,
+                         "peak_tflops": peak_tflops, "samples": float(samples)}
+
+    # FLOPs per sample
+    r["vision_params"] = vit_param_count(v.width, v.layers, v.mlp_dim, v.patch_size, v.image_size,
+                                         v.channels, v.embed_dim)
+    r["vision_forward_flops"] = vit_forward_flops(v)
+    r["vision_train_flops"] = 3 * r["vision_forward_flops"]
+    teacher_fwd = 0.0
+    if t is not None:
+        r["teacher_params"] = llama_param_count(t)
+        r["teacher_forward_flops_per_caption"] = llama_forward_flops(t)
+        teacher_fwd = r["teacher_forward_flops_per_caption"] * captions_per_sample if t.mode == "online" else 0.0
+    r["teacher_flops_per_sample"] = teacher_fwd
+    r["model_flops_per_sample"] = r["vision_train_flops"] + teacher_fwd
+    r["hardware_flops_per_sample"] = r["model_flops_per_sample"] + (r["vision_forward_flops"] if recompute else 0.0)
+
+    # memory per GPU
+    p = r["vision_params"]
+    r["mem_params"] = 4.0 * p
+    r["mem_grads"] = 4.0 * p
+    r["mem_optimizer"] = 8.0 * p / (gpus if distributed_optimizer else 1)
+    r["mem_activations"] = vit_activation_bytes(v, micro, recompute, fused_attention)
+    r["mem_activations_no_recompute"] = vit_activation_bytes(v, micro, False, fused_attention)
+    r["mem_activations_recompute"] = vit_activation_bytes(v, micro, True, fused_attention)
+    # contrastive logits: local rows x global columns, both directions, fp32
+    r["mem_logits"] = 2 * 4.0 * micro * batch
+    r["mem_teacher"] = 0.0
+    if t is not None and t.mode == "online":
+        tp = t.tensor_parallel
+        weights = 2.0 * llama_param_count(t) / tp
+        tokens = t.seq_len * micro * captions_per_sample * tp  # the TP group runs its gathered captions
+        kv = t.kv_heads * t.head_dim
+        working = 2.0 * tokens * (2 * t.hidden + (t.hidden + 2 * kv) / tp + 2 * t.ffn / tp)
+        r["mem_teacher_weights"], r["mem_teacher_working"] = weights, working
+        r["mem_teacher"] = weights + working
+    r["mem_total"] = sum(r[k] for k in ("mem_params", "mem_grads", "mem_optimizer", "mem_activations",
+                                        "mem_logits", "mem_teacher"))
+
+    # throughput and time
+    r["samples_per_s"] = gpus * peak_tflops * 1e12 * mfu / r["model_flops_per_sample"]
+    r["step_time_s"] = batch / r["samples_per_s"]
+    r["wall_time_s"] = float(samples) / r["samples_per_s"]
+    r["gpu_hours"] = r["wall_time_s"] * gpus / 3600
+
+    # offline embeddings (what extract writes; the run reads them in offline mode)
+    if t is not None:
+        r["offline_storage_bytes"] = offline_storage_bytes(samples, captions_per_sample, t.hidden, embedding_bytes)
+        extract_flops = float(samples) * captions_per_sample * r["teacher_forward_flops_per_caption"]
+        r["extract_wall_time_s"] = extract_flops / (gpus * peak_tflops * 1e12 * mfu)
+    return r
+
+
+# ---------------------------------------------------------------- presentation
+def _si(x: float, unit: str) -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def _bytes(x: float) -> str:
+    for scale, prefix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if x >= scale:
+            return f"{x / scale:.2f} {prefix}"
+    return f"{x:.0f} B"
+
+
+def _duration(s: float) -> str:
+    if s >= 86400:
+        return f"{s / 86400:.2f} days"
+    if s >= 3600:
+        return f"{s / 3600:.2f} h"
+    return f"{s:.1f} s"
+
+
+def format_table(r: Mapping[str, Any]) -> str:
+    rows = [
+        ("GPUs / global batch / per GPU", f"{r['gpus']} / {r['global_batch']} / {r['micro_batch']}"),
+        ("vision params", _si(r["vision_params"], "")),
+        ("vision forward / image", _si(r["vision_forward_flops"], "FLOP")),
+        ("vision train (3x fwd) / image", _si(r["vision_train_flops"], "FLOP")),
+    ]
+    if "teacher_params" in r:
+        rows += [("teacher params", _si(r["teacher_params"], "")),
+                 ("teacher forward / caption", _si(r["teacher_forward_flops_per_caption"], "FLOP")),
+                 ("teacher FLOPs / sample (online)", _si(r["teacher_flops_per_sample"], "FLOP"))]
+    rows += [
+        ("model FLOPs / sample", _si(r["model_flops_per_sample"], "FLOP")),
+        ("memory/GPU: params fp32", _bytes(r["mem_params"])),
+        ("memory/GPU: grads fp32", _bytes(r["mem_grads"])),
+        ("memory/GPU: AdamW m,v", _bytes(r["mem_optimizer"])),
+        ("memory/GPU: activations (no recompute)", _bytes(r["mem_activations_no_recompute"])),
+        ("memory/GPU: activations (full recompute)", _bytes(r["mem_activations_recompute"])),
+        ("memory/GPU: contrastive logits", _bytes(r["mem_logits"])),
+        ("memory/GPU: frozen teacher (bf16 TP shard + working)", _bytes(r["mem_teacher"])),
+        ("memory/GPU: total (as configured)", _bytes(r["mem_total"])),
+        (f"throughput at MFU {r['mfu']:.0%} of {r['peak_tflops']:.0f} TFLOP/s", f"{r['samples_per_s']:,.0f} samples/s"),
+        ("step time", _duration(r["step_time_s"])),
+        (f"wall time for {r['samples']:.3g} samples", f"{_duration(r['wall_time_s'])} ({r['gpu_hours']:,.0f} GPU-h)"),
+    ]
+    if "offline_storage_bytes" in r:
+        rows += [("offline embeddings storage", f"{_si(r['offline_storage_bytes'], 'B')} ({_bytes(r['offline_storage_bytes'])})"),
+                 ("offline extraction time (same GPUs)", _duration(r["extract_wall_time_s"]))]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _find(tree: Mapping[str, Any], key: str) -> Any:
+    """tree[key], or tree['model'][key]: configs nest components under `model`."""
+    if key in tree:
+        return tree[key]
+    model = tree.get("model")
+    return model.get(key) if isinstance(model, Mapping) else None
+
+
+def load_sections(config_name: str | None, overrides: list[str], config_dir: Path | None = None) -> dict[str, Any]:
+    """The raw YAML recipe (no schema: the planner reads only shapes) merged with dotlist overrides."""
+    from omegaconf import OmegaConf
+
+    from ..config.loader import CONFIG_DIR, ConfigError
+
+    layers = []
+    if config_name:
+        d = Path(config_dir) if config_dir else CONFIG_DIR
+        f = d / (config_name if config_name.endswith(".yaml") else f"{config_name}.yaml")
+        if not f.is_file():
+            raise ConfigError(f"config {config_name!r} not found in {d}; available: "
+                              f"{', '.join(sorted(p.stem for p in d.glob('*.yaml'))) or 'none'}")
+        layers.append(OmegaConf.load(f))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. plan.gpus=256)")
+    layers.append(OmegaConf.from_dotlist(overrides))
+    return OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..config.loader import ConfigError, parse_recipe_args
+
+    p = argparse.ArgumentParser(prog="llm2clip-nemo plan", description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
+    try:
+        name, path, overrides, rest = parse_recipe_args(list(argv or []))
+        args = p.parse_args(rest)
+        tree = load_sections(name, overrides, path)
+        knobs = dict(tree.get("plan") or {})
+        vision, teacher = _find(tree, "vision"), _find(tree, "teacher")
+        if not vision:
+            raise ConfigError("the config has no vision section (vision.* or model.vision.*): give one, e.g. "
+                              "vision.preset=L/14")
+        trainer = tree.get("trainer") or {}
+        default_gpus = int(trainer.get("num_nodes", 1)) * int(trainer.get("devices", 1)) if trainer else 8
+        gpus = int(knobs.get("gpus", default_gpus))
+        batch = int(float(knobs.get("batch", _find(tree, "global_batch_size") or 32 * gpus)))
+        r = plan(vision, teacher, batch=batch, gpus=gpus, mfu=float(knobs.get("mfu", 0.4)),
+                 peak_tflops=float(knobs.get("peak_tflops", H100_BF16_DENSE_TFLOPS)),
+                 samples=float(knobs.get("samples", 1e9)), captions_per_sample=int(knobs.get("captions", 1)),
+                 recompute=bool(knobs.get("recompute", _as_dict(vision).get("recompute", False))),
+                 fused_attention=bool(knobs.get("fused_attention", True)),
+                 distributed_optimizer=bool(knobs.get("distributed_optimizer", False)),
+                 embedding_bytes=float(knobs.get("embedding_bytes", 2)))
+    except (ConfigError, ValueError) as e:
+        print(f"llm2clip-nemo plan: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(r, indent=2) if args.json else format_table(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
