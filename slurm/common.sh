@@ -46,6 +46,7 @@ if [ -n "${CONTAINER_IMAGE:-}" ]; then
               --container-mounts="$workdir:$workdir${CONTAINER_MOUNTS:+,$CONTAINER_MOUNTS}")
 fi
 cmd=(srun "${srun_args[@]}" "$python" "${args[@]}")
-echo "llm2clip: job ${SLURM_JOB_ID:-none} attempt ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-localhost}: ${cmd[*]}"
+printf -v shown '%q ' "${cmd[@]}"   # shell-quoted: the line can be pasted back as is
+echo "llm2clip: job ${SLURM_JOB_ID:-none} attempt ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-localhost}: ${shown% }"
 [ "${LLM2CLIP_DRY_RUN:-0}" = 1 ] && exit 0
 exec "${cmd[@]}"

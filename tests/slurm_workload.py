@@ -7,7 +7,7 @@ with the preemption signals blocked so a signal can never land between the two w
 resume argument shows up as repeated ids). `fail_at=K` raises on item K. No torch import: the
 test measures the launcher, not the ML stack.
 
-    out=DIR items=N [sleep=SECONDS] [resume=true] [fail_at=K]
+    out=DIR items=N [sleep=SECONDS] [resume=true] [fail_at=K] [exit=CODE]
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def _signals_blocked():
 
 def main(argv: list[str]) -> int:
     opts = dict(a.split("=", 1) for a in argv)
+    if "exit" in opts:
+        raise SystemExit(int(opts["exit"]))
     out, items = Path(opts["out"]), int(opts["items"])
     delay, fail_at = float(opts.get("sleep", "0.2")), int(opts.get("fail_at", "-1"))
     if int(os.environ.get("SLURM_PROCID", "0")) != 0:

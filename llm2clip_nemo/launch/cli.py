@@ -14,7 +14,7 @@ import argparse
 import re
 import sys
 
-from .submit import CLUSTERS, LaunchSpec, new_job_folder, render_sbatch, submit, wait
+from .submit import CLUSTERS, LaunchSpec, new_job_folder, render_sbatch, resolve_target, submit, wait
 
 
 def parse_time(value: str) -> int:
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args, verb_argv = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         spec = spec_from_args(args)
+        resolve_target(args.target)
         if args.dry_run:
             if spec.cluster != "slurm":
                 raise ValueError("--dry-run renders an sbatch script: use it with --cluster slurm.")

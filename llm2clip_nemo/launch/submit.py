@@ -44,6 +44,9 @@ RESUME_ARGS: dict[str, list[str]] = {
 _NOT_DONE = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "RESIZING",
              "SUSPENDED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
 
+# submitit's SignalHandler ends a preempted/timed-out task with sys.exit(-1) after requeueing it.
+_SUBMITIT_PREEMPT_EXIT = -1
+
 REPO_SLURM_DIR = Path(__file__).resolve().parents[2] / "slurm"
 
 
@@ -149,10 +152,16 @@ class RecipeJob(submitit.helpers.Checkpointable):
         from ..cli import VERBS
         from ..cli import main as cli_main
 
-        if self.target in VERBS:
-            rc = cli_main([self.target, *self.argv])
-        else:
-            rc = importlib.import_module(self.target).main(list(self.argv))
+        try:
+            if self.target in VERBS:
+                rc = cli_main([self.target, *self.argv])
+            else:
+                rc = importlib.import_module(self.target).main(list(self.argv))
+        except SystemExit as e:
+            if e.code == _SUBMITIT_PREEMPT_EXIT:
+                raise  # submitit's signal handler: requeued; this attempt must end without a result
+            # argparse and friends exit instead of returning: make it a status the caller sees
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         rc = int(rc or 0)
         if rc != 0:  # an exception reaches the caller with its traceback; a bare status must too
             raise RuntimeError(f"{self.target} exited with status {rc} (argv: {shlex.join(self.argv)})")
