@@ -259,13 +259,22 @@ def caption_retrieval_accuracy(caption_feats: torch.Tensor, image_ids, *, block_
     queries = (counts[inverse] >= 2).nonzero().reshape(-1)
     if queries.numel() == 0:
         raise ValueError("CRA needs images with at least 2 captions; every image here has one.")
-    hits = 0
+    # A query hits iff its best wrong candidate scores below its best own one by more than tie_eps;
+    # both are running maxima, so the [queries, M] scores are visited in 2-D blocks, never whole.
+    n, neg_inf = feats.shape[0], torch.tensor(float("-inf"), dtype=feats.dtype, device=feats.device)
+    best_own = torch.full((queries.numel(),), float("-inf"), dtype=feats.dtype, device=feats.device)
+    best_wrong = best_own.clone()
     for q0 in range(0, queries.numel(), block_size):
         q = queries[q0:q0 + block_size]
-        s = feats[q] @ feats.T
-        same = ids[q][:, None] == ids[None, :]
-        self_mask = torch.zeros_like(same).scatter_(1, q[:, None], True)
-        best_own = s.masked_fill(~same | self_mask, float("-inf")).amax(1)
-        n_wrong_above = ((s >= best_own[:, None] - tie_eps) & ~same).sum(1)
-        hits += int((n_wrong_above == 0).sum())
+        fq, iq = feats[q], ids[q][:, None]
+        for c0 in range(0, n, block_size):
+            cand = torch.arange(c0, min(c0 + block_size, n), device=feats.device)
+            s = fq @ feats[cand].T
+            same = iq == ids[cand][None, :]
+            own = same & (q[:, None] != cand[None, :])
+            best_own[q0:q0 + block_size].copy_(torch.maximum(best_own[q0:q0 + block_size],
+                                                             torch.where(own, s, neg_inf).amax(1)))
+            best_wrong[q0:q0 + block_size].copy_(torch.maximum(best_wrong[q0:q0 + block_size],
+                                                               torch.where(same, neg_inf, s).amax(1)))
+    hits = int((best_wrong < best_own - tie_eps).sum())
     return 100.0 * hits / queries.numel()
