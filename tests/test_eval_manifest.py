@@ -130,3 +130,21 @@ def test_from_samples_and_captioned_subset():
     feats = torch.eye(3)
     r = metrics.retrieval_metrics(feats[:2], feats[[0, 0, 1]], sub.text_to_image, ks=(1,))
     assert r["i2t_R@1"] == 100.0 and r["t2i_R@1"] == 100.0
+
+
+def test_webdataset_style_samples_and_labels():
+    img = Image.new("RGB", (4, 4), (9, 9, 9))
+    samples = [
+        {"__key__": "000", "png": img, "txt": "short", "json": {"long": "a long recaption"}, "label": "grey"},
+        {"__key__": "001", "jpg": img, "txt": "other", "json": {"long": "more"}, "label": "dark"},
+        {"__key__": "002", "txt": "no image", "label": "grey"},
+    ]
+    es = from_samples(samples, captions_fn=lambda s: [s["txt"], s["json"]["long"]])
+    assert es.keys == ["000", "001"] and es.missing == ["002"]
+    assert es.captions == ["short", "a long recaption", "other", "more"]
+    assert es.label_indices() == (["dark", "grey"], [1, 0])
+    assert es.label_indices(["grey", "dark", "white"]) == (["grey", "dark", "white"], [0, 1])
+    with pytest.raises(ManifestError, match=r"labels \['grey'\] are not among the 1 class names"):
+        es.label_indices(["dark"])
+    with pytest.raises(ManifestError, match="1 of 2 images have no 'label'"):
+        from_samples([samples[0], {"png": img, "txt": "x"}]).label_indices()

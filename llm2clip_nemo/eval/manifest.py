@@ -13,7 +13,7 @@ unreadable images are skipped and counted (`EvalSet.summary()`), or raise with `
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -74,6 +74,22 @@ class EvalSet:
         if isinstance(img, Image.Image):
             return img.convert("RGB")
         return img
+
+    def label_indices(self, classnames: Sequence[str] | None = None) -> tuple[list[str], list[int]]:
+        """(class names, class index per image) for zero-shot; classes default to sorted labels.
+
+        Every image needs a label (use a set built only from labelled entries).
+        """
+        if not self.labels or any(x is None for x in self.labels):
+            n = sum(x is None for x in self.labels) if self.labels else self.n_images
+            raise ManifestError(f"{self.source}: {n} of {self.n_images} images have no 'label'; zero-shot "
+                                "classification needs one class name per image.")
+        names = list(classnames) if classnames is not None else sorted(set(self.labels))
+        index = {c: i for i, c in enumerate(names)}
+        unknown = sorted(set(self.labels) - set(index))
+        if unknown:
+            raise ManifestError(f"{self.source}: labels {unknown[:5]} are not among the {len(names)} class names.")
+        return names, [index[x] for x in self.labels]
 
     def captioned(self) -> EvalSet:
         """The subset of images that have at least one caption (retrieval needs one per image)."""
@@ -246,27 +262,38 @@ def load_manifest(path: str | Path, image_root: str | Path | None = None, split:
     return es
 
 
-def from_samples(samples: Iterable[dict], image_key: str = "image", captions_key: str = "captions",
-                 caption_keys: Sequence[str] = ("caption", "txt"), label_key: str = "label",
+IMAGE_KEYS = ("image", "jpg", "jpeg", "png", "webp")
+
+
+def from_samples(samples: Iterable[dict], image_keys: str | Sequence[str] = IMAGE_KEYS,
+                 captions_key: str = "captions", caption_keys: Sequence[str] = ("caption", "txt"),
+                 captions_fn: Callable[[dict], list[str]] | None = None, label_key: str = "label",
                  source: str = "samples") -> EvalSet:
     """The same structure from decoded samples (e.g. webdataset dicts), images kept in memory.
 
-    Each sample holds `image_key` (PIL image, array or tensor) and either `captions_key` (a list)
-    or one of `caption_keys` (a string). A sample without an image is skipped and counted in
-    `missing` by its `__key__`.
+    The image is the first of `image_keys` present (PIL image, array or tensor; webdataset's
+    decoded `jpg`/`png`/`webp` included). Captions: `captions_fn(sample)` when given (e.g. to read
+    a long re-caption from the sample's json), else `captions_key` (a list), else the first of
+    `caption_keys` (a string). A sample without an image is skipped and counted in `missing` by
+    its `__key__`.
     """
+    image_keys = [image_keys] if isinstance(image_keys, str) else list(image_keys)
     entries, missing = [], []
     for n, s in enumerate(samples):
         key = str(s.get("__key__", n))
-        if s.get(image_key) is None:
+        image = next((s[k] for k in image_keys if s.get(k) is not None), None)
+        if image is None:
             missing.append(key)
             continue
-        caps = s.get(captions_key)
-        if caps is None:
-            caps = [s[k] for k in caption_keys if s.get(k)][:1]
+        if captions_fn is not None:
+            caps = captions_fn(s)
+        else:
+            caps = s.get(captions_key)
+            if caps is None:
+                caps = [s[k] for k in caption_keys if s.get(k)][:1]
         if isinstance(caps, str):
             caps = [caps]
-        entries.append(_Entry(key, s[image_key], [str(c) for c in caps], s.get(label_key)))
+        entries.append(_Entry(key, image, [str(c) for c in caps], s.get(label_key)))
     es = _assemble(entries, source)
     es.missing = missing
     return es
