@@ -4,10 +4,7 @@ from __future__ import annotations
 import json
 import random
 
-import pytest
 import torch
-
-from llm2clip_nemo.text.hf_io import embedded_llm_dir
 
 CAPTIONS = [
     "dog", "a red apple", "Grinning face", "two cats sleeping on a sofa",
@@ -27,16 +24,10 @@ CAPTIONS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir():
-    """SmolLM2-135M-Instruct as a HF safetensors directory (made once from the packaged GGUF)."""
-    return embedded_llm_dir()
-
-
 def write_tiny_llama(path, vocab=101, hidden=64, layers=2, heads=4, kv_heads=2, ffn=96, tied=False, seed=0):
     """A random Llama checkpoint written by stock transformers (real HF directory)."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,

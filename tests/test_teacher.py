@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dist_utils import run_workers
-from llm_fixtures import CAPTIONS, random_word_captions, smollm2_dir, write_tiny_llama  # noqa: F401
+from llm_fixtures import CAPTIONS, random_word_captions, write_tiny_llama
 
 from llm2clip_nemo.runtime import init_parallel
 from llm2clip_nemo.text.hf_encoder import HFEncoder
@@ -79,23 +79,38 @@ def test_length_buckets_cover_all_once_and_cut_padding():
 
 # ---- tensor parallel over gloo -------------------------------------------------------------------
 
-def _tp_worker(rank, world, path, texts, options_kw):
+def _tp_worker(rank, world, path, texts, per_rank_texts):
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.teacher import Teacher
 
     g = init_parallel(world)
-    t = Teacher.load(path, g, EncoderOptions(**options_kw))
-    return t.encode_texts(texts, batch_size=16), t.fingerprint
+    t = Teacher.load(path, g)
+    offline = t.encode_texts(texts, batch_size=16)  # same captions on every rank
+    online = None
+    if per_rank_texts:  # each rank its own captions
+        ids, mask = t.tokenize(per_rank_texts[rank])
+        online = t.encode_online(ids, mask)
+    return offline, online, t.fingerprint
 
 
-def test_smollm2_tp3_matches_tp1(smollm2_dir, groups):
-    texts = CAPTIONS
+def test_smollm2_tp3_matches_tp1_offline_and_online(smollm2_dir, smollm2_tp3, groups):
+    """TP=3 over 3 gloo processes (teacher converted by `convert import-llm --tp 3`) vs TP=1.
+
+    Online: distinct captions and batch sizes per rank; each rank must get exactly its own rows.
+    """
     ref_t = Teacher.load(smollm2_dir, groups)
-    ref = ref_t.encode_texts(texts)
-    outs = run_workers(_tp_worker, 3, str(smollm2_dir), texts, {})
-    for emb, fp in outs:
-        assert F.cosine_similarity(emb, ref).min().item() >= 0.9999
-        assert fp == ref_t.fingerprint
+    ref = ref_t.encode_texts(CAPTIONS)
+    per_rank = [CAPTIONS[0:5], CAPTIONS[5:7], CAPTIONS[7:16]]
+    outs = run_workers(_tp_worker, 3, str(smollm2_tp3), CAPTIONS, per_rank)
+    for r, (offline, online, fp) in enumerate(outs):
+        assert F.cosine_similarity(offline, ref).min().item() >= 0.9999
+        assert fp == ref_t.fingerprint  # same weights, same embeddings: same identity
+        mine = ref_t.encode_texts(per_rank[r])
+        assert online.shape == mine.shape
+        sim = F.cosine_similarity(online[:, None], mine[None], dim=-1)  # [returned rows, own captions]
+        assert torch.diagonal(sim).min().item() >= 0.9999
+        # each row is closest to its own caption, not to another row's
+        assert torch.equal(sim.argmax(1), torch.arange(len(per_rank[r])))
 
 
 def test_tiny_llama_tp2_matches_hf_and_tp1(tmp_path, groups):
@@ -105,32 +120,8 @@ def test_tiny_llama_tp2_matches_hf_and_tp1(tmp_path, groups):
     ref_hf = hf_reference(HFEncoder.from_pretrained(path), texts, True, "mean")
     tp1 = Teacher.load(path, groups).encode_texts(texts)
     assert F.cosine_similarity(tp1, ref_hf).min().item() >= 0.9999
-    for emb, _ in run_workers(_tp_worker, 2, str(path), texts, {}):
-        assert F.cosine_similarity(emb, ref_hf).min().item() >= 0.9999
-
-
-def _online_worker(rank, world, path, per_rank_texts):
-    from llm2clip_nemo.runtime import init_parallel
-    from llm2clip_nemo.text.teacher import Teacher
-
-    g = init_parallel(world)
-    t = Teacher.load(path, g)
-    ids, mask = t.tokenize(per_rank_texts[rank])
-    return t.encode_online(ids, mask)
-
-
-def test_online_tp_returns_each_rank_its_own_rows(smollm2_dir, groups):
-    # distinct captions and different batch sizes and lengths per rank
-    per_rank = [CAPTIONS[0:5], CAPTIONS[5:7], CAPTIONS[7:16]]
-    ref_t = Teacher.load(smollm2_dir, groups)
-    outs = run_workers(_online_worker, 3, str(smollm2_dir), per_rank)
-    for r, emb in enumerate(outs):
-        ref = ref_t.encode_texts(per_rank[r])
-        assert emb.shape == ref.shape
-        sim = F.cosine_similarity(emb[:, None], ref[None], dim=-1)  # [mine, reference]
-        assert torch.diagonal(sim).min().item() >= 0.9999
-        # each row is closest to its own caption, not to another rank's or another row's
-        assert torch.equal(sim.argmax(1), torch.arange(len(per_rank[r])))
+    for offline, _, _ in run_workers(_tp_worker, 2, str(path), texts, None):
+        assert F.cosine_similarity(offline, ref_hf).min().item() >= 0.9999
 
 
 # ---- bad input -----------------------------------------------------------------------------------

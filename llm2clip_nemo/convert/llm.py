@@ -49,6 +49,19 @@ def read_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaSpec, dict[str, to
     return spec, sd, cfg
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def cached_digest(path: Path, hf_sd: dict[str, torch.Tensor]) -> str:
+    """weights_digest of a checkpoint on disk, remembered per (path, size, mtime) in this process."""
+    files = sorted(p for p in Path(path).parent.glob("*") if p.suffix in (".safetensors", ".gguf")) if path.is_file() \
+        else sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.gguf"))
+    key = (str(Path(path).resolve()),) + tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = weights_digest(hf_sd)
+    return _DIGESTS[key]
+
+
 def weights_digest(hf_sd: dict[str, torch.Tensor]) -> str:
     """sha256 over HF names, dtypes, shapes and bytes: the same for a HF dir and its Megatron copy."""
     h = hashlib.sha256()
@@ -167,7 +180,7 @@ def teacher_shard_for(path: str | os.PathLike, tp: int, tp_rank: int) -> tuple[L
         return spec, hf_to_megatron(hf_sd, spec, tp)[tp_rank], meta
     spec, hf_sd, _ = read_hf_checkpoint(path)
     spec.check_tp(tp, "teacher.tensor_parallel")
-    meta = {"weights_digest": weights_digest(hf_sd), "source": str(path), "tp": None}
+    meta = {"weights_digest": cached_digest(path, hf_sd), "source": str(path), "tp": None}
     return spec, hf_to_megatron(hf_sd, spec, tp)[tp_rank], meta
 
 

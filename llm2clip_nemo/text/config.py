@@ -1,0 +1,71 @@
+"""The teacher's typed config, shared by the extract and CLIP-training recipes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .pooling import check_pooling
+
+EMBEDDED = "embedded"
+
+
+@dataclass
+class TeacherConfig:
+    path: str = EMBEDDED
+    """Megatron teacher dir (`convert import-llm`), HF model dir, .gguf file, or 'embedded' (SmolLM2-135M-Instruct)."""
+    tensor_parallel: int = 1
+    """TP size t: the teacher is split over groups of t consecutive ranks; must divide heads and KV groups."""
+    bidirectional: bool = True
+    """Padding-only attention (LLM2CLIP/llm2vec). False keeps the causal mask."""
+    pooling: str = "mean"
+    """mean | last_token | weighted_mean (pad-aware)."""
+    max_length: int = 256
+    """Tokens per caption; longer captions are truncated."""
+    batch_size: int = 64
+    """Captions per teacher forward (length-bucketed)."""
+    max_tokens: int = 0
+    """If > 0, also caps padded tokens per forward (memory bound for long captions)."""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16."""
+
+    def validate(self) -> None:
+        check_pooling(self.pooling, "teacher.pooling")
+        if self.tensor_parallel < 1:
+            raise ValueError(f"teacher.tensor_parallel={self.tensor_parallel} must be >= 1.")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"teacher.dtype={self.dtype!r} must be auto, fp32 or bf16.")
+        if self.path != EMBEDDED and not Path(self.path).exists():
+            raise ValueError(f"teacher.path={self.path!r} does not exist: point it at a Megatron teacher dir "
+                             "(`llm2clip-nemo convert import-llm`), a HF model dir, or use 'embedded'.")
+
+    def resolved_path(self) -> Path:
+        if self.path == EMBEDDED:
+            from .hf_io import embedded_llm_dir
+
+            return embedded_llm_dir()
+        return Path(self.path)
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.dtype]
+
+    def encoder_options(self):
+        from .megatron_encoder import EncoderOptions
+
+        return EncoderOptions(bidirectional=self.bidirectional, pooling=self.pooling, params_dtype=self.torch_dtype())
+
+
+def expected_fingerprint(cfg: TeacherConfig) -> str:
+    """The fingerprint the configured teacher would stamp on sidecars, without building it."""
+    from ..convert.llm import cached_digest, read_hf_checkpoint, read_teacher_meta, teacher_fingerprint
+
+    path = cfg.resolved_path()
+    if (path / "teacher.json").is_file():
+        digest = read_teacher_meta(path)["weights_digest"]
+    else:
+        _, sd, _ = read_hf_checkpoint(path)
+        digest = cached_digest(path, sd)
+    return teacher_fingerprint(digest, cfg.bidirectional, cfg.pooling)
