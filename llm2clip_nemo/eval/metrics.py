@@ -213,7 +213,10 @@ def zeroshot_classification(image_feats: torch.Tensor, class_text_feats: torch.T
 
 def build_class_embeddings(classnames: Sequence[str], templates: Sequence[str],
                            encode_text_fn: Callable[[list[str]], torch.Tensor], batch_size: int = 256) -> torch.Tensor:
-    """Encode `template.format(classname)` for every class and template; return [C, D] (normalised).
+    """Encode `template.format(classname)` for every class and template; return [C, D].
+
+    Rows are normalised per template, averaged, renormalised (in float64, returned in the
+    encoder's dtype).
 
     encode_text_fn maps a list of strings to a [len, D] tensor. Prompts are sent in batches of
     `batch_size` across class boundaries.
@@ -228,7 +231,8 @@ def build_class_embeddings(classnames: Sequence[str], templates: Sequence[str],
     feats = torch.cat([torch.as_tensor(c) for c in chunks])
     if feats.shape[0] != len(prompts):
         raise ValueError(f"encode_text_fn returned {feats.shape[0]} rows for {len(prompts)} prompts.")
-    return class_embeddings_from_templates(feats.reshape(len(classnames), len(templates), -1))
+    cls = class_embeddings_from_templates(feats.reshape(len(classnames), len(templates), -1))
+    return cls.to(feats.dtype) if feats.is_floating_point() else cls
 
 
 # ---------------------------------------------------------------- caption retrieval accuracy
