@@ -1,0 +1,54 @@
+"""The LLM2CLIP adapter: the paper's size, the computation vs an explicit reference, config errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm2clip_nemo.text.adapter import AdapterConfig, LLM2CLIPAdapter, check_teacher_dim
+
+
+def test_paper_size_for_llama3_8b():
+    cfg = AdapterConfig(input_dim=4096, joint_dim=1280)
+    with torch.device("meta"):
+        adapter = LLM2CLIPAdapter(cfg)
+    n = sum(p.numel() for p in adapter.parameters())
+    assert n == cfg.num_params() == 273_768_448  # "about 273M parameters for d=4096"
+    assert len(adapter.blocks) == 4 and adapter.blocks[0].fc1.out_features == 8192
+
+
+def test_forward_matches_reference():
+    torch.manual_seed(0)
+    cfg = AdapterConfig(input_dim=16, joint_dim=8, num_blocks=2)
+    adapter = LLM2CLIPAdapter(cfg).double()
+    with torch.no_grad():  # move norms off their (1, 0) init so they are exercised
+        for block in adapter.blocks:
+            block.norm.weight.normal_()
+            block.norm.bias.normal_()
+    x = torch.randn(3, 16, dtype=torch.float64)
+    h = x / x.norm(dim=-1, keepdim=True)
+    for block in adapter.blocks:
+        z = F.layer_norm(h, (16,), block.norm.weight, block.norm.bias, 1e-5)
+        h = h + (F.gelu(z @ block.fc1.weight.T + block.fc1.bias) @ block.fc2.weight.T + block.fc2.bias)
+    ref = F.layer_norm(h, (16,), adapter.norm.weight, adapter.norm.bias, 1e-5) @ adapter.proj.weight.T
+    out = adapter(x)
+    assert out.shape == (3, 8)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    # the input is L2-normalised: the teacher's embedding norm does not matter
+    torch.testing.assert_close(adapter(7.0 * x), out, atol=1e-12, rtol=0)
+
+
+def test_teacher_dim_mismatch_names_the_field():
+    cfg = AdapterConfig(input_dim=4096, joint_dim=1280)
+    check_teacher_dim(cfg, 4096)
+    with pytest.raises(ValueError, match=r"model.adapter.input_dim=4096 does not match the teacher's embedding "
+                                         r"size 576: set model.adapter.input_dim=576"):
+        check_teacher_dim(cfg, 576)
+    adapter = LLM2CLIPAdapter(AdapterConfig(input_dim=12, joint_dim=4, num_blocks=1))
+    with pytest.raises(ValueError, match="model.adapter.input_dim=12 does not match"):
+        adapter(torch.randn(2, 10))
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match=r"model.adapter.dropout=1.5 must be in \[0, 1\)"):
+        AdapterConfig(dropout=1.5).validate()
+    with pytest.raises(ValueError, match=r"model.adapter.joint_dim=0 must be >= 1"):
+        AdapterConfig(joint_dim=0).validate()
