@@ -83,6 +83,25 @@ def test_retrieval_matches_bruteforce_with_ties_and_multi_captions(seed, block):
     assert (got["n_images"], got["n_texts"]) == (len(img), len(t2i))
 
 
+def test_retrieval_matches_argsort_reference_at_moderate_size():
+    # a second, sort-based reference on 150 images x 600 captions, many blocks (no ties in random data)
+    g = torch.Generator().manual_seed(9)
+    img = torch.randn(150, 32, generator=g, dtype=torch.float64)
+    t2i = torch.randint(0, 150, (600,), generator=g)
+    t2i[:150] = torch.arange(150)  # every image has a caption
+    txt = img[t2i] + 2.0 * torch.randn(600, 32, generator=g, dtype=torch.float64)
+    s = torch.nn.functional.normalize(img, dim=1) @ torch.nn.functional.normalize(txt, dim=1).T
+    order_t = s.argsort(dim=1, descending=True)  # per image, captions best first
+    first_hit = [int((t2i[order_t[i]] == i).nonzero()[0]) for i in range(150)]
+    order_i = s.T.argsort(dim=1, descending=True)
+    pos = [int((order_i[j] == t2i[j]).nonzero()[0]) for j in range(600)]
+    got = M.retrieval_metrics(img, txt, t2i, ks=(1, 5, 10), block_size=64)
+    for k in (1, 5, 10):
+        assert got[f"i2t_R@{k}"] == pytest.approx(100.0 * sum(r < k for r in first_hit) / 150)
+        assert got[f"t2i_R@{k}"] == pytest.approx(100.0 * sum(r < k for r in pos) / 600)
+    assert 5 < got["t2i_R@1"] < 95  # a non-trivial case
+
+
 def test_ties_are_pessimistic_and_order_independent():
     # image 1 and 2 are the same vector: caption 1 (of image 1) ties with image 2 -> not a top-1 hit
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0]])

@@ -107,6 +107,8 @@ def test_evaluate_features_bundles_metrics():
     assert out["retrieval"] == metrics.retrieval_metrics(img, txt, t2i, ks=(1, 5))
     assert out["recall_curve"]["t2i"][4] == out["retrieval"]["t2i_R@5"] and len(out["recall_curve"]["i2t"]) == 6
     assert out["cra"] == metrics.caption_retrieval_accuracy(txt, t2i)
+    row = suite.summary_row(out)
+    assert row == {**out["retrieval"], "cra": out["cra"]} and list(row)[:2] == ["i2t_R@1", "i2t_R@5"]
     assert "cra" not in suite.evaluate_features(img, img, torch.arange(6))  # one caption per image
     zs = suite.evaluate_zeroshot(img, img[:3], [0, 1, 2, 0, 1, 2], ks=(1, 3))
     assert zs["top3"] == 100.0 and zs["top1"] >= 50.0

@@ -21,7 +21,8 @@ from .templates import IMAGENET_TEMPLATES, SHORT_TEMPLATES, get_templates
 _LAZY = {
     "report": ("plot_image_to_text_grid", "plot_lines", "plot_recall_curves", "plot_text_to_image_grid",
                "write_report"),
-    "suite": ("Examples", "evaluate_features", "evaluate_zeroshot", "plot_examples", "retrieval_examples"),
+    "suite": ("Examples", "evaluate_features", "evaluate_zeroshot", "plot_examples", "retrieval_examples",
+              "summary_row"),
 }
 
 
@@ -59,6 +60,7 @@ __all__ = [
     "retrieval_metrics",
     "retrieval_ranks",
     "shard_indices",
+    "summary_row",
     "top_retrievals",
     "write_report",
     "zeroshot_classification",

@@ -35,6 +35,14 @@ def evaluate_features(image_feats: torch.Tensor, text_feats: torch.Tensor, text_
     return out
 
 
+def summary_row(result: dict) -> dict:
+    """One flat {metric: value} row for `report.write_report` from `evaluate_features` output."""
+    row = dict(result.get("retrieval", {}))
+    if "cra" in result:
+        row["cra"] = result["cra"]
+    return row
+
+
 def evaluate_zeroshot(image_feats: torch.Tensor, class_embeddings: torch.Tensor, labels,
                       ks: Sequence[int] = (1, 5)) -> dict:
     """Top-k zero-shot accuracy; class_embeddings [C, D] (`build_class_embeddings`) or [C, T, D]."""
