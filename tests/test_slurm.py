@@ -59,18 +59,29 @@ def test_sbatch_script_2_nodes_x_2_tasks(slurm_cluster, tmp_path, script, args, 
     check(_sbatch_and_wait(script, args, tmp_path / "job.out"))
 
 
-def test_launch_doctor_2_nodes_x_2_tasks(slurm_cluster, tmp_path, capsys):  # noqa: F811
-    argv = ["doctor", "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "2", "--cpus-per-task", "1",
-            "--time", "10", "--folder", str(tmp_path), "--wait"]
+# (verb, verb args, checker): the same through `llm2clip-nemo launch --nodes 2 --tasks-per-node 2 --wait`.
+# When the pretrain recipe exists: ("pretrain", ["--config-name", "pretrain_tiny"], check_checkpoint_written).
+LAUNCH_CASES = [("doctor", [], check_doctor_2x2)]
+
+
+@pytest.mark.parametrize("verb,args,check", LAUNCH_CASES, ids=[c[0] for c in LAUNCH_CASES])
+def test_launch_2_nodes_x_2_tasks(slurm_cluster, tmp_path, capsys, verb, args, check):  # noqa: F811
+    argv = [verb, "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "2", "--cpus-per-task", "1",
+            "--time", "10", "--folder", str(tmp_path), "--wait", *args]
     assert launch_cli.main(argv) == 0
     printed = capsys.readouterr().out
     folder = Path(re.search(r"job folder (\S+)", printed).group(1))
     job_id = re.search(r"as job (\d+)", printed).group(1)
     assert "4 task(s) succeeded" in printed
-    check_doctor_2x2("".join((folder / f"{job_id}_{t}_log.out").read_text() for t in range(4)))
+    check("".join((folder / f"{job_id}_{t}_log.out").read_text() for t in range(4)))
     # --dry-run prints exactly what was submitted
-    args, _ = launch_cli.parse_args(argv)
-    assert render_sbatch(launch_cli.spec_from_args(args), folder) == (folder / f"{job_id}_submission.sh").read_text()
+    parsed, _ = launch_cli.parse_args(argv)
+    assert render_sbatch(launch_cli.spec_from_args(parsed), folder) == (folder / f"{job_id}_submission.sh").read_text()
+
+
+def test_sbatch_refusal_reaches_the_caller(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    assert launch_cli.main(["doctor", "--partition", "nope", "--folder", str(tmp_path)]) == 1
+    assert "submission failed: sbatch: error: invalid partition specified: nope" in capsys.readouterr().err
 
 
 def test_preempted_job_is_requeued_and_resumes_without_loss_or_repeat(slurm_cluster, tmp_path):  # noqa: F811

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"llm2clip-nemo launch: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # sbatch refused the job (bad partition, account, limits): say why
+        print(f"llm2clip-nemo launch: submission failed: {e}", file=sys.stderr)
+        return 1
     print(f"submitted {args.target} as job {job.job_id} ({spec.cluster}, {spec.nodes} node(s) x "
           f"{spec.ntasks_per_node} task(s)); job folder {folder}")
     print(f"  logs: {job.paths.stdout}  {job.paths.stderr}  (one pair per task, _0_ = rank 0)")

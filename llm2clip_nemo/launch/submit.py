@@ -20,6 +20,7 @@ import datetime
 import importlib
 import importlib.util
 import shlex
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -244,6 +245,9 @@ def make_executor(spec: LaunchSpec, folder: Path) -> submitit.core.core.Pickling
                              gpus_per_node=spec.gpus_per_node, signal_delay_s=spec.signal_delay_s,
                              setup=spec.setup)
         return ex
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise ValueError("cluster=slurm needs the SLURM client (sbatch, srun) on PATH: run this on a login node, "
+                         "or use --cluster local, or --dry-run to see the script.")
     ex = SlurmExecutor(folder, max_num_timeout=spec.max_requeues, python=_python(spec))
     ex.update_parameters(**slurm_parameters(spec, Path(folder)))
     return ex
