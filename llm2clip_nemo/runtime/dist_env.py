@@ -89,7 +89,7 @@ class DistEnv:
 
 
 def slurm_port(job_id: str) -> int:
-    """A port in [20000, 40000) derived from the job id, so concurrent jobs sharing a node do not
+    """A port in [20000, 30000) derived from the job id, so concurrent jobs sharing a node do not
     collide (and a requeued job, which keeps its id, rendezvouses on the same port)."""
     digits = re.sub(r"\D", "", str(job_id)) or "0"
     return 20000 + int(digits[-4:]) % 20000
