@@ -298,24 +298,33 @@ class ImageTextStream(IterableDataset):
         lw = (pw + self._next_worker) % nw
         pos = self._positions.get(lw, _start_pos())
         stats = copy.deepcopy(self._stats.get(lw, _empty_stats(len(self.sources))))
+        # A finished batch is held until the next sample arrives, so that a worker's last batch can
+        # carry the final position and skip counts (items after its last sample included).
         buf: list[dict] = []
+        held = None
         last = pos
         for sample, after in self._items(lw, nw, pos, stats):
             last = after
             if sample is None:
                 continue
+            if held is not None:
+                yield self._emit(held, lw, nw, info is None)
+                held = None
             buf.append(sample)
             if len(buf) == self.cfg.batch_size:
-                batch = self._collate(buf, lw, nw, after, stats)
+                held = (buf, after, copy.deepcopy(stats))
                 buf = []
-                if info is None:
-                    self.track(batch)
-                yield batch
+        if held is not None:
+            yield self._emit((held[0], last if not buf else held[1], stats if not buf else held[2]), lw, nw, info is None)
         if buf and not self.cfg.drop_last:
-            batch = self._collate(buf, lw, nw, last, stats)
-            if info is None:
-                self.track(batch)
-            yield batch
+            yield self._emit((buf, last, stats), lw, nw, info is None)
+
+    def _emit(self, held, lw: int, nw: int, in_process: bool) -> dict:
+        buf, pos, stats = held
+        batch = self._collate(buf, lw, nw, pos, stats)
+        if in_process:
+            self.track(batch)
+        return batch
 
     # ---- position in the main process --------------------------------------------------------
     def track(self, batch: dict) -> None:
