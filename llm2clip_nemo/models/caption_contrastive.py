@@ -1,0 +1,279 @@
+"""Stage 1 as a NeMo model: caption-contrastive LoRA fine-tuning of an LLM (LLM2CLIP's "CC" LLM).
+
+`CaptionContrastiveModel` is a `nemo.core.ModelPT` around `CaptionEncoder` (plain torch, see
+caption_encoder.py). It trains with Lightning (DDP over data-parallel ranks, embeddings gathered
+with gradient inside the loss), validates by caption retrieval accuracy (CRA) on a held-out set,
+and exports the LoRA-merged LLM as a stock Hugging Face directory.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from nemo.core.classes import ModelPT
+
+from ..config import ConfigError
+from .caption_data import (
+    StepLoader,
+    TripleSchedule,
+    flatten_eval_captions,
+    load_caption_groups,
+    tokenize_with_instruction,
+)
+from .caption_encoder import CaptionEncoder, EncoderConfig
+from .caption_encoder import export_merged as _export_encoder
+from .nemo_base import allow_our_targets, default_dp_group, from_dictconfig, to_dictconfig
+
+DEMO = "demo"
+DEFAULT_INSTRUCTION = "Given a caption, retrieve a detailed relevant caption: "
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA weights."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    warmup_steps: int = 300
+    """Linear warmup from 0 over this many steps."""
+    schedule: str = "constant"
+    """After warmup: constant | cosine (to 0 at trainer.max_steps) | linear (to 0)."""
+
+    def validate(self) -> None:
+        if self.schedule not in ("constant", "cosine", "linear"):
+            raise ConfigError(f"model.optim.schedule={self.schedule!r}: choose constant, cosine or linear.")
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ConfigError(f"model.optim: lr={self.lr} must be > 0 and warmup_steps={self.warmup_steps} >= 0.")
+
+
+@dataclass
+class CaptionDataConfig:
+    train_path: str = DEMO
+    """Caption groups for training: JSONL ({id, captions}) or webdataset shards (.tar, dir, glob);
+    'demo' = the embedded Twemoji dataset's train split (built on first use)."""
+    val_path: str = DEMO
+    """Held-out caption groups for CRA (same formats; 'demo' = the demo test split)."""
+    caption_fields: list[str] = field(default_factory=lambda: ["txt", "long"])
+    """Shard fields that are captions of one image: `txt` member and json keys (str or list)."""
+    global_batch_size: int = 512
+    """Triples per optimizer step over all data-parallel ranks (must divide by the rank count)."""
+    hard_negatives: int = 1
+    """Hard negatives per query: captions of other images."""
+    max_length: int = 512
+    """Token budget per text, instruction included."""
+    query_instruction: str = DEFAULT_INSTRUCTION
+    """Prefix of queries only; its tokens are excluded from the pooled embedding."""
+    val_max_groups: int = 0
+    """Cap on held-out groups used for CRA (0 = all)."""
+    val_batch_size: int = 64
+    """Captions per forward when computing CRA."""
+    seed: int = 0
+    """Seed of the batch schedule (batch k is a function of seed and k)."""
+
+    def validate(self) -> None:
+        for name in ("train_path", "val_path"):
+            p = getattr(self, name)
+            if p != DEMO and not Path(p.split("*")[0] if "*" in p else p).exists():
+                raise ConfigError(f"model.data.{name}={p!r} does not exist: build the dataset first (e.g. "
+                                  f"`llm2clip-nemo data demo`) or set model.data.{name}={DEMO} for the embedded demo.")
+        if self.global_batch_size < 1 or self.hard_negatives < 0:
+            raise ConfigError(f"model.data.global_batch_size={self.global_batch_size} must be >= 1 and "
+                              f"hard_negatives={self.hard_negatives} >= 0.")
+
+
+@dataclass
+class CaptionContrastiveModelConfig(EncoderConfig):
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
+
+
+def check_global_batch(global_batch: int, world: int) -> int:
+    """Local batch per rank; ConfigError when the ranks do not divide the global batch."""
+    if global_batch % world:
+        raise ConfigError(f"model.data.global_batch_size={global_batch} is not divisible by the {world} "
+                          f"data-parallel ranks: use a multiple of {world}, e.g. {max(world, global_batch // world * world)}.")
+    return global_batch // world
+
+
+def resolve_demo_paths(data: CaptionDataConfig) -> tuple[str, str]:
+    """(train_path, val_path) with 'demo' replaced by the demo dataset's splits."""
+    if DEMO not in (data.train_path, data.val_path):
+        return data.train_path, data.val_path
+    from ..data.demo_dataset import build_demo_dataset
+    from ..text.hf_io import default_cache_dir
+
+    out = build_demo_dataset(default_cache_dir() / "demo_dataset")
+    root = Path(out) if out is not None and not isinstance(out, dict) else default_cache_dir() / "demo_dataset"
+    train = str(root / "train") if data.train_path == DEMO else data.train_path
+    val = str(root / "test") if data.val_path == DEMO else data.val_path
+    return train, val
+
+
+def lr_lambda(optim: OptimConfig, max_steps: int):
+    def f(step: int) -> float:
+        if optim.warmup_steps and step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "constant":
+            return 1.0
+        frac = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * frac)) if optim.schedule == "cosine" else 1.0 - frac
+    return f
+
+
+class _Batches:
+    """A sized iterable of ready batches (a bare list would read as several dataloaders to Lightning)."""
+
+    def __init__(self, batches: list):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+class CaptionContrastiveModel(ModelPT):
+    """NeMo ModelPT: LoRA caption-contrastive fine-tuning of a HF causal LM (+ optional MNTP phase)."""
+
+    def __init__(self, cfg, trainer=None):
+        allow_our_targets()
+        if not hasattr(cfg, "items"):  # a dataclass config
+            cfg = to_dictconfig(cfg)
+        schema = from_dictconfig(CaptionContrastiveModelConfig, cfg)
+        super().__init__(cfg=cfg, trainer=trainer)
+        self.schema = schema
+        self.core = CaptionEncoder(schema)
+        self.strict_loading = False  # checkpoints hold the LoRA weights only (base weights come from llm_path)
+        self.dp_group = None
+        self.cra_history: list[tuple[int, float]] = []
+        self._groups_cache: dict[str, list] = {}
+        self._val_feats: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ---- NeMo ModelPT API -------------------------------------------------------------------
+    @classmethod
+    def list_available_models(cls):
+        return []  # no pretrained checkpoints on NGC: build from a HF LLM
+
+    def setup_training_data(self, train_data_config=None):
+        self._train_dl = None  # built lazily in train_dataloader(), once ranks and steps are known
+
+    def setup_validation_data(self, val_data_config=None):
+        self._validation_dl = None
+
+    # ---- data ---------------------------------------------------------------------------------
+    def _paths(self) -> tuple[str, str]:
+        if "paths" not in self._groups_cache:
+            self._groups_cache["paths"] = resolve_demo_paths(self.schema.data)
+        return self._groups_cache["paths"]
+
+    def _groups(self, which: str):
+        if which not in self._groups_cache:
+            path = self._paths()[0 if which == "train" else 1]
+            self._groups_cache[which] = load_caption_groups(path, self.schema.data.caption_fields)
+        return self._groups_cache[which]
+
+    def _rank_world(self) -> tuple[int, int]:
+        t = self._trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def train_dataloader(self):
+        d = self.schema.data
+        rank, world = self._rank_world()
+        check_global_batch(d.global_batch_size, world)
+        accum = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        max_steps = self._trainer.max_steps if self._trainer is not None else 1
+        sched = TripleSchedule(self._groups("train"), d.global_batch_size, d.hard_negatives, d.seed)
+        return StepLoader(sched, self.core.tokenizer, rank, world, max_steps * accum, d.query_instruction,
+                          d.max_length, start_step=lambda: (self._trainer.global_step * accum
+                                                            if self._trainer is not None else 0))
+
+    def val_captions(self) -> tuple[list[str], list[int]]:
+        return flatten_eval_captions(self._groups("val"), self.schema.data.val_max_groups or None)
+
+    def val_dataloader(self):
+        """This rank's contiguous share of the held-out captions, as (index, texts) batches."""
+        texts, _ = self.val_captions()
+        rank, world = self._rank_world()
+        per = -(-len(texts) // world)
+        mine = list(range(rank * per, min(len(texts), (rank + 1) * per)))
+        bs = self.schema.data.val_batch_size
+        return _Batches([(torch.tensor(mine[i:i + bs]), [texts[j] for j in mine[i:i + bs]])
+                         for i in range(0, len(mine), bs)])
+
+    # ---- training -----------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask, pool_mask=None):
+        return self.core.embed(input_ids, attention_mask, pool_mask)
+
+    def in_mntp_phase(self) -> bool:
+        return self.global_step < self.schema.mntp.steps
+
+    def training_step(self, batch, batch_idx):
+        if self.dp_group is None:
+            self.dp_group = default_dp_group()
+        if self.in_mntp_phase():
+            gen = torch.Generator().manual_seed(self.schema.data.seed * 7919 + self.global_step)
+            loss = self.core.mntp_loss(batch, gen)
+        else:
+            loss = self.core.contrastive_loss(batch, group=self.dp_group)
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, batch_size=int(batch["n"]))
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False, on_step=True, batch_size=1)
+        return loss
+
+    def configure_optimizers(self):
+        o = self.schema.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        max_steps = self._trainer.max_steps if self._trainer is not None else 1
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, max_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        # Only the trainable (LoRA) weights: the frozen LLM is rebuilt from model.llm_path.
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    # ---- validation: CRA ----------------------------------------------------------------------
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Plain captions (no instruction, as the stage-2 teacher sees them) -> [N, H] fp32."""
+        d = self.schema.data
+        ids, attn, pool = tokenize_with_instruction(self.core.tokenizer, texts, [""] * len(texts), d.max_length)
+        dev = next(self.parameters()).device
+        return self.core.embed(ids.to(dev), attn.to(dev), pool.to(dev)).float()
+
+    def on_validation_epoch_start(self):
+        self._val_feats = []
+
+    def validation_step(self, batch, batch_idx):
+        idx, texts = batch
+        self._val_feats.append((idx.cpu(), self.embed_texts(list(texts)).cpu()))
+
+    def on_validation_epoch_end(self):
+        from ..eval.metrics import caption_retrieval_accuracy
+
+        texts, image_ids = self.val_captions()
+        parts = self._val_feats
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, parts)
+            parts = [p for g in gathered for p in g]
+        idx = torch.cat([p[0] for p in parts])
+        feats = torch.empty(len(texts), parts[0][1].shape[1])
+        feats[idx] = torch.cat([p[1] for p in parts])
+        cra = caption_retrieval_accuracy(feats, image_ids)
+        self.cra_history.append((int(self.global_step), cra))
+        self.log("val_cra", cra, prog_bar=True, sync_dist=False, batch_size=1)
+        self._val_feats = []
+        return {"val_cra": cra}
+
+
+def export_merged(model: CaptionContrastiveModel | CaptionEncoder, out_dir) -> Path:
+    """LoRA merged into a stock HF causal-LM directory (+ tokenizer), ready for `convert import-llm`."""
+    enc = model.core if isinstance(model, CaptionContrastiveModel) else model
+    return _export_encoder(enc, out_dir)

@@ -1,0 +1,205 @@
+"""Stage 1's trainable caption encoder in plain torch: HF causal LM + peft LoRA, bidirectional
+attention, pooling without instruction tokens, the caption InfoNCE and the MNTP objective.
+
+Kept free of NeMo/Lightning so parity tests (DP=2 vs DP=1) and exports run without them; the
+NeMo model class (`caption_contrastive.py`) wraps it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError
+from ..losses import CaptionInfoNCELoss
+from ..text.hf_encoder import HFEncoder, set_bidirectional
+from ..text.pooling import check_pooling
+
+EMBEDDED = "embedded"
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    """Leaf module names to adapt (HF Llama names: q_proj ... down_proj)."""
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"model.lora.r={self.r} must be >= 1.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.lora.dropout={self.dropout} must be in [0, 1).")
+        if not self.target_modules:
+            raise ConfigError("model.lora.target_modules is empty: name at least one module, e.g. [q_proj, v_proj].")
+
+
+@dataclass
+class MNTPConfig:
+    steps: int = 0
+    """Optimizer steps of masked next-token prediction before the contrastive phase (0 = skip)."""
+    mask_prob: float = 0.2
+    """Fraction of caption tokens selected for prediction (80% masked, 10% random, 10% kept)."""
+    mask_token: str = "_"
+    """Token that replaces masked tokens when the tokenizer has no mask token (llm2vec uses "_")."""
+
+    def validate(self) -> None:
+        if self.steps < 0 or not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"model.mntp: steps={self.steps} must be >= 0 and mask_prob={self.mask_prob} in (0, 1).")
+
+
+@dataclass
+class EncoderConfig:
+    """The LLM and how it embeds captions."""
+
+    llm_path: str = EMBEDDED
+    """HF causal-LM directory or .gguf file; 'embedded' = the packaged SmolLM2-135M-Instruct."""
+    pooling: str = "mean"
+    """mean | last_token | weighted_mean over caption tokens (instruction tokens excluded)."""
+    bidirectional: bool = True
+    """Remove the causal mask (LLM2CLIP / llm2vec)."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder layers in the backward (saves activation memory on long sequences)."""
+    loss_scale: float = 50.0
+    """Inverse temperature of the caption InfoNCE (50 = LLM2CLIP; llm2vec uses 20)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    mntp: MNTPConfig = field(default_factory=MNTPConfig)
+
+    def validate(self) -> None:
+        try:
+            check_pooling(self.pooling, "model.pooling")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"model.dtype={self.dtype!r}: choose auto, float32 or bfloat16.")
+        if self.loss_scale <= 0:
+            raise ConfigError(f"model.loss_scale={self.loss_scale} must be > 0.")
+
+
+def resolve_llm_path(path: str) -> Path:
+    if path == EMBEDDED:
+        from ..text.hf_io import embedded_llm_dir
+
+        return embedded_llm_dir()
+    return Path(path)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
+    """Raise ConfigError naming the missing targets and the linear modules the model has."""
+    linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    missing = [t for t in targets if t not in linear_names]
+    if missing:
+        raise ConfigError(f"model.lora.target_modules: {missing} not found in {type(model).__name__}; "
+                          f"available linear modules: {linear_names}. Fix the names in model.lora.target_modules.")
+
+
+class CaptionEncoder(nn.Module):
+    """LoRA-adapted LLM encoder: `embed(ids, mask, pool_mask) -> [N, H]`, `contrastive_loss`, `mntp_loss`."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+
+        from ..text.hf_io import load_hf_causal_lm
+
+        self.cfg = cfg
+        base, tok = load_hf_causal_lm(resolve_llm_path(cfg.llm_path), dtype=resolve_dtype(cfg.dtype))
+        check_lora_targets(base, list(cfg.lora.target_modules))
+        if cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.config.use_cache = False
+        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=list(cfg.lora.target_modules), bias="none")
+        self.tokenizer = tok
+        self.encoder = HFEncoder(get_peft_model(base, lcfg), tok, cfg.pooling, cfg.bidirectional)
+        self.loss_fn = CaptionInfoNCELoss(cfg.loss_scale)
+        self.encoder.model.train()
+
+    @property
+    def peft_model(self):
+        return self.encoder.model
+
+    def lora_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def embed(self, input_ids, attention_mask, pool_mask=None) -> torch.Tensor:
+        return self.encoder(input_ids, attention_mask, pool_mask)
+
+    def contrastive_loss(self, batch: dict, group=None) -> torch.Tensor:
+        """Batch from `collate_triples`: rows = B queries, B positives, B*H negatives (one forward)."""
+        n, h = int(batch["n"]), int(batch["h"])
+        emb = self.embed(batch["input_ids"], batch["attention_mask"], batch["pool_mask"])
+        q, p, neg = emb[:n], emb[n:2 * n], emb[2 * n:]
+        return self.loss_fn(q, p, neg.reshape(n, h, -1) if h else None, group=group)
+
+    def mask_token_id(self) -> int:
+        tok = self.tokenizer
+        if tok.mask_token_id is not None:
+            return tok.mask_token_id
+        ids = tok(self.cfg.mntp.mask_token, add_special_tokens=False)["input_ids"]
+        return ids[0] if ids else tok.pad_token_id
+
+    def mntp_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Masked next-token prediction (llm2vec): corrupt caption tokens, predict token i from the
+        logits at position i-1 with bidirectional attention. Only pooled (caption) tokens from
+        position 1 on are candidates: position 0 has no previous position to predict it from."""
+        ids, attn = batch["input_ids"], batch["attention_mask"]
+        cand = batch["pool_mask"].bool().clone()
+        cand[:, 0] = False
+        probs = torch.rand(ids.shape, generator=generator, device="cpu").to(ids.device)
+        selected = cand & (probs < self.cfg.mntp.mask_prob)
+        if not bool(selected.any()):  # tiny batches: always predict at least one token
+            first = cand.float().argmax(dim=1)
+            selected[torch.arange(ids.shape[0]), first] = cand[torch.arange(ids.shape[0]), first]
+        action = torch.rand(ids.shape, generator=generator, device="cpu").to(ids.device)
+        corrupted = ids.clone()
+        corrupted[selected & (action < 0.8)] = self.mask_token_id()
+        rand_tok = torch.randint(0, self.peft_model.config.vocab_size if hasattr(self.peft_model, "config") else 1,
+                                 ids.shape, generator=generator).to(ids.device)
+        swap = selected & (action >= 0.8) & (action < 0.9)
+        corrupted[swap] = rand_tok[swap]
+        labels = torch.where(selected, ids, torch.full_like(ids, -100))
+        logits = self.peft_model(input_ids=corrupted, attention_mask=attn, use_cache=False).logits
+        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                               ignore_index=-100)
+
+
+def merged_copy(enc: CaptionEncoder) -> nn.Module:
+    """A plain HF causal LM with the LoRA weights folded in (the encoder itself is untouched)."""
+    merged = copy.deepcopy(enc.peft_model).merge_and_unload()
+    set_bidirectional(merged, False)  # a standard causal-LM config; the teacher chooses the mask
+    if getattr(merged, "is_gradient_checkpointing", False):
+        merged.gradient_checkpointing_disable()
+    merged.config.use_cache = True
+    return merged.eval()
+
+
+def export_merged(enc: CaptionEncoder, out_dir: str | Path, extra_meta: dict | None = None) -> Path:
+    """Write the LoRA-merged LLM as a stock HF causal-LM directory (safetensors + tokenizer)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged = merged_copy(enc)
+    merged.save_pretrained(out, safe_serialization=True)
+    enc.tokenizer.save_pretrained(out)
+    meta = {"pooling": enc.cfg.pooling, "bidirectional": enc.cfg.bidirectional,
+            "lora": asdict(enc.cfg.lora), "source": str(enc.cfg.llm_path), **(extra_meta or {})}
+    (out / "llm2clip_cc.json").write_text(json.dumps(meta, indent=2))
+    return out

@@ -1,0 +1,156 @@
+"""Lightning trainer + NeMo exp_manager, shared by the stage-1 and stage-2 recipes.
+
+    trainer, log_dir = build_trainer(cfg)        # cfg has .trainer (TrainerConfig) and .exp_manager
+
+Everything is `lightning.pytorch` (what NeMo 3.0 uses); the separately installed
+`pytorch_lightning` package is never imported: its Trainer is a different class that NeMo refuses.
+Validation is scheduled by global step (`check_val_every_n_epoch=None`), so resumed runs and
+step-indexed data loaders need no notion of epochs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    """auto | cpu | gpu."""
+    devices: int = 1
+    """Processes (GPUs) per node."""
+    num_nodes: int = 1
+    """Nodes."""
+    strategy: str = "auto"
+    """auto | ddp | fsdp (fsdp: GPU only, for LLMs whose weights do not fit one device)."""
+    precision: str = "auto"
+    """auto (bf16-mixed on GPU, 32-true on CPU) or any Lightning precision string."""
+    max_steps: int = 100
+    """Optimizer steps of the whole run (a resumed run continues up to it)."""
+    val_check_interval: int = 50
+    """Validate every N optimizer steps."""
+    log_every_n_steps: int = 1
+    """Logging period in steps (TensorBoard and the progress bar)."""
+    gradient_clip_val: float = 1.0
+    """Gradient norm clip (0 = off)."""
+    accumulate_grad_batches: int = 1
+    """Micro-batches per optimizer step."""
+    enable_progress_bar: bool = True
+    """TQDM bar with loss and samples/s."""
+    deterministic: bool = False
+    """torch deterministic algorithms."""
+
+    def validate(self) -> None:
+        if self.accelerator not in ("auto", "cpu", "gpu", "cuda"):
+            raise ConfigError(f"trainer.accelerator={self.accelerator!r}: choose auto, cpu or gpu.")
+        if self.strategy not in ("auto", "ddp", "fsdp"):
+            raise ConfigError(f"trainer.strategy={self.strategy!r}: choose auto, ddp or fsdp.")
+        if self.max_steps < 1 or self.val_check_interval < 1 or self.devices < 1 or self.num_nodes < 1:
+            raise ConfigError("trainer.max_steps, val_check_interval, devices and num_nodes must be >= 1.")
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+@dataclass
+class ExpManagerConfig:
+    exp_dir: str = "nemo_experiments"
+    """Root of the run directories."""
+    name: str = "run"
+    """Run name: the log dir is exp_dir/name (fixed, so resume_if_exists finds it again)."""
+    resume_if_exists: bool = True
+    """Continue from <log_dir>/checkpoints/*last.ckpt when present."""
+    checkpoint_every_n_steps: int = 50
+    """Save a checkpoint every N optimizer steps."""
+    save_top_k: int = 2
+    """Step checkpoints kept (the latest ones), besides *last.ckpt."""
+    save_nemo_on_train_end: bool = False
+    """Also write a .nemo archive of the model at the end."""
+    create_tensorboard_logger: bool = True
+    """TensorBoard event files under the log dir."""
+
+    def validate(self) -> None:
+        if self.checkpoint_every_n_steps < 1:
+            raise ConfigError(f"exp_manager.checkpoint_every_n_steps={self.checkpoint_every_n_steps} must be >= 1.")
+
+
+def resolve_precision(p: str) -> str:
+    if p == "auto":
+        return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    return p
+
+
+def resolve_strategy(tc: TrainerConfig):
+    if tc.strategy == "fsdp":
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.strategy=fsdp needs CUDA GPUs; on CPU use trainer.strategy=ddp (or auto).")
+        return "fsdp"
+    if tc.strategy == "ddp" or (tc.strategy == "auto" and tc.world_size > 1):
+        # find_unused_parameters: frozen base weights never get grads; DDP only tracks trainable ones
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=False)
+    return "auto"
+
+
+class SamplesPerSecond:
+    """Callback factory (kept lazy so importing this module stays light)."""
+
+    def __new__(cls, global_batch: int):
+        from lightning.pytorch.callbacks import Callback
+
+        class _SamplesPerSecond(Callback):
+            def __init__(self):
+                self.t0 = None
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                self.t0 = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if self.t0 is not None:
+                    dt = max(time.perf_counter() - self.t0, 1e-9)
+                    pl_module.log("samples_per_s", global_batch / dt, prog_bar=True, on_step=True,
+                                  on_epoch=False, batch_size=1, rank_zero_only=True)
+
+        return _SamplesPerSecond()
+
+
+def exp_manager_dict(ec: ExpManagerConfig) -> dict:
+    return {
+        "exp_dir": ec.exp_dir, "name": ec.name, "explicit_log_dir": str(Path(ec.exp_dir) / ec.name),
+        "use_datetime_version": False, "resume_if_exists": ec.resume_if_exists,
+        "resume_ignore_no_checkpoint": True, "create_tensorboard_logger": ec.create_tensorboard_logger,
+        "create_checkpoint_callback": True, "create_preemption_callback": False,
+        "log_step_timing": False, "log_tflops_per_sec_per_gpu": False, "seconds_to_sleep": 0,
+        "checkpoint_callback_params": {
+            "monitor": "step", "mode": "max", "save_top_k": ec.save_top_k, "save_last": True,
+            "every_n_train_steps": ec.checkpoint_every_n_steps, "every_n_epochs": None,
+            "filename": "{step}", "auto_insert_metric_name": True, "always_save_nemo": False,
+            "save_nemo_on_train_end": ec.save_nemo_on_train_end, "save_on_train_epoch_end": False,
+        },
+    }
+
+
+def build_trainer(cfg, callbacks=()) -> tuple:
+    """(lightning.pytorch.Trainer, log_dir) from `cfg.trainer` and `cfg.exp_manager`."""
+    import lightning.pytorch as pl
+    from nemo.utils.exp_manager import exp_manager
+
+    tc: TrainerConfig = cfg.trainer
+    trainer = pl.Trainer(
+        accelerator="gpu" if tc.accelerator == "cuda" else tc.accelerator, devices=tc.devices,
+        num_nodes=tc.num_nodes, strategy=resolve_strategy(tc), precision=resolve_precision(tc.precision),
+        max_steps=tc.max_steps, max_epochs=-1, val_check_interval=tc.val_check_interval,
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=tc.log_every_n_steps,
+        gradient_clip_val=tc.gradient_clip_val or None, accumulate_grad_batches=tc.accumulate_grad_batches,
+        enable_progress_bar=tc.enable_progress_bar, deterministic=tc.deterministic,
+        use_distributed_sampler=False, logger=False, enable_checkpointing=False, callbacks=list(callbacks),
+    )
+    log_dir = exp_manager(trainer, exp_manager_dict(cfg.exp_manager))
+    return trainer, Path(log_dir)
