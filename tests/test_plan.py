@@ -119,3 +119,12 @@ def test_plan_cli_errors(tmp_path, capsys):
     assert "no vision section" in capsys.readouterr().err
     assert P.main(["--config-path", str(tmp_path), "--config-name", "absent"]) == 2
     assert "config 'absent' not found" in capsys.readouterr().err
+
+
+def test_teacher_shape_from_hf_config_dir(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152}))
+    t = P.teacher_shape({"path": str(tmp_path), "tensor_parallel": 3, "seq_len": 64})
+    assert (t.hidden, t.layers, t.kv_heads, t.tensor_parallel, t.seq_len) == (576, 30, 3, 3, 64)
+    assert P.llama_param_count(t) == 134_515_008
