@@ -1,0 +1,194 @@
+"""Training throughput: our ViT + LLM2CLIP adapter + InfoNCE vs open_clip's training step.
+
+Both sides run in one process with one torch, on the same synthetic batch: pixels plus offline
+teacher embeddings (the LLM teacher is frozen and pre-extracted, so it is not part of a step).
+A step is zero_grad -> forward -> loss -> backward -> AdamW step.
+- ours: `vision.VisionTransformer` (megatron TransformerBlock; TE spec on GPU when usable)
+  + `text.adapter.LLM2CLIPAdapter` + `losses.ClipInfoNCELoss`.
+- baseline: open_clip's `VisionTransformer` of the same size + the same adapter (open_clip has
+  none; a plain torch module, identical on both sides) + open_clip's `ClipLoss` with a learnable
+  logit scale, normalised features as open_clip's CLIP does.
+Timing alternates the two sides round by round (fair under a noisy shared CPU) and reports medians.
+
+open_clip needs torchvision, which the project's CPU venv lacks; run in a separate venv:
+  python3 -m venv /tmp/oc_venv && /tmp/oc_venv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+      open_clip_torch && /tmp/oc_venv/bin/pip install -e . --no-deps && \
+      /tmp/oc_venv/bin/pip install megatron-core==0.16.1 --no-deps
+  /tmp/oc_venv/bin/python benchmarks/train_throughput.py                      # CPU, tiny
+  python benchmarks/train_throughput.py --device cuda --preset L/14 --dtype bf16 --batch 128 [--fp8]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--preset", default=None, help="ViT preset (tiny, B/16, L/14, H/14, g/14); "
+                   "default tiny on cpu, B/16 on cuda")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="autocast dtype; default "
+                   "fp32 on cpu, bf16 on cuda")
+    p.add_argument("--fp8", action="store_true", help="ours in FP8 (TE, H100); the baseline stays bf16")
+    p.add_argument("--batch", type=int, default=None, help="default 32 on cpu, 128 on cuda")
+    p.add_argument("--teacher-dim", type=int, default=576, help="teacher embedding size (SmolLM2: 576)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5 cpu, 20 cuda)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads, the same for both "
+                   "sides (default 1 on cpu: on a shared, loaded box more threads oversubscribe the cores "
+                   "and the timings become noise; torch's default on cuda)")
+    p.add_argument("--recompute", action="store_true", help="activation checkpointing on both sides")
+    return p.parse_args(argv)
+
+
+def build_ours(vit_cfg, adapter_cfg, groups, device):
+    from llm2clip_nemo.losses import ClipInfoNCELoss
+    from llm2clip_nemo.text.adapter import LLM2CLIPAdapter
+    from llm2clip_nemo.vision import VisionTransformer
+
+    vit = VisionTransformer(vit_cfg, groups).to(device).train()
+    adapter = LLM2CLIPAdapter(adapter_cfg).to(device).train()
+    loss_fn = ClipInfoNCELoss().to(device)
+
+    def loss_of(pixels, teacher):
+        return loss_fn(vit(pixels), adapter(teacher))
+
+    return [vit, adapter, loss_fn], loss_of
+
+
+def build_open_clip(vit_cfg, adapter_cfg, device):
+    from open_clip.loss import ClipLoss
+    from open_clip.transformer import VisionTransformer as OCVisionTransformer
+
+    from llm2clip_nemo.text.adapter import LLM2CLIPAdapter
+
+    vit = OCVisionTransformer(
+        image_size=vit_cfg.image_size, patch_size=vit_cfg.patch_size, width=vit_cfg.width,
+        layers=vit_cfg.num_layers, heads=vit_cfg.num_heads, mlp_ratio=vit_cfg.mlp_dim / vit_cfg.width,
+        output_dim=vit_cfg.embed_dim,
+    ).to(device).train()
+    if vit_cfg.recompute:
+        vit.set_grad_checkpointing(True)
+    adapter = LLM2CLIPAdapter(adapter_cfg).to(device).train()
+    logit_scale = torch.nn.Parameter(torch.tensor(2.6592, device=device))
+    clip_loss = ClipLoss()
+
+    def loss_of(pixels, teacher):
+        img = F.normalize(vit(pixels), dim=-1)
+        txt = F.normalize(adapter(teacher), dim=-1)
+        return clip_loss(img, txt, logit_scale.clamp(max=4.6052).exp())
+
+    holder = torch.nn.ParameterList([logit_scale])
+    return [vit, adapter, holder], loss_of
+
+
+def make_step(modules, loss_of, autocast):
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+
+    def step(pixels, teacher):
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_of(pixels, teacher)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, sum(p.numel() for p in params)
+
+
+def timed(step, pixels, teacher, steps: int, device: str) -> float:
+    """Seconds per step over `steps` steps."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step(pixels, teacher)
+    float(loss)  # forces completion of the last step on every device
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from llm2clip_nemo.runtime import init_parallel, seed_everything
+    from llm2clip_nemo.text.adapter import AdapterConfig
+    from llm2clip_nemo.vision import ViTConfig
+
+    cuda = args.device == "cuda"
+    threads = args.threads or (None if cuda else 1)
+    if threads:
+        torch.set_num_threads(threads)
+    if cuda and not torch.cuda.is_available():
+        print("--device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    preset = args.preset or ("B/16" if cuda else "tiny")
+    dtype = args.dtype or ("bf16" if cuda else "fp32")
+    batch = args.batch or (128 if cuda else 32)
+    steps = args.steps or (20 if cuda else 5)
+    warnings.filterwarnings("ignore")  # megatron's deprecation chatter would drown the table
+
+    groups = init_parallel(1)
+    seed_everything(0)
+    vit_cfg = ViTConfig.from_preset(preset, recompute=args.recompute, fp8=args.fp8,
+                                    transformer_impl="auto" if cuda else "local")
+    adapter_cfg = AdapterConfig(input_dim=args.teacher_dim, joint_dim=vit_cfg.embed_dim)
+    device = torch.device(args.device)
+    amp_dtype = torch.bfloat16 if dtype == "bf16" else None
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=args.device, dtype=amp_dtype)
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    pixels = torch.randn(batch, 3, vit_cfg.image_size, vit_cfg.image_size, generator=gen).to(device)
+    teacher = torch.randn(batch, args.teacher_dim, generator=gen).to(device)
+
+    ours_modules, ours_loss = build_ours(vit_cfg, adapter_cfg, groups, device)
+    base_modules, base_loss = build_open_clip(dataclasses.replace(vit_cfg, fp8=False), adapter_cfg, device)
+    sides = {"ours": make_step(ours_modules, ours_loss, autocast),
+             "open_clip": make_step(base_modules, base_loss, autocast)}
+    impl = ours_modules[0].impl + ("+fp8" if ours_modules[0].fp8 else "")
+    for step, _ in sides.values():
+        timed(step, pixels, teacher, args.warmup, args.device)
+    per_step = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, (step, _) in sides.items():
+            per_step[name].append(timed(step, pixels, teacher, steps, args.device))
+
+    # FLOPs per sample: vision forward x3 (forward + backward) plus the adapter's 6 x params
+    flops = 3 * vit_cfg.forward_flops() + 6 * adapter_cfg.num_params()
+    print(f"device={args.device} ({torch.cuda.get_device_name() if cuda else 'CPU'}, "
+          f"{torch.get_num_threads()} threads) torch={torch.__version__} preset={preset} image={vit_cfg.image_size} "
+          f"batch={batch} dtype={dtype} ours_impl={impl} steps={steps}x{args.rounds} rounds")
+    print(f"{'side':<10} {'params':>12} {'s/step (median)':>16} {'samples/s':>11} {'TFLOP/s':>9}"
+          + (f" {'MFU':>7}" if cuda else ""))
+    rates = {}
+    for name, (_, nparams) in sides.items():
+        sec = statistics.median(per_step[name])
+        rates[name] = batch / sec
+        achieved = rates[name] * flops
+        mfu = f" {100 * achieved / H100_BF16_PEAK:6.2f}%" if cuda else ""
+        print(f"{name:<10} {nparams:>12,} {sec:>16.4f} {rates[name]:>11.2f} {achieved / 1e12:>9.3f}{mfu}")
+    ratio = rates["ours"] / rates["open_clip"]
+    print(f"benchmark: train_throughput ours={rates['ours']:.2f} baseline={rates['open_clip']:.2f} "
+          f"ratio={ratio:.3f} unit=samples/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
