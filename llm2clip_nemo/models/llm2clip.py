@@ -1,0 +1,458 @@
+"""Stage 2: `LLM2CLIPModel`, a CLIP vision tower trained against a frozen LLM teacher.
+
+    image -> ViT (megatron TransformerBlock) -> image features ┐
+                                                              ├─ CLIP InfoNCE / SigLIP (gathered over all ranks)
+    caption -> frozen LLM teacher -> adapter -> text features ┘
+
+Teacher `online`: the tensor-parallel teacher embeds each batch's tokens (DESIGN, "Parallel
+layout"); `offline`: embeddings come from sidecars written by `extract`. The teacher is never a
+registered submodule: it stays out of DDP, the optimizer and training checkpoints, which record
+only its fingerprint (and refuse to resume against another teacher).
+
+Optimisation is manual (one optimizer step per batch) so that a non-finite loss can skip the step
+on every rank at once, with gradient clipping, layer-wise lr decay and warmup + cosine done here.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import ConfigError
+from ..data.config import StreamConfig
+from ..losses import ClipInfoNCELoss, SigLIPLoss
+from ..text.adapter import AdapterConfig, LLM2CLIPAdapter, check_teacher_dim
+from ..text.config import TeacherConfig
+from ..vision.config import ViTConfig
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.05
+    """AdamW decay on weight matrices; none on biases, norms, logit scale/bias."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """AdamW betas."""
+    eps: float = 1e-6
+    """AdamW epsilon."""
+    layer_decay: float = 1.0
+    """Layer-wise lr decay of the ViT: layer l of L gets lr * decay^(L+1-l) (0.85 in the paper's fine-tune)."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm (0 = off)."""
+    max_nonfinite_steps: int = 20
+    """A NaN/inf loss skips its step; more skipped steps than this abort the run."""
+
+    def validate(self) -> None:
+        if self.lr <= 0 or not 0 < self.layer_decay <= 1 or self.warmup_steps < 0:
+            raise ConfigError(f"model.optim: lr={self.lr} must be > 0, layer_decay={self.layer_decay} in (0, 1], "
+                              f"warmup_steps={self.warmup_steps} >= 0.")
+
+
+@dataclass
+class LossConfig:
+    kind: str = "clip"
+    """clip (symmetric InfoNCE, learnable temperature) | siglip (sigmoid, learnable scale and bias)."""
+    init_logit_scale: float = math.log(1 / 0.07)
+    """Initial log inverse temperature (CLIP: ln(1/0.07); SigLIP uses ln 10 when kind=siglip)."""
+    max_logit_scale: float = math.log(100)
+    """Clamp of the log scale (ln 100)."""
+
+    def validate(self) -> None:
+        if self.kind not in ("clip", "siglip"):
+            raise ConfigError(f"model.loss.kind={self.kind!r}: choose clip or siglip.")
+
+
+@dataclass
+class ValidationConfig:
+    urls: str = ""
+    """Held-out shards for retrieval R@1/R@5 (empty = no validation)."""
+    caption_field: str = "txt"
+    """Caption field used as the retrieval text ('txt' alt text, 'long', ...)."""
+    max_samples: int = 2000
+    """Cap on held-out samples (every rank evaluates the same set)."""
+    every_n_steps: int = 50
+    """Validate every N optimizer steps (and at the end of training)."""
+    image_size: int = 0
+    """Eval resolution; 0 = model.vision.image_size."""
+    sidecar_dir: str = ""
+    """Offline teacher: sidecars of the held-out shards (empty = beside them)."""
+
+
+@dataclass
+class LLM2CLIPConfig:
+    mode: str = "pretrain"
+    """pretrain (ViT from scratch) | finetune (ViT initialised from init_from)."""
+    init_from: str = ""
+    """finetune: a Hugging Face CLIP vision checkpoint dir (or our export's vision/ dir)."""
+    teacher_mode: str = "offline"
+    """offline (sidecar embeddings, ~13x cheaper) | online (the TP teacher runs every step)."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    vision: ViTConfig = field(default_factory=ViTConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train_ds: StreamConfig = field(default_factory=StreamConfig)
+    validation_ds: ValidationConfig = field(default_factory=ValidationConfig)
+    global_batch_size: int = 0
+    """If > 0: samples per step over all ranks; must divide by the ranks (sets train_ds.batch_size)."""
+    num_workers: int = 2
+    """DataLoader workers per rank."""
+    seed: int = 0
+    """Seeds model init."""
+
+    def validate(self) -> None:
+        if self.mode not in ("pretrain", "finetune"):
+            raise ConfigError(f"model.mode={self.mode!r}: choose pretrain or finetune.")
+        if self.mode == "finetune" and not self.init_from:
+            raise ConfigError("model.mode=finetune needs model.init_from=<Hugging Face CLIP vision checkpoint dir>.")
+        if self.teacher_mode not in ("offline", "online"):
+            raise ConfigError(f"model.teacher_mode={self.teacher_mode!r}: choose offline or online.")
+        if self.adapter.joint_dim != self.vision.embed_dim:
+            raise ConfigError(f"model.adapter.joint_dim={self.adapter.joint_dim} must equal model.vision.embed_dim="
+                              f"{self.vision.embed_dim} (both towers project into the same space).")
+        expected = "embeddings" if self.teacher_mode == "offline" else "tokens"
+        if self.train_ds.output != expected:
+            raise ConfigError(f"model.train_ds.output={self.train_ds.output!r} but teacher_mode={self.teacher_mode} "
+                              f"needs output={expected!r}.")
+
+
+# ---- the network (no training logic) -------------------------------------------------------------
+
+class LLM2CLIP(nn.Module):
+    """Vision tower + text adapter + loss parameters. The teacher is held outside (see module doc)."""
+
+    def __init__(self, cfg: LLM2CLIPConfig, groups):
+        super().__init__()
+        from ..vision.vit import VisionTransformer
+
+        self.vision = VisionTransformer(cfg.vision, groups)
+        self.adapter = LLM2CLIPAdapter(cfg.adapter)
+        lc = cfg.loss
+        if lc.kind == "clip":
+            self.loss = ClipInfoNCELoss(lc.init_logit_scale, lc.max_logit_scale)
+        else:
+            init = lc.init_logit_scale if lc.init_logit_scale != math.log(1 / 0.07) else math.log(10)
+            self.loss = SigLIPLoss(init_logit_scale=init, max_logit_scale=lc.max_logit_scale)
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision(pixels)
+
+    def text_features(self, teacher_emb: torch.Tensor) -> torch.Tensor:
+        return self.adapter(teacher_emb.to(next(self.adapter.parameters()).dtype))
+
+    def forward(self, pixels, teacher_emb, group=None) -> torch.Tensor:
+        return self.loss(self.image_features(pixels), self.text_features(teacher_emb), group=group)
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """0 for the ViT stem, i+1 for block i, L+1 for the head (and everything outside the ViT)."""
+    if not name.startswith("vision."):
+        return num_layers + 1
+    rest = name[len("vision."):]
+    if rest.startswith("decoder.layers."):
+        return int(rest.split(".")[2]) + 1
+    if rest.split(".")[0] in ("patch_embed", "class_token", "position_embeddings", "pre_layernorm"):
+        return 0
+    return num_layers + 1
+
+
+def param_groups(net: LLM2CLIP, oc: OptimConfig, num_layers: int) -> list[dict]:
+    """AdamW groups: (layer id, decay or not) -> lr scale; no decay on biases, norms, logit scale/bias."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim < 2 or "logit_" in name or "norm" in name
+        lid = layer_id(name, num_layers)
+        key = (lid, no_decay)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [], "weight_decay": 0.0 if no_decay else oc.weight_decay,
+                           "lr_scale": oc.layer_decay ** (num_layers + 1 - lid)}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_at(step: int, oc: OptimConfig, max_steps: int) -> float:
+    """Warmup (linear from lr/warmup) then cosine to min_lr_ratio * lr, by optimizer step."""
+    if oc.warmup_steps and step < oc.warmup_steps:
+        return oc.lr * (step + 1) / oc.warmup_steps
+    span = max(max_steps - oc.warmup_steps, 1)
+    t = min(max(step - oc.warmup_steps, 0) / span, 1.0)
+    return oc.lr * (oc.min_lr_ratio + (1 - oc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def init_vision_from_hf(net: LLM2CLIP, path: str) -> None:
+    """finetune: copy a HF CLIP vision checkpoint into the ViT (shapes must match model.vision)."""
+    from ..convert.clip_vision import vit_from_hf
+
+    hf_cfg, sd = vit_from_hf(path)
+    mine = net.vision.cfg
+    for f in ("image_size", "patch_size", "width", "num_layers", "num_heads", "mlp_dim"):
+        if getattr(hf_cfg, f) != getattr(mine, f):
+            raise ConfigError(f"model.init_from={path} has vision {f}={getattr(hf_cfg, f)} but model.vision.{f}="
+                              f"{getattr(mine, f)}: set model.vision to the checkpoint's architecture.")
+    if "projection.weight" not in sd or sd["projection.weight"].shape[0] != mine.embed_dim:
+        # the projection head is re-initialised (as in LLM2CLIP's fine-tune) when absent or resized
+        sd["projection.weight"] = net.vision.projection.weight.detach().clone()
+    net.vision.load_canonical_state_dict(sd)
+
+
+# ---- the NeMo model ------------------------------------------------------------------------------
+
+def _model_pt():
+    from nemo.core.classes import ModelPT
+
+    return ModelPT
+
+
+class LLM2CLIPModel(_model_pt()):
+    """NeMo ModelPT for stage 2. Build with `LLM2CLIPModel(cfg_dictconfig, trainer)`."""
+
+    def __init__(self, cfg, trainer=None, groups=None, teacher=None):
+        from ..runtime import init_parallel, seed_everything
+        from .nemo_base import allow_our_targets, from_dictconfig
+
+        allow_our_targets()
+        super().__init__(cfg=cfg, trainer=trainer)
+        self.typed: LLM2CLIPConfig = from_dictconfig(LLM2CLIPConfig, self._cfg)
+        tc = self.typed
+        self.groups = groups or init_parallel(tc.teacher.tensor_parallel)
+        seed_everything(tc.seed)
+        self.net = LLM2CLIP(tc, self.groups)
+        if tc.mode == "finetune" and not self._is_model_being_restored():
+            init_vision_from_hf(self.net, tc.init_from)
+        self.automatic_optimization = False
+        self._teacher = [teacher]  # a list: never registered as a submodule
+        self.teacher_fingerprint = None
+        self.nonfinite_steps = 0
+        self.loss_log: list[tuple[int, float]] = []
+        self._stream = None
+        self.val_history: list[dict] = []
+        self.loss_log_path: Path | None = None
+
+    # -- teacher ---------------------------------------------------------------------------------
+    @property
+    def teacher(self):
+        """The frozen teacher (online mode, or validation in online mode), built on first use."""
+        if self._teacher[0] is None:
+            from ..text.teacher import Teacher
+
+            tc = self.typed.teacher
+            self._teacher[0] = Teacher.load(tc.resolved_path(), self.groups, tc.encoder_options())
+        return self._teacher[0]
+
+    def resolve_teacher_identity(self) -> str:
+        """Fingerprint of the configured teacher; checks the adapter's input size against it."""
+        if self.teacher_fingerprint is None:
+            tc = self.typed.teacher
+            if self.typed.teacher_mode == "online" or self._teacher[0] is not None:
+                fp, dim = self.teacher.fingerprint, self.teacher.hidden_size
+            else:
+                from ..text.config import expected_fingerprint
+
+                fp, dim = expected_fingerprint(tc), _teacher_hidden_size(tc)
+            check_teacher_dim(self.typed.adapter, dim)
+            self.teacher_fingerprint = fp
+        return self.teacher_fingerprint
+
+    # -- data --------------------------------------------------------------------------------------
+    def build_stream(self):
+        from ..data.stream import ImageTextStream
+
+        tc = self.typed
+        ds = tc.train_ds
+        ds.teacher_fingerprint = self.resolve_teacher_identity() if tc.teacher_mode == "offline" else None
+        ds.teacher_dim = tc.adapter.input_dim if tc.teacher_mode == "offline" else None
+        tok = self.teacher.tokenizer if tc.teacher_mode == "online" else None
+        return ImageTextStream(ds, rank=self.groups.rank, world_size=self.groups.world_size, tokenizer=tok)
+
+    def setup_training_data(self, train_data_config=None):
+        if "typed" not in self.__dict__:  # ModelPT.__init__ calls this before our fields exist
+            return
+        self._stream = self.build_stream()
+        if getattr(self, "_pending_stream_state", None) is not None:
+            self._stream.load_state_dict(self._pending_stream_state)
+            self._pending_stream_state = None
+
+    def setup_validation_data(self, val_data_config=None):
+        pass
+
+    def train_dataloader(self):
+        if self._stream is None:
+            self.setup_training_data()
+        return self._stream.loader(num_workers=self.typed.num_workers)
+
+    @classmethod
+    def list_available_models(cls):
+        return None
+
+    # -- training ----------------------------------------------------------------------------------
+    def teacher_embeddings(self, batch) -> torch.Tensor:
+        if self.typed.teacher_mode == "offline":
+            return batch["teacher_emb"]
+        return self.teacher.encode_online(batch["input_ids"], batch["attention_mask"])
+
+    def configure_optimizers(self):
+        oc = self.typed.optim
+        groups = param_groups(self.net, oc, self.typed.vision.num_layers)
+        for g in groups:
+            g.pop("names")
+        return torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.tensor([float(torch.isfinite(loss).item())])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        step = self.trainer.global_step
+        lr = lr_at(step, self.typed.optim, self.trainer.max_steps)
+        for g in opt.optimizer.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        group = dist.group.WORLD if dist.is_initialized() and dist.get_world_size() > 1 else None
+        emb = self.teacher_embeddings(batch)
+        loss = self.net(batch["image"].to(self.device), emb.to(self.device), group=group)
+        opt.zero_grad(set_to_none=True)
+        if not self._all_finite(loss):
+            self.nonfinite_steps += 1
+            self.log("nonfinite_steps", float(self.nonfinite_steps), prog_bar=True, batch_size=1)
+            if self.nonfinite_steps > self.typed.optim.max_nonfinite_steps:
+                raise RuntimeError(
+                    f"{self.nonfinite_steps} steps had a NaN/inf loss (limit model.optim.max_nonfinite_steps="
+                    f"{self.typed.optim.max_nonfinite_steps}): lower model.optim.lr, check the data, or resume from "
+                    "an earlier checkpoint.")
+            return None
+        self.manual_backward(loss)
+        if self.typed.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.typed.optim.grad_clip)
+        opt.step()
+        value = loss.detach().item()
+        self.loss_log.append((step, value))
+        if self.loss_log_path is not None and self.groups.rank == 0:
+            with open(self.loss_log_path, "a") as f:
+                f.write(json.dumps({"step": step, "loss": value, "lr": lr,
+                                    "logit_scale": self.net.loss.scale().item()}) + "\n")
+        self.log("loss", value, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.log("logit_scale", self.net.loss.scale().item(), prog_bar=True, batch_size=1)
+        self.log("lr", lr, batch_size=1)
+        return loss.detach()
+
+    # -- held-out retrieval ------------------------------------------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        every = self.typed.validation_ds.every_n_steps
+        step = self.trainer.global_step
+        if self.typed.validation_ds.urls and every and step % every == 0 and step < self.trainer.max_steps:
+            self.run_validation()
+
+    def on_train_end(self):
+        if self.typed.validation_ds.urls:
+            self.run_validation()
+
+    def validation_stream(self):
+        """Every held-out sample once, in shard order, centre-cropped, with its caption's teacher input."""
+        import dataclasses as dc
+
+        from ..data.stream import ImageTextStream
+
+        tc, vc = self.typed, self.typed.validation_ds
+        ds = dc.replace(tc.train_ds, urls=vc.urls, resampled=False, epochs=1, shard_shuffle=False, open_shards=1,
+                        shuffle_buffer=1, caption_fields={vc.caption_field: 1.0}, sidecar_dir=vc.sidecar_dir or None,
+                        drop_last=False, upsampling_factors=None,
+                        transform=dc.replace(tc.train_ds.transform, train=False,
+                                             image_size=vc.image_size or tc.vision.image_size))
+        if tc.teacher_mode == "offline":
+            ds.teacher_fingerprint, ds.teacher_dim = self.resolve_teacher_identity(), tc.adapter.input_dim
+        tok = self.teacher.tokenizer if tc.teacher_mode == "online" else None
+        return ImageTextStream(ds, rank=0, world_size=1, tokenizer=tok)
+
+    @torch.no_grad()
+    def held_out_features(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(image feats, text feats, keys) of the held-out set, L2-normalised, in the model's current state."""
+        was = self.net.training
+        self.net.eval()
+        imgs, txts, keys = [], [], []
+        n = 0
+        try:
+            for batch in self.validation_stream():
+                imgs.append(self.encode_images(batch["image"]).cpu())
+                txts.append(self.encode_teacher_embeddings(self.teacher_embeddings(batch)).cpu())
+                keys += batch["key"]
+                n += len(batch["key"])
+                if n >= self.typed.validation_ds.max_samples:
+                    break
+        finally:
+            self.net.train(was)
+        m = self.typed.validation_ds.max_samples
+        return torch.cat(imgs)[:m], torch.cat(txts)[:m], keys[:m]
+
+    def run_validation(self) -> dict:
+        from ..eval.metrics import retrieval_metrics
+
+        img, txt, _ = self.held_out_features()
+        r = retrieval_metrics(img, txt, torch.arange(len(img)), ks=(1, 5))
+        r = {k: float(v) for k, v in r.items()}
+        r["step"] = int(self.trainer.global_step) if self._trainer is not None else 0
+        r["samples"] = len(img)
+        self.val_history.append(r)
+        if self._trainer is not None and self.logger is not None and self.groups.rank == 0:
+            self.logger.log_metrics({f"val/{k}": v for k, v in r.items() if k.startswith(("i2t", "t2i", "mean"))},
+                                    step=r["step"])
+        return r
+
+    # -- checkpoints: data position in, teacher out ------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["llm2clip"] = {
+            "teacher_fingerprint": self.resolve_teacher_identity(),
+            "teacher_path": self.typed.teacher.path,
+            "nonfinite_steps": self.nonfinite_steps,
+            "stream_state": self._stream.state_dict() if self._stream is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("llm2clip", {})
+        fp = self.resolve_teacher_identity()
+        if meta.get("teacher_fingerprint") not in (None, fp):
+            raise ConfigError(
+                f"the checkpoint was trained against teacher fingerprint {meta['teacher_fingerprint']} "
+                f"({meta.get('teacher_path')}), but model.teacher gives {fp}: resume with the original teacher.")
+        self.nonfinite_steps = meta.get("nonfinite_steps", 0)
+        self._pending_stream_state = meta.get("stream_state")
+        if self._stream is not None and self._pending_stream_state is not None:
+            self._stream.load_state_dict(self._pending_stream_state)
+            self._pending_stream_state = None
+
+    # -- inference ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net.image_features(pixels.to(self.device)).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_teacher_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net.text_features(emb.to(self.device)).float(), dim=-1)
+
+
+def _teacher_hidden_size(tc: TeacherConfig) -> int:
+    path = tc.resolved_path()
+    if (path / "teacher.json").is_file():
+        return json.loads((path / "teacher.json").read_text())["spec"]["hidden_size"]
+    from ..text.hf_io import _find_gguf
+
+    d, gguf = _find_gguf(Path(path))
+    if gguf:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(d, gguf_file=gguf).hidden_size
+    return json.loads((d / "config.json").read_text())["hidden_size"]

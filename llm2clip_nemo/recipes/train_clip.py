@@ -1,0 +1,89 @@
+"""`llm2clip-nemo pretrain|finetune --config-name X [overrides]`: stage 2, the CLIP ViT against the teacher.
+
+Assembles runtime (process groups; the TP teacher inside groups of t ranks), the Lightning trainer
+with NeMo exp_manager (TensorBoard, step checkpoints with the data position, resume_if_exists),
+and `LLM2CLIPModel`. A resumed run continues from `<exp_dir>/<name>/checkpoints/*last.ckpt`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ConfigError, load_config, parse_recipe_args
+from ..models.llm2clip import LLM2CLIPConfig
+from .trainer import ExpManagerConfig, SamplesPerSecond, TrainerConfig, build_trainer
+
+
+@dataclass
+class TrainCLIPConfig:
+    model: LLM2CLIPConfig = field(default_factory=LLM2CLIPConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(gradient_clip_val=0.0))
+    exp_manager: ExpManagerConfig = field(default_factory=ExpManagerConfig)
+
+    def validate(self) -> None:
+        from ..runtime import DistEnv
+
+        if self.trainer.gradient_clip_val or self.trainer.accumulate_grad_batches != 1:
+            raise ConfigError("stage 2 steps its optimizer itself: leave trainer.gradient_clip_val=0 and "
+                              "trainer.accumulate_grad_batches=1; set model.optim.grad_clip instead.")
+        world = max(DistEnv.from_environ().world_size, self.trainer.world_size)
+        tp = self.model.teacher.tensor_parallel
+        if world % tp:
+            raise ConfigError(f"model.teacher.tensor_parallel={tp} does not divide the {world} ranks: "
+                              f"launch a multiple of {tp} processes.")
+
+
+def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
+    """Train; returns {'log_dir', 'losses': [(step, loss)], 'validation': [...], 'nonfinite_steps'}."""
+    import torch.distributed as dist
+
+    from ..models.llm2clip import LLM2CLIPModel
+    from ..models.nemo_base import to_dictconfig
+    from ..runtime import init_parallel
+
+    if mode is not None and cfg.model.mode != mode:
+        raise ConfigError(f"`llm2clip-nemo {mode}` but the config says model.mode={cfg.model.mode}: "
+                          f"use the {cfg.model.mode} verb or set model.mode={mode}.")
+    groups = init_parallel(cfg.model.teacher.tensor_parallel)
+    gb = cfg.model.global_batch_size
+    if gb:
+        if gb % groups.world_size:
+            raise ConfigError(f"model.global_batch_size={gb} is not divisible by the {groups.world_size} ranks: "
+                              f"use a multiple of {groups.world_size}.")
+        cfg.model.train_ds.batch_size = gb // groups.world_size
+    global_batch = cfg.model.train_ds.batch_size * groups.world_size
+    trainer, log_dir = build_trainer(cfg, callbacks=[SamplesPerSecond(global_batch)])
+    model = LLM2CLIPModel(to_dictconfig(cfg.model), trainer=trainer, groups=groups)
+    model.loss_log_path = Path(log_dir) / "losses.jsonl"
+    model.setup_training_data()
+    trainer.fit(model)
+    result = {"log_dir": str(log_dir), "losses": model.loss_log, "validation": model.val_history,
+              "nonfinite_steps": model.nonfinite_steps, "global_step": trainer.global_step,
+              "data": model._stream.summary() if model._stream is not None else None}
+    if groups.rank == 0:
+        (Path(log_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        model.save_to(str(Path(log_dir) / "model.nemo"))
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+    result["model"] = model
+    return result
+
+
+def main(argv: list[str], mode: str = "pretrain") -> int:
+    name, path, overrides, rest = parse_recipe_args(argv)
+    if rest:
+        print(f"llm2clip-nemo {mode}: unknown arguments {rest}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(TrainCLIPConfig, name, overrides, path)
+        res = run(cfg, mode)
+    except ConfigError as e:
+        print(f"llm2clip-nemo {mode}: config error: {e}", file=sys.stderr)
+        return 2
+    last = res["validation"][-1] if res["validation"] else {}
+    print(f"done: {res['global_step']} steps, last loss {res['losses'][-1][1] if res['losses'] else float('nan'):.4f}"
+          + (f", held-out R@1 i2t {last['i2t_R@1']:.3f} t2i {last['t2i_R@1']:.3f}" if last else "")
+          + f"; logs in {res['log_dir']}")
+    return 0
