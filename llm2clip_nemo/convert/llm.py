@@ -38,6 +38,8 @@ def read_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaSpec, dict[str, to
         sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
         cfg = model.config.to_dict()
     else:
+        if (directory / "config.json").is_file():  # an unsupported architecture is the first thing to say
+            LlamaSpec.from_hf_config(json.loads((directory / "config.json").read_text()))
         check_hf_dir(directory)
         cfg = json.loads((directory / "config.json").read_text())
         sd = {}
