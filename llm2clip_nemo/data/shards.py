@@ -95,10 +95,10 @@ def write_shards(samples: Iterable[ShardSample], out_dir: str, prefix: str = "sh
     if not entries:
         raise DataSourceError(f"no samples to write into {out_dir}: the input is empty")
     manifest = {"format": MANIFEST_FORMAT, "samples_per_shard": samples_per_shard, "total": sum(e["count"] for e in entries),
-                "fields": sorted(fields), "shards": entries, "resumed_shards": resumed}
+                "fields": sorted(fields), "shards": entries}
     _write_json(os.path.join(out_dir, "manifest.json"), manifest)
     _write_json(os.path.join(out_dir, "sizes.json"), {e["name"]: e["count"] for e in entries})
-    return manifest
+    return {**manifest, "resumed_shards": resumed}
 
 
 def _write_json(path: str, obj) -> None:

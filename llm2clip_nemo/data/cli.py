@@ -1,0 +1,121 @@
+"""`llm2clip-nemo data build | demo | inspect`."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections import Counter
+
+from .spec import DataSourceError, parse_sources
+from .tario import IMAGE_EXTS, iter_tar_samples
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm2clip-nemo data", description="Build, inspect and demo image-text shards.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="write LAION-layout shards from an image folder + captions, or img2dataset output")
+    b.add_argument("--out", required=True, help="output directory (a partial build there is resumed)")
+    b.add_argument("--images", help="image folder; paths in --captions are relative to it")
+    b.add_argument("--captions", help=".jsonl (one object per line) or .csv/.tsv with columns image, caption, more fields")
+    b.add_argument("--img2dataset", help="img2dataset output directory (files layout or tars) to re-shard")
+    b.add_argument("--samples-per-shard", type=int, default=1000)
+    b.add_argument("--prefix", default="shard")
+    d = sub.add_parser("demo", help="build the Twemoji demo dataset (train/test shards)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--test-fraction", type=float, default=0.2)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--samples-per-shard", type=int, default=500)
+    d.add_argument("--no-install", action="store_true", help="never apt-get the Debian Unicode packages")
+    i = sub.add_parser("inspect", help="count samples, members, json fields and problems in shards")
+    i.add_argument("urls", help="shard spec: brace pattern, directory or manifest.json; '::' joins sources")
+    i.add_argument("--decode", action="store_true", help="also decode every image (finds corrupt ones)")
+    i.add_argument("--json", action="store_true", help="print the totals as JSON")
+    return p
+
+
+def inspect_shards(urls: str, decode: bool = False) -> dict:
+    """Per-shard and total counts: samples, member extensions, json fields, problems by reason."""
+    from PIL import Image
+
+    total = {"samples": 0, "members": Counter(), "json_fields": Counter(), "problems": Counter(), "shards": {}}
+    for src in parse_sources(urls):
+        for u in src.urls:
+            n, probs = 0, Counter()
+            for s in iter_tar_samples(u):
+                if s.error:
+                    probs[s.error.split(":")[0]] += 1
+                    continue
+                n += 1
+                probs.update(s.skipped)
+                total["members"].update(list(s.members))
+                if "json" in s.members:
+                    try:
+                        total["json_fields"].update(list(json.loads(s.members["json"])))
+                    except ValueError:
+                        probs["bad_json"] += 1
+                img = next((e for e in IMAGE_EXTS if e in s.members), None)
+                if img is None:
+                    probs["missing_image"] += 1
+                elif decode:
+                    try:
+                        Image.open(io.BytesIO(s.members[img])).load()
+                    except Exception:  # noqa: BLE001  any PIL failure means a corrupt image
+                        probs["corrupt_image"] += 1
+                if "txt" not in s.members and "json" not in s.members:
+                    probs["missing_caption"] += 1
+            total["shards"][u] = {"samples": n, "problems": dict(probs)}
+            total["samples"] += n
+            total["problems"].update(probs)
+    return {k: dict(v) if isinstance(v, Counter) else v for k, v in total.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "build":
+            return _build(args)
+        if args.cmd == "demo":
+            from .demo_dataset import build_demo_dataset
+
+            r = build_demo_dataset(args.out, test_fraction=args.test_fraction, seed=args.seed,
+                                   samples_per_shard=args.samples_per_shard, install=not args.no_install)
+            print(f"demo dataset: {r.n_train} train / {r.n_test} test images ({r.n_concepts_train} / "
+                  f"{r.n_concepts_test} base concepts)\n  train: {r.train_urls}\n  test:  {r.test_urls}")
+            for w in r.warnings:
+                print(f"  warning: {w}")
+            print(f"  credits: {r.credits}")
+            return 0
+        t = inspect_shards(args.urls, decode=args.decode)
+        if args.json:
+            print(json.dumps(t, indent=1, ensure_ascii=False))
+            return 0
+        for u, s in t["shards"].items():
+            print(f"{s['samples']:>8}  {u}" + (f"  problems: {s['problems']}" if s["problems"] else ""))
+        print(f"{t['samples']:>8}  samples in {len(t['shards'])} shards")
+        print(f"members: {t['members']}\njson fields: {t['json_fields']}\nproblems: {t['problems'] or 'none'}")
+        return 0
+    except DataSourceError as e:
+        print(f"llm2clip-nemo data {args.cmd}: {e}", file=sys.stderr)
+        return 2
+
+
+def _build(args) -> int:
+    from .shards import samples_from_folder, samples_from_img2dataset, write_shards
+
+    skipped: dict = {}
+    if args.img2dataset:
+        samples = samples_from_img2dataset(args.img2dataset, skipped)
+    elif args.images and args.captions:
+        samples = samples_from_folder(args.images, args.captions, skipped)
+    else:
+        raise DataSourceError("give --images DIR --captions FILE, or --img2dataset DIR")
+    man = write_shards(samples, args.out, prefix=args.prefix, samples_per_shard=args.samples_per_shard)
+    print(f"wrote {man['total']} samples in {len(man['shards'])} shards to {args.out} "
+          f"({man['resumed_shards']} already there, kept); fields: {', '.join(man['fields'])}"
+          + (f"; skipped: {skipped}" if skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
