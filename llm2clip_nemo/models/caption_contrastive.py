@@ -75,12 +75,15 @@ class CaptionDataConfig:
     seed: int = 0
     """Seed of the batch schedule (batch k is a function of seed and k)."""
 
-    def validate(self) -> None:
+    def check_paths(self) -> None:
+        """Called by the recipe, not at model build: a restored .nemo model needs no dataset."""
         for name in ("train_path", "val_path"):
             p = getattr(self, name)
             if p != DEMO and not Path(p.split("*")[0] if "*" in p else p).exists():
                 raise ConfigError(f"model.data.{name}={p!r} does not exist: build the dataset first (e.g. "
                                   f"`llm2clip-nemo data demo`) or set model.data.{name}={DEMO} for the embedded demo.")
+
+    def validate(self) -> None:
         if self.global_batch_size < 1 or self.hard_negatives < 0:
             raise ConfigError(f"model.data.global_batch_size={self.global_batch_size} must be >= 1 and "
                               f"hard_negatives={self.hard_negatives} >= 0.")

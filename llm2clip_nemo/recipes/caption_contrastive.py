@@ -34,6 +34,7 @@ class CaptionContrastiveConfig:
     """Write <log_dir>/hf_merged (LoRA merged, stock HF causal LM + tokenizer) at the end."""
 
     def validate(self) -> None:
+        self.model.data.check_paths()
         check_global_batch(self.model.data.global_batch_size, self.trainer.world_size)
         if self.model.mntp.steps >= self.trainer.max_steps:
             raise ConfigError(f"model.mntp.steps={self.model.mntp.steps} leaves no contrastive step before "
@@ -55,8 +56,10 @@ def _loss_curve_callback(curve: list):
     return LossCurve()
 
 
-def run(cfg: CaptionContrastiveConfig) -> dict:
-    """Train; returns {"cra_before", "cra_after", "cra_history", "hf_merged", "loss_curve", "log_dir"}."""
+def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
+    """Train; returns {"cra_before", "cra_after", "cra_history", "hf_merged", "loss_curve", "log_dir"}.
+
+    `callbacks`: extra Lightning callbacks (e.g. a time budget in the demo)."""
     import lightning.pytorch as pl
 
     from ..models.caption_contrastive import CaptionContrastiveModel, export_merged
@@ -65,7 +68,7 @@ def run(cfg: CaptionContrastiveConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     curve: list[tuple[int, float]] = []
     trainer, log_dir = build_trainer(
-        cfg, callbacks=[SamplesPerSecond(cfg.model.data.global_batch_size), _loss_curve_callback(curve)])
+        cfg, callbacks=[SamplesPerSecond(cfg.model.data.global_batch_size), _loss_curve_callback(curve), *callbacks])
     model = CaptionContrastiveModel(cfg.model, trainer=trainer)
     resume_from = trainer.ckpt_path  # set by exp_manager when a checkpoint exists
     cra_before = None

@@ -1,0 +1,282 @@
+"""Stage 1 model: config errors, batch schedule, DP=2 vs DP=1 parity, merged export vs peft and vs
+the Megatron teacher, MNTP, .nemo round trip, and a few real steps on SmolLM2."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dist_utils import run_workers
+from llm_fixtures import CAPTIONS, random_word_captions, write_tiny_llama
+
+from llm2clip_nemo.config import ConfigError
+from llm2clip_nemo.models.caption_data import (
+    CaptionGroup,
+    TripleSchedule,
+    collate_triples,
+    load_caption_groups,
+    tokenize_with_instruction,
+)
+from llm2clip_nemo.models.caption_encoder import CaptionEncoder, EncoderConfig, LoRAConfig, export_merged
+
+INSTRUCTION = "w7 w8 w9"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llm")
+
+
+def word_groups(n, seed=0):
+    caps = random_word_captions(2 * n, seed=seed)
+    return [CaptionGroup(str(i), (caps[2 * i], caps[2 * i + 1])) for i in range(n)]
+
+
+def tiny_encoder(path, seed=0, **kw):
+    """LoRA B is zero at init (LoRA A would get no gradient): randomise it so both are tested."""
+    torch.manual_seed(seed)
+    enc = CaptionEncoder(EncoderConfig(llm_path=str(path), lora=LoRAConfig(dropout=0.0), **kw))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for n, p in enc.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return enc
+
+
+# ---- config validation ------------------------------------------------------------------------
+
+def _load(overrides):
+    from llm2clip_nemo.recipes.caption_contrastive import load
+
+    return load("caption_contrastive_tiny", overrides)
+
+
+def test_unknown_pooling_is_named():
+    with pytest.raises(ConfigError, match=r"model.pooling='max' is not a pooling mode; choose one of mean, last_token"):
+        _load(["model.pooling=max"])
+
+
+def test_global_batch_not_divisible_by_ranks():
+    with pytest.raises(ConfigError, match=r"global_batch_size=16 is not divisible by the 3 data-parallel ranks"):
+        _load(["trainer.devices=3"])
+
+
+def test_missing_dataset_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.data.train_path='.*nope.jsonl' does not exist"):
+        _load([f"model.data.train_path={tmp_path / 'nope.jsonl'}"])
+
+
+def test_missing_lora_target_lists_available(tiny_dir):
+    with pytest.raises(ConfigError, match=r"\['wq', 'mlp_in'\] not found in LlamaForCausalLM; available linear "
+                                          r"modules: \['down_proj', 'gate_proj', 'k_proj', 'lm_head', 'o_proj'"):
+        CaptionEncoder(EncoderConfig(llm_path=str(tiny_dir), lora=LoRAConfig(target_modules=["q_proj", "wq", "mlp_in"])))
+
+
+def test_fsdp_on_cpu_is_refused():
+    from llm2clip_nemo.recipes.trainer import TrainerConfig, resolve_strategy
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only behaviour")
+    with pytest.raises(ConfigError, match="trainer.strategy=fsdp needs CUDA GPUs"):
+        resolve_strategy(TrainerConfig(strategy="fsdp"))
+
+
+def test_llama3_8b_recipe_is_the_papers():
+    from llm2clip_nemo.recipes.caption_contrastive import load
+
+    cfg = load("caption_contrastive_llama3_8b", ["model.data.train_path=demo", "model.data.val_path=demo"])
+    m = cfg.model
+    assert (m.lora.r, m.lora.alpha, m.lora.dropout, m.loss_scale) == (16, 32, 0.05, 50.0)
+    assert (m.optim.lr, m.optim.warmup_steps, m.data.global_batch_size, m.data.max_length) == (2e-4, 300, 512, 512)
+    assert m.gradient_checkpointing and m.dtype == "bfloat16" and cfg.trainer.devices == 8
+    assert sorted(m.lora.target_modules) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                    "down_proj"])
+
+
+# ---- data: deterministic per-step triples, instruction excluded from the pool ----------------
+
+def test_schedule_is_a_function_of_step_and_shards_by_rank():
+    groups = word_groups(40)
+    a, b = TripleSchedule(groups, 8, 1, seed=3), TripleSchedule(groups, 8, 1, seed=3)
+    assert [a.batch(k) for k in (7, 0, 12)] == [b.batch(k) for k in (7, 0, 12)]  # any order, same batches
+    assert a.batch(0) != a.batch(1)
+    by_caption = {c: g.key for g in groups for c in g.captions}
+    for t in a.batch(4):  # query/positive share an image, negatives come from another one
+        assert by_caption[t.query] == by_caption[t.positive]
+        assert all(by_caption[n] != by_caption[t.query] for n in t.negatives)
+    steps_per_pass = 40 // 8
+    keys = [by_caption[t.query] for k in range(steps_per_pass) for t in a.batch(k)]
+    assert len(set(keys)) == 40  # one pass visits every group once
+
+
+def test_instruction_tokens_are_not_pooled(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ids, attn, pool = tokenize_with_instruction(tok, ["w1 w2", "w3"], [INSTRUCTION, ""], max_length=16)
+    inst = tok(INSTRUCTION, add_special_tokens=False)["input_ids"]
+    assert ids[0, :3].tolist() == inst and pool[0].tolist()[:5] == [0, 0, 0, 1, 1]
+    assert attn.sum(1).tolist() == [5, 1] and pool.sum(1).tolist() == [2, 1]
+
+
+def test_caption_groups_from_jsonl(tmp_path):
+    f = tmp_path / "g.jsonl"
+    f.write_text(json.dumps({"id": "a", "captions": ["dog", " a small dog ", ""]}) + "\n")
+    assert load_caption_groups(str(f)) == [CaptionGroup("a", ("dog", "a small dog"))]
+
+
+# ---- DP=2 vs DP=1 ---------------------------------------------------------------------------
+
+GLOBAL_BATCH = 8
+
+
+def _dp_step(rank, world, tiny_dir):
+    """Loss of this rank's share of the global batch and the LoRA grads after DDP-style averaging."""
+    import torch.distributed as dist
+
+    from llm2clip_nemo.runtime.parallel import init_distributed
+
+    if world > 1:
+        init_distributed()
+    enc = tiny_encoder(tiny_dir)
+    sched = TripleSchedule(word_groups(32), GLOBAL_BATCH, hard_negatives=2, seed=0)
+    local = GLOBAL_BATCH // world
+    triples = sched.batch(5)[rank * local:(rank + 1) * local]
+    batch = collate_triples(enc.tokenizer, triples, INSTRUCTION, max_length=24)
+    group = dist.group.WORLD if world > 1 else None
+    loss = enc.contrastive_loss(batch, group=group)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in enc.lora_parameters().items()}
+    global_loss = loss.detach().clone()
+    if world > 1:  # what DDP does: average gradients and (for reporting) losses
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= world
+        dist.all_reduce(global_loss)
+        global_loss /= world
+    return float(global_loss), grads
+
+
+def test_dp2_equals_dp1_loss_and_lora_grads(tiny_dir):
+    ref_loss, ref_grads = _dp_step(0, 1, tiny_dir)
+    results = run_workers(_dp_step, 2, tiny_dir)
+    assert results[0][0] == pytest.approx(results[1][0], abs=0)
+    assert results[0][0] == pytest.approx(ref_loss, rel=1e-5)
+    assert len(ref_grads) == 2 * 7 * 2  # A and B of 7 projections in 2 layers
+    lora_a = [n for n in ref_grads if "lora_A" in n]
+    assert all(ref_grads[n].abs().max() > 0 for n in lora_a)
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(results[0][1][n], g, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(results[1][1][n], g, rtol=1e-4, atol=1e-6)
+
+
+# ---- merged export --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def merged(tiny_dir, tmp_path_factory):
+    enc = tiny_encoder(tiny_dir, seed=4).eval()
+    out = export_merged(enc, tmp_path_factory.mktemp("merged") / "hf")
+    return enc, out
+
+
+def test_merged_dir_loads_in_stock_transformers_and_equals_peft(merged):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm2clip_nemo.text.hf_encoder import HFEncoder
+
+    enc, out = merged
+    stock = AutoModelForCausalLM.from_pretrained(out)  # no trust_remote_code, plain Llama
+    assert type(stock).__name__ == "LlamaForCausalLM" and stock.config.is_causal is not False
+    assert not any("lora" in n for n, _ in stock.named_parameters())
+    hf = HFEncoder(stock, AutoTokenizer.from_pretrained(out), "mean", bidirectional=True)
+    texts = random_word_captions(12, seed=9)
+    ids, mask = hf.tokenize(texts)
+    cos = F.cosine_similarity(hf.encode(ids, mask), enc.encoder.encode(ids, mask))
+    assert cos.min() >= 0.99999
+    # LoRA really changed the model: the base checkpoint gives different embeddings
+    base = HFEncoder.from_pretrained(enc.cfg.llm_path)
+    assert F.cosine_similarity(base.encode(ids, mask), hf.encode(ids, mask)).min() < 0.9999
+
+
+def test_merged_through_megatron_teacher_equals_hf(merged, tmp_path):
+    from llm2clip_nemo.convert.llm import import_llm
+    from llm2clip_nemo.runtime import init_parallel
+    from llm2clip_nemo.text.hf_encoder import HFEncoder
+    from llm2clip_nemo.text.megatron_encoder import EncoderOptions
+    from llm2clip_nemo.text.teacher import Teacher
+
+    _, out = merged
+    mdir = import_llm(out, tmp_path / "megatron", tp=1)
+    teacher = Teacher.load(mdir, init_parallel(1), EncoderOptions(bidirectional=True, pooling="mean"))
+    texts = random_word_captions(16, seed=11)
+    ours = teacher.encode_texts(texts, batch_size=5)
+    hf = HFEncoder.from_pretrained(out, pooling="mean", bidirectional=True)
+    ref = hf.encode(*hf.tokenize(texts))
+    assert F.cosine_similarity(ours, ref).min() >= 0.9999
+
+
+# ---- MNTP -----------------------------------------------------------------------------------
+
+def test_mntp_predicts_masked_tokens_from_previous_position(tiny_dir):
+    enc = tiny_encoder(tiny_dir)
+    batch = collate_triples(enc.tokenizer, TripleSchedule(word_groups(8), 4, 1).batch(0), "", 24)
+    loss = enc.mntp_loss(batch, torch.Generator().manual_seed(0))
+    # reference: re-derive the same corruption and score it by hand
+    g = torch.Generator().manual_seed(0)
+    ids, cand = batch["input_ids"], batch["pool_mask"].bool().clone()
+    cand[:, 0] = False
+    sel = cand & (torch.rand(ids.shape, generator=g) < 0.2)
+    action = torch.rand(ids.shape, generator=g)
+    rand_tok = torch.randint(0, 101, ids.shape, generator=g)
+    corrupted = ids.clone()
+    corrupted[sel & (action < 0.8)] = enc.mask_token_id()
+    swap = sel & (action >= 0.8) & (action < 0.9)
+    corrupted[swap] = rand_tok[swap]
+    logits = enc.peft_model(input_ids=corrupted, attention_mask=batch["attention_mask"]).logits
+    rows, cols = sel.nonzero(as_tuple=True)
+    ref = F.cross_entropy(logits[rows, cols - 1], ids[rows, cols])
+    assert int(sel.sum()) > 3
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert enc.cfg.bidirectional and enc.peft_model.config.is_causal is False
+
+
+# ---- NeMo .nemo round trip ------------------------------------------------------------------
+
+def test_nemo_save_restore_roundtrip(tiny_dir, tmp_path):
+    from llm2clip_nemo.models.caption_contrastive import CaptionContrastiveModel, CaptionContrastiveModelConfig
+
+    cfg = CaptionContrastiveModelConfig(llm_path=str(tiny_dir), lora=LoRAConfig(dropout=0.0))
+    torch.manual_seed(0)
+    model = CaptionContrastiveModel(cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    model.eval()
+    model.save_to(str(tmp_path / "m.nemo"))
+    back = CaptionContrastiveModel.restore_from(str(tmp_path / "m.nemo"), map_location=torch.device("cpu"))
+    back.eval()
+    texts = random_word_captions(6, seed=2)
+    torch.testing.assert_close(back.embed_texts(texts), model.embed_texts(texts), rtol=0, atol=0)
+    assert back.schema.lora.r == 16 and type(back).__name__ == "CaptionContrastiveModel"
+
+
+# ---- the embedded default: a few real steps -------------------------------------------------
+
+def test_smollm2_loss_decreases(smollm2_dir):
+    torch.manual_seed(0)
+    enc = CaptionEncoder(EncoderConfig(llm_path=str(smollm2_dir), lora=LoRAConfig(dropout=0.0)))
+    groups = [CaptionGroup(str(i), (CAPTIONS[2 * i], CAPTIONS[2 * i + 1])) for i in range(6)]
+    batch = collate_triples(enc.tokenizer, TripleSchedule(groups, 6, 1).batch(0),
+                            "Given a caption, retrieve a detailed relevant caption: ", 48)
+    opt = torch.optim.AdamW(list(enc.lora_parameters().values()), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        loss = enc.contrastive_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[2] < losses[0] * 0.8, losses
