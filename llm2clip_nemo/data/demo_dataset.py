@@ -47,7 +47,7 @@ GENDER_SIGNS = {0x2640, 0x2642}
 PERSON = {0x1F468: 0x1F9D1, 0x1F469: 0x1F9D1, 0x1F466: 0x1F9D2, 0x1F467: 0x1F9D2}  # man/woman -> person, boy/girl -> child
 ZWJ, VS16 = 0x200D, 0xFE0F
 _MODIFIER_WORDS = {"light", "medium-light", "medium", "medium-dark", "dark", "skin", "tone", "red", "curly", "white",
-                   "bald", "hair", "man", "woman", "person", "men", "women", "people", "boy", "girl", "child", "beard"}
+                   "bald", "blond", "hair", "man", "woman", "person", "men", "women", "people", "boy", "girl", "child", "beard"}
 _GENDER_WORDS = {"man", "woman", "person", "men", "women", "people", "boy", "girl", "child"}
 
 
