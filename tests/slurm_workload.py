@@ -43,7 +43,13 @@ def main(argv: list[str]) -> int:
     start = json.loads(ckpt.read_text())["next"] if opts.get("resume") == "true" and ckpt.exists() else 0
     with open(out / "attempts.log", "a") as f:
         f.write(f"start={start} restart={os.environ.get('SLURM_RESTART_COUNT', '0')} argv={' '.join(argv)}\n")
+    # `scontrol requeue` (what SLURM's PreemptMode=REQUEUE does) sends SIGTERM, then SIGKILL after
+    # KillWait: stop committing at SIGTERM so the kill can never land between the two writes.
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     for i in range(start, items):
+        while stopping:
+            time.sleep(1)  # wait for the kill
         if i == fail_at:
             raise RuntimeError(f"item {i} is corrupt (fail_at={fail_at})")
         time.sleep(delay)  # the work

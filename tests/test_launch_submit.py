@@ -130,6 +130,18 @@ def test_recipe_job_runs_module_in_process_and_raises_on_failure(tmp_path, monke
         RecipeJob("doctor", ["--backend", "mpi"])()  # argparse rejects it: exit status 2, not a crash
 
 
+def test_restarted_attempt_resumes_even_without_checkpoint_call(tmp_path, monkeypatch):
+    """SLURM requeued the job by itself: the original submission runs again, with the resume args."""
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    out = tmp_path / "w"
+    assert RecipeJob("slurm_workload", [f"out={out}", "items=2", "sleep=0"], ["resume=true"])() == 0
+    (out / "ckpt.json").write_text('{"next": 1}')
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert RecipeJob("slurm_workload", [f"out={out}", "items=3", "sleep=0"], ["resume=true"])() == 0
+    assert (out / "processed.log").read_text().split() == ["0", "1", "1", "2"]  # resumed at the checkpoint
+    assert (out / "attempts.log").read_text().splitlines()[1].endswith("resume=true")
+
+
 def test_system_exit_becomes_a_status_except_submitits_preemption_exit(tmp_path):
     with pytest.raises(RuntimeError, match="slurm_workload exited with status 3"):
         RecipeJob("slurm_workload", [f"out={tmp_path}", "items=1", "exit=3"])()

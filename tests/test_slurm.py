@@ -84,26 +84,41 @@ def test_sbatch_refusal_reaches_the_caller(slurm_cluster, tmp_path, capsys):  # 
     assert "submission failed: sbatch: error: invalid partition specified: nope" in capsys.readouterr().err
 
 
-def test_preempted_job_is_requeued_and_resumes_without_loss_or_repeat(slurm_cluster, tmp_path):  # noqa: F811
-    out, items = tmp_path / "work", 12
+def _wait_for(cond, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_preempted_and_requeued_job_resumes_without_loss_or_repeat(slurm_cluster, tmp_path):  # noqa: F811
+    """Two interruptions of one job: `scontrol requeue` (SLURM requeues by itself, as PreemptMode=REQUEUE
+    does: no checkpoint() call, the original submission runs again), then the preemption signal submitit
+    listens for (checkpoint() -> requeue with the resume argument)."""
+    out, items = tmp_path / "work", 20
     spec = LaunchSpec(cluster="slurm", folder=str(tmp_path / "runs"), time_min=30, setup=[WORKLOAD_SETUP])
     job, folder = submit("slurm_workload", [f"out={out}", f"items={items}", "sleep=0.4"], spec,
                          resume_args=["resume=true"])
-    log = out / "processed.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and len(log.read_text().split()) >= 3):
-        assert time.monotonic() < deadline, "workload never started"
-        time.sleep(0.2)
-    # what SLURM sends before preempting a job that asked for --signal (submitit listens for USR2)
+    log, attempts = out / "processed.log", out / "attempts.log"
+    _wait_for(lambda: len(_lines(log)) >= 3, "the first attempt to process 3 items")
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+    _wait_for(lambda: len(_lines(attempts)) >= 2 and len(_lines(log)) >= 10, "the second attempt to reach item 10")
+    # what SLURM sends before the time limit to a job that asked for --signal (submitit: USR2)
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
     outcome = wait(job, timeout_s=180)
     assert outcome.returncode == 0, outcome
-    ids = [int(x) for x in log.read_text().split()]
+    ids = [int(x) for x in _lines(log)]
     assert ids == list(range(items)), f"lost or repeated items: {ids}"
-    attempts = (out / "attempts.log").read_text().splitlines()
-    assert len(attempts) == 2, attempts
-    first_start = int(re.search(r"start=(\d+)", attempts[1]).group(1))
-    assert first_start >= 3 and "restart=1" in attempts[1] and attempts[1].endswith("resume=true")
+    runs = attempts.read_text().splitlines()
+    assert len(runs) == 3, runs
+    starts = [int(re.search(r"start=(\d+)", r).group(1)) for r in runs]
+    assert starts[0] == 0 and 3 <= starts[1] < starts[2] < items, starts
+    assert [re.search(r"restart=(\d+)", r).group(1) for r in runs] == ["0", "1", "2"]
+    assert runs[1].endswith("resume=true") and runs[2].endswith("resume=true")
     assert "this job is preempted" in (folder / f"{job.job_id}_0_log.err").read_text()
 
 

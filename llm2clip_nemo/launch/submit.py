@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import importlib
 import importlib.util
+import os
 import shlex
 import shutil
 import time
@@ -153,11 +154,17 @@ class RecipeJob(submitit.helpers.Checkpointable):
         from ..cli import VERBS
         from ..cli import main as cli_main
 
+        argv = list(self.argv)
+        # SLURM may requeue the job itself (PreemptMode=REQUEUE, node failure, `scontrol requeue`)
+        # without the signal that makes submitit call checkpoint(): it then re-runs the original
+        # submission. A restarted attempt resumes either way.
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+            argv = with_resume(argv, self.resume_args)
         try:
             if self.target in VERBS:
-                rc = cli_main([self.target, *self.argv])
+                rc = cli_main([self.target, *argv])
             else:
-                rc = importlib.import_module(self.target).main(list(self.argv))
+                rc = importlib.import_module(self.target).main(argv)
         except SystemExit as e:
             if e.code == _SUBMITIT_PREEMPT_EXIT:
                 raise  # submitit's signal handler: requeued; this attempt must end without a result
@@ -165,7 +172,7 @@ class RecipeJob(submitit.helpers.Checkpointable):
             rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         rc = int(rc or 0)
         if rc != 0:  # an exception reaches the caller with its traceback; a bare status must too
-            raise RuntimeError(f"{self.target} exited with status {rc} (argv: {shlex.join(self.argv)})")
+            raise RuntimeError(f"{self.target} exited with status {rc} (argv: {shlex.join(argv)})")
         return rc
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
