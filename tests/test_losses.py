@@ -48,10 +48,10 @@ def _step(kind, dtype, rows, group):
 def _dp_worker(rank, world_size):
     import torch.distributed as dist
 
-    from llm2clip_nemo.runtime import init_parallel
+    from llm2clip_nemo.runtime import init_distributed
 
-    groups = init_parallel(1)
-    group = groups.world_group
+    init_distributed(backend="gloo")  # the losses need torch.distributed only, not megatron's state
+    group = dist.group.WORLD
     local = GLOBAL // world_size
     rows = slice(rank * local, (rank + 1) * local)
     out = {}
