@@ -11,16 +11,12 @@ from dist_utils import run_workers
 from llm_fixtures import CAPTIONS, random_word_captions, write_tiny_llama
 
 from llm2clip_nemo.config import ConfigError
-from llm2clip_nemo.models.caption_data import (
-    CaptionGroup,
-    TripleSchedule,
-    collate_triples,
-    load_caption_groups,
-    tokenize_with_instruction,
-)
+from llm2clip_nemo.data.pairs import CaptionRecord, PairConfig
+from llm2clip_nemo.models.caption_data import TripleSchedule, collate_triples, load_records, tokenize_with_instruction
 from llm2clip_nemo.models.caption_encoder import CaptionEncoder, EncoderConfig, LoRAConfig, export_merged
 
 INSTRUCTION = "w7 w8 w9"
+PAIRS = PairConfig(instruction="w7 w8", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +24,10 @@ def tiny_dir(tmp_path_factory):
     return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llm")
 
 
-def word_groups(n, seed=0):
+def word_records(n, seed=0):
+    """Two captions per image (a short and a long one): word-level text the tiny tokenizer knows."""
     caps = random_word_captions(2 * n, seed=seed)
-    return [CaptionGroup(str(i), (caps[2 * i], caps[2 * i + 1])) for i in range(n)]
+    return [CaptionRecord(str(i), (caps[2 * i],), (caps[2 * i + 1],)) for i in range(n)]
 
 
 def tiny_encoder(path, seed=0, **kw):
@@ -98,17 +95,15 @@ def test_llama3_8b_recipe_is_the_papers():
 # ---- data: deterministic per-step triples, instruction excluded from the pool ----------------
 
 def test_schedule_is_a_function_of_step_and_shards_by_rank():
-    groups = word_groups(40)
-    a, b = TripleSchedule(groups, 8, 1, seed=3), TripleSchedule(groups, 8, 1, seed=3)
+    recs = word_records(40)
+    a, b = TripleSchedule(recs, 8, PAIRS), TripleSchedule(recs, 8, PAIRS)
     assert [a.batch(k) for k in (7, 0, 12)] == [b.batch(k) for k in (7, 0, 12)]  # any order, same batches
-    assert a.batch(0) != a.batch(1)
-    by_caption = {c: g.key for g in groups for c in g.captions}
-    for t in a.batch(4):  # query/positive share an image, negatives come from another one
-        assert by_caption[t.query] == by_caption[t.positive]
-        assert all(by_caption[n] != by_caption[t.query] for n in t.negatives)
-    steps_per_pass = 40 // 8
-    keys = [by_caption[t.query] for k in range(steps_per_pass) for t in a.batch(k)]
-    assert len(set(keys)) == 40  # one pass visits every group once
+    assert a.batch(0) != a.batch(1) and a.batch(0) != a.batch(5)  # pass 2 is reshuffled
+    by_caption = {c: r.key for r in recs for c in r.short + r.long}
+    for t in a.batch(4):  # query/positive share an image, the hard negative comes from another one
+        assert by_caption[t.query] == by_caption[t.positive] != by_caption[t.negative]
+    keys = [t.key for k in range(a.steps_per_pass) for t in a.batch(k)]
+    assert a.steps_per_pass == 5 and len(set(keys)) == 40  # one pass visits every image once
 
 
 def test_instruction_tokens_are_not_pooled(tiny_dir):
@@ -121,10 +116,21 @@ def test_instruction_tokens_are_not_pooled(tiny_dir):
     assert attn.sum(1).tolist() == [5, 1] and pool.sum(1).tolist() == [2, 1]
 
 
-def test_caption_groups_from_jsonl(tmp_path):
+def test_caption_records_from_jsonl(tmp_path):
     f = tmp_path / "g.jsonl"
     f.write_text(json.dumps({"id": "a", "captions": ["dog", " a small dog ", ""]}) + "\n")
-    assert load_caption_groups(str(f)) == [CaptionGroup("a", ("dog", "a small dog"))]
+    assert load_records(str(f), PAIRS) == [CaptionRecord("a", ("dog", "a small dog"), ())]
+
+
+def test_collate_puts_instruction_on_queries_only(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    triples = TripleSchedule(word_records(8), 4, PAIRS).batch(0)
+    b = collate_triples(tok, triples, max_length=32)
+    n_inst = len(tok("w7 w8: ", add_special_tokens=False)["input_ids"])
+    assert b["input_ids"].shape[0] == 12 and int(b["n"]) == 4 and int(b["h"]) == 1
+    assert ((b["attention_mask"] - b["pool_mask"]).sum(1) == torch.tensor([n_inst] * 4 + [0] * 8)).all()
 
 
 # ---- DP=2 vs DP=1 ---------------------------------------------------------------------------
@@ -141,10 +147,10 @@ def _dp_step(rank, world, tiny_dir):
     if world > 1:
         init_distributed()
     enc = tiny_encoder(tiny_dir)
-    sched = TripleSchedule(word_groups(32), GLOBAL_BATCH, hard_negatives=2, seed=0)
+    sched = TripleSchedule(word_records(32), GLOBAL_BATCH, PAIRS)
     local = GLOBAL_BATCH // world
     triples = sched.batch(5)[rank * local:(rank + 1) * local]
-    batch = collate_triples(enc.tokenizer, triples, INSTRUCTION, max_length=24)
+    batch = collate_triples(enc.tokenizer, triples, max_length=24)
     group = dist.group.WORLD if world > 1 else None
     loss = enc.contrastive_loss(batch, group=group)
     loss.backward()
@@ -221,7 +227,7 @@ def test_merged_through_megatron_teacher_equals_hf(merged, tmp_path):
 
 def test_mntp_predicts_masked_tokens_from_previous_position(tiny_dir):
     enc = tiny_encoder(tiny_dir)
-    batch = collate_triples(enc.tokenizer, TripleSchedule(word_groups(8), 4, 1).batch(0), "", 24)
+    batch = collate_triples(enc.tokenizer, TripleSchedule(word_records(8), 4, PAIRS).batch(0), 24)
     loss = enc.mntp_loss(batch, torch.Generator().manual_seed(0))
     # reference: re-derive the same corruption and score it by hand
     g = torch.Generator().manual_seed(0)
@@ -268,9 +274,9 @@ def test_nemo_save_restore_roundtrip(tiny_dir, tmp_path):
 def test_smollm2_loss_decreases(smollm2_dir):
     torch.manual_seed(0)
     enc = CaptionEncoder(EncoderConfig(llm_path=str(smollm2_dir), lora=LoRAConfig(dropout=0.0)))
-    groups = [CaptionGroup(str(i), (CAPTIONS[2 * i], CAPTIONS[2 * i + 1])) for i in range(6)]
-    batch = collate_triples(enc.tokenizer, TripleSchedule(groups, 6, 1).batch(0),
-                            "Given a caption, retrieve a detailed relevant caption: ", 48)
+    recs = [CaptionRecord(str(i), (CAPTIONS[2 * i],), (CAPTIONS[2 * i + 1],)) for i in range(6)]
+    pairs = PairConfig(instruction="Given a caption, retrieve a detailed relevant caption")
+    batch = collate_triples(enc.tokenizer, TripleSchedule(recs, 6, pairs).batch(0), 48)
     opt = torch.optim.AdamW(list(enc.lora_parameters().values()), lr=1e-3)
     losses = []
     for _ in range(3):

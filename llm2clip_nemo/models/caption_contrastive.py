@@ -16,19 +16,13 @@ import torch.distributed as dist
 from nemo.core.classes import ModelPT
 
 from ..config import ConfigError
-from .caption_data import (
-    StepLoader,
-    TripleSchedule,
-    flatten_eval_captions,
-    load_caption_groups,
-    tokenize_with_instruction,
-)
+from .caption_data import StepLoader, TripleSchedule, eval_captions, load_records, tokenize_with_instruction
 from .caption_encoder import CaptionEncoder, EncoderConfig
 from .caption_encoder import export_merged as _export_encoder
 from .nemo_base import allow_our_targets, default_dp_group, from_dictconfig, to_dictconfig
 
 DEMO = "demo"
-DEFAULT_INSTRUCTION = "Given a caption, retrieve a detailed relevant caption: "
+DEFAULT_INSTRUCTION = "Given a caption, retrieve a detailed relevant caption"
 
 
 @dataclass
@@ -54,39 +48,57 @@ class OptimConfig:
 @dataclass
 class CaptionDataConfig:
     train_path: str = DEMO
-    """Caption groups for training: JSONL ({id, captions}) or webdataset shards (.tar, dir, glob);
-    'demo' = the embedded Twemoji dataset's train split (built on first use)."""
+    """Training captions: webdataset shards (dir, brace pattern, manifest, `a::b`) or JSONL
+    ({id, captions} per line); 'demo' = the embedded Twemoji dataset's train split (built on first use)."""
     val_path: str = DEMO
-    """Held-out caption groups for CRA (same formats; 'demo' = the demo test split)."""
-    caption_fields: list[str] = field(default_factory=lambda: ["txt", "long"])
-    """Shard fields that are captions of one image: `txt` member and json keys (str or list)."""
+    """Held-out captions for CRA (same formats; 'demo' = the demo test split, held-out concepts)."""
+    short_fields: list[str] = field(default_factory=lambda: ["txt"])
+    """Short-caption fields ('txt' = alt text member; others are json keys, lists allowed)."""
+    long_fields: list[str] = field(default_factory=lambda: ["long"])
+    """Long/dense-caption fields (json keys)."""
+    negative_group_field: str | None = None
+    """json field: hard negatives come from another image with the same value (demo: subgroup)."""
     global_batch_size: int = 512
     """Triples per optimizer step over all data-parallel ranks (must divide by the rank count)."""
     hard_negatives: int = 1
-    """Hard negatives per query: captions of other images."""
+    """Hard negatives per query (0 or 1): a caption of another image, besides in-batch negatives."""
     max_length: int = 512
     """Token budget per text, instruction included."""
-    query_instruction: str = DEFAULT_INSTRUCTION
-    """Prefix of queries only; its tokens are excluded from the pooled embedding."""
-    val_max_groups: int = 0
-    """Cap on held-out groups used for CRA (0 = all)."""
+    instruction: str = DEFAULT_INSTRUCTION
+    """Instruction before queries only ('<instruction>: <query>'); its tokens are not pooled. '' = none."""
+    val_max_images: int = 0
+    """Cap on held-out images used for CRA (0 = all)."""
     val_batch_size: int = 64
     """Captions per forward when computing CRA."""
     seed: int = 0
     """Seed of the batch schedule (batch k is a function of seed and k)."""
 
+    def pair_config(self):
+        from ..data.pairs import PairConfig
+
+        return PairConfig(short_fields=list(self.short_fields), long_fields=list(self.long_fields),
+                          instruction=self.instruction or None, seed=self.seed,
+                          negative_group_field=self.negative_group_field)
+
     def check_paths(self) -> None:
         """Called by the recipe, not at model build: a restored .nemo model needs no dataset."""
         for name in ("train_path", "val_path"):
             p = getattr(self, name)
-            if p != DEMO and not Path(p.split("*")[0] if "*" in p else p).exists():
-                raise ConfigError(f"model.data.{name}={p!r} does not exist: build the dataset first (e.g. "
-                                  f"`llm2clip-nemo data demo`) or set model.data.{name}={DEMO} for the embedded demo.")
+            if p == DEMO or (p.endswith(".jsonl") and Path(p).is_file()):
+                continue
+            try:
+                from ..data.spec import parse_sources
+
+                parse_sources(p)
+            except Exception as e:
+                raise ConfigError(f"model.data.{name}={p!r} does not exist or holds no shards ({e}): build the "
+                                  f"dataset first (e.g. `llm2clip-nemo data demo`) or set model.data.{name}={DEMO} "
+                                  "for the embedded demo.") from None
 
     def validate(self) -> None:
-        if self.global_batch_size < 1 or self.hard_negatives < 0:
+        if self.global_batch_size < 1 or self.hard_negatives not in (0, 1):
             raise ConfigError(f"model.data.global_batch_size={self.global_batch_size} must be >= 1 and "
-                              f"hard_negatives={self.hard_negatives} >= 0.")
+                              f"hard_negatives={self.hard_negatives} 0 or 1.")
 
 
 @dataclass
@@ -110,10 +122,9 @@ def resolve_demo_paths(data: CaptionDataConfig) -> tuple[str, str]:
     from ..data.demo_dataset import build_demo_dataset
     from ..text.hf_io import default_cache_dir
 
-    out = build_demo_dataset(default_cache_dir() / "demo_dataset")
-    root = Path(out) if out is not None and not isinstance(out, dict) else default_cache_dir() / "demo_dataset"
-    train = str(root / "train") if data.train_path == DEMO else data.train_path
-    val = str(root / "test") if data.val_path == DEMO else data.val_path
+    res = build_demo_dataset(str(default_cache_dir() / "demo_dataset"))
+    train = res.train_urls if data.train_path == DEMO else data.train_path
+    val = res.test_urls if data.val_path == DEMO else data.val_path
     return train, val
 
 
@@ -175,10 +186,10 @@ class CaptionContrastiveModel(ModelPT):
             self._groups_cache["paths"] = resolve_demo_paths(self.schema.data)
         return self._groups_cache["paths"]
 
-    def _groups(self, which: str):
+    def _records(self, which: str):
         if which not in self._groups_cache:
             path = self._paths()[0 if which == "train" else 1]
-            self._groups_cache[which] = load_caption_groups(path, self.schema.data.caption_fields)
+            self._groups_cache[which] = load_records(path, self.schema.data.pair_config())
         return self._groups_cache[which]
 
     def _rank_world(self) -> tuple[int, int]:
@@ -191,13 +202,13 @@ class CaptionContrastiveModel(ModelPT):
         check_global_batch(d.global_batch_size, world)
         accum = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
         max_steps = self._trainer.max_steps if self._trainer is not None else 1
-        sched = TripleSchedule(self._groups("train"), d.global_batch_size, d.hard_negatives, d.seed)
-        return StepLoader(sched, self.core.tokenizer, rank, world, max_steps * accum, d.query_instruction,
-                          d.max_length, start_step=lambda: (self._trainer.global_step * accum
-                                                            if self._trainer is not None else 0))
+        sched = TripleSchedule(self._records("train"), d.global_batch_size, d.pair_config())
+        return StepLoader(sched, self.core.tokenizer, rank, world, max_steps * accum, d.max_length,
+                          bool(d.hard_negatives), start_step=lambda: (self._trainer.global_step * accum
+                                                                      if self._trainer is not None else 0))
 
     def val_captions(self) -> tuple[list[str], list[int]]:
-        return flatten_eval_captions(self._groups("val"), self.schema.data.val_max_groups or None)
+        return eval_captions(self._records("val"), self.schema.data.val_max_images or None)
 
     def val_dataloader(self):
         """This rank's contiguous share of the held-out captions, as (index, texts) batches."""

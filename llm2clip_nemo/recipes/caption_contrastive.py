@@ -71,9 +71,9 @@ def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
         cfg, callbacks=[SamplesPerSecond(cfg.model.data.global_batch_size), _loss_curve_callback(curve), *callbacks])
     model = CaptionContrastiveModel(cfg.model, trainer=trainer)
     resume_from = trainer.ckpt_path  # set by exp_manager when a checkpoint exists
+    trainer.ckpt_path = None  # validate the untrained model, not the checkpoint; fit gets it explicitly
     cra_before = None
     if cfg.cra_before:
-        trainer.ckpt_path = None  # the untrained model, not the checkpoint
         cra_before = trainer.validate(model, verbose=False)[0]["val_cra"]
     trainer.fit(model, ckpt_path=resume_from)
     if not model.cra_history or model.cra_history[-1][0] != trainer.global_step:
@@ -103,5 +103,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     summary = {k: result[k] for k in ("cra_before", "cra_after", "hf_merged", "log_dir")}
     summary["final_loss"] = result["loss_curve"][-1][1] if result["loss_curve"] else None
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary))  # one line: easy to pick out of the logs
     return 0
