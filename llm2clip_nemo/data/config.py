@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config.loader import ConfigError
 from .transforms import TransformConfig
 
 OUTPUTS = ("captions", "tokens", "embeddings")
@@ -35,7 +36,8 @@ class StreamConfig:
     shuffle_buffer: int = 1000
     """Samples shuffled together (a window per worker). Resuming re-reads at most one window."""
     caption_fields: dict[str, float] = field(default_factory=lambda: {"txt": 1.0})
-    """Caption field -> weight. 'txt' is the alt text; other names are json keys ('long', 'short_list')."""
+    """Caption field -> weight. 'txt' is the alt text; other names are json keys ('long', 'short_list').
+    Overrides merge into the default {txt: 1.0}: set caption_fields.txt=0 to leave alt text out."""
     output: str = "captions"
     """'captions' (text only), 'tokens' (input_ids/attention_mask from the tokenizer passed to the stream,
     for the online teacher) or 'embeddings' (teacher_emb from sidecars, offline training)."""
@@ -60,12 +62,12 @@ class StreamConfig:
 
     def validate(self) -> None:
         if self.output not in OUTPUTS:
-            raise ValueError(f"data.output={self.output!r} must be one of {OUTPUTS}")
+            raise ConfigError(f"data.output={self.output!r} must be one of {OUTPUTS}")
         for name in ("batch_size", "open_shards", "shuffle_buffer", "max_text_tokens", "no_valid_error_after"):
             if getattr(self, name) < 1:
-                raise ValueError(f"data.{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"data.epochs={self.epochs} must be >= 1 or null (forever)")
+            raise ConfigError(f"data.epochs={self.epochs} must be >= 1 or null (forever)")
         if not self.caption_fields or sum(self.caption_fields.values()) <= 0 or min(self.caption_fields.values()) < 0:
-            raise ValueError(f"data.caption_fields={dict(self.caption_fields)} needs weights >= 0, not all 0, e.g. {{txt: 1.0}}")
+            raise ConfigError(f"data.caption_fields={dict(self.caption_fields)} needs weights >= 0, not all 0, e.g. {{txt: 1.0}}")
         self.transform.validate()

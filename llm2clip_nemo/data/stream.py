@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import json
 import logging
 import math
@@ -96,6 +97,7 @@ class ImageTextStream(IterableDataset):
         self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths)
         self.shards: list[tuple[str, int]] = [(u, s) for s, src in enumerate(self.sources) for u in src.urls]
         self.shard_factor = [self.sources[s].factor for _, s in self.shards]
+        self._cum = list(itertools.accumulate(self.shard_factor))
         self.policy = CaptionPolicy(dict(cfg.caption_fields))
         self.transform = ImageTransform(cfg.transform)
         # Main-process view of consumed batches (see track / state_dict).
@@ -129,7 +131,7 @@ class ImageTextStream(IterableDataset):
         return order[rank * num_workers + worker :: n_gw]
 
     def _draw(self, gw: int, j: int) -> int:
-        return random.Random(f"draw:{self.cfg.seed}:{gw}:{j}").choices(range(len(self.shards)), weights=self.shard_factor)[0]
+        return random.Random(f"draw:{self.cfg.seed}:{gw}:{j}").choices(range(len(self.shards)), cum_weights=self._cum)[0]
 
     # ---- one worker's item sequence ----------------------------------------------------------
     def _items(self, lw: int, nw: int, pos: dict, stats: dict) -> Iterator[tuple[dict | None, dict]]:
@@ -141,12 +143,16 @@ class ImageTextStream(IterableDataset):
         pos = copy.deepcopy(pos)
         opened: list[list] = []  # [list index, offset, generator]; reopened from `pos` on (re)start
         opened_epoch = None
+        orders: dict[int, list[int]] = {}  # epoch -> this worker's shard list (computed once per epoch)
         try:
             while True:
                 epoch = pos["epoch"]
                 if not cfg.resampled and cfg.epochs is not None and epoch >= cfg.epochs:
                     return
-                order = None if cfg.resampled else self.worker_shards(epoch, self.rank, lw, nw)
+                if not cfg.resampled and epoch not in orders:
+                    orders.clear()
+                    orders[epoch] = self.worker_shards(epoch, self.rank, lw, nw)
+                order = None if cfg.resampled else orders[epoch]
                 if opened_epoch != (epoch, pos["window"]):
                     # (Re)start: open the snapshot's shards at their offsets.
                     for o in opened:
@@ -367,8 +373,17 @@ class ImageTextStream(IterableDataset):
                     out[k][r] = out[k].get(r, 0) + n
             for k in ("valid", "raw"):
                 out[k] = [a + b for a, b in zip(out[k], s[k])]
+        out["skipped"] = dict(sorted(out["skipped"].items()))
+        out["fields"] = dict(sorted(out["fields"].items()))
         out["epoch"] = max((p["epoch"] for p in self._positions.values()), default=0)
         return out
+
+    def summary_text(self) -> str:
+        """One line for logs: samples per source, skips by reason, caption fields."""
+        s = self.summary()
+        per_src = ", ".join(f"{src.spec}: {v}/{r}" for src, v, r in zip(self.sources, s["valid"], s["raw"]))
+        return (f"data: epoch {s['epoch']}; valid/read per source: {per_src}; skipped: {s['skipped'] or 'none'}; "
+                f"caption fields: {s['fields']}")
 
     def loader(self, num_workers: int = 2, **kw) -> TrackedLoader:
         return TrackedLoader(self, num_workers=num_workers, **kw)

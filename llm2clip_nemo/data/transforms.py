@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config.loader import ConfigError
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -39,13 +41,13 @@ class TransformConfig:
 
     def validate(self) -> None:
         if self.image_size < 8:
-            raise ValueError(f"transform.image_size={self.image_size} is too small; use e.g. 224")
+            raise ConfigError(f"transform.image_size={self.image_size} is too small; use e.g. 224")
         if not (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1):
-            raise ValueError(f"transform.scale={self.scale} must be [lo, hi] with 0 < lo <= hi <= 1, e.g. [0.9, 1.0]")
+            raise ConfigError(f"transform.scale={self.scale} must be [lo, hi] with 0 < lo <= hi <= 1, e.g. [0.9, 1.0]")
         if not (len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1]):
-            raise ValueError(f"transform.ratio={self.ratio} must be [lo, hi] with 0 < lo <= hi, e.g. [0.75, 1.333]")
+            raise ConfigError(f"transform.ratio={self.ratio} must be [lo, hi] with 0 < lo <= hi, e.g. [0.75, 1.333]")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"transform.mean/std must have 3 values with std > 0, got {self.mean} / {self.std}")
+            raise ConfigError(f"transform.mean/std must have 3 values with std > 0, got {self.mean} / {self.std}")
 
 
 def random_resized_crop_box(w: int, h: int, scale, ratio, rng: random.Random) -> tuple[int, int, int, int]:
