@@ -46,19 +46,22 @@ def main(argv: list[str]) -> int:
     # `scontrol requeue` (what SLURM's PreemptMode=REQUEUE does) sends SIGTERM, then SIGKILL after
     # KillWait: stop committing at SIGTERM so the kill can never land between the two writes.
     stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    for i in range(start, items):
-        while stopping:
-            time.sleep(1)  # wait for the kill
-        if i == fail_at:
-            raise RuntimeError(f"item {i} is corrupt (fail_at={fail_at})")
-        time.sleep(delay)  # the work
-        with _signals_blocked():
-            with open(log, "a") as f:
-                f.write(f"{i}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            tmp = ckpt.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"next": i + 1}))
-            os.replace(tmp, ckpt)
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    try:
+        for i in range(start, items):
+            while stopping:
+                time.sleep(1)  # wait for the kill
+            if i == fail_at:
+                raise RuntimeError(f"item {i} is corrupt (fail_at={fail_at})")
+            time.sleep(delay)  # the work
+            with _signals_blocked():
+                with open(log, "a") as f:
+                    f.write(f"{i}\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                tmp = ckpt.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"next": i + 1}))
+                os.replace(tmp, ckpt)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # in-process callers (tests) get theirs back
     return 0

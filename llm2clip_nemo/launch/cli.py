@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{spec.ntasks_per_node} task(s)); job folder {folder}")
     print(f"  logs: {job.paths.stdout}  {job.paths.stderr}  (one pair per task, _0_ = rank 0)")
     if not args.wait:
+        if spec.cluster == "slurm":
+            print(f"  follow: squeue -j {job.job_id}; sacct -j {job.job_id}; stop: scancel {job.job_id}")
         return 0
     outcome = wait(job)
     if outcome.returncode:
