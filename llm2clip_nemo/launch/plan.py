@@ -370,7 +370,14 @@ def load_sections(config_name: str | None, overrides: list[str], config_dir: Pat
 def main(argv: list[str] | None = None) -> int:
     from ..config.loader import ConfigError, parse_recipe_args
 
-    p = argparse.ArgumentParser(prog="llm2clip-nemo plan", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="llm2clip-nemo plan", description=__doc__.splitlines()[0],
+        usage="llm2clip-nemo plan [--config-name NAME] [--config-path DIR] [key=value ...] [--json]",
+        epilog="Reads vision.* / model.vision.* and teacher.* / model.teacher.* from the config (shapes, or "
+               "vision.preset=L/14, teacher.preset=llama-3-8b, teacher.path=HF_DIR). Planner knobs as overrides: "
+               "plan.gpus (default trainer.num_nodes*trainer.devices), plan.batch (global), plan.samples, "
+               "plan.mfu (0.4), plan.peak_tflops (989, H100 bf16 dense), plan.captions, plan.recompute, "
+               "plan.fused_attention, plan.distributed_optimizer, plan.embedding_bytes (2).")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
     try:
         name, path, overrides, rest = parse_recipe_args(list(argv or []))
