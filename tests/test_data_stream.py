@@ -159,3 +159,18 @@ def test_unreadable_path_and_empty_source_errors(shards, tmp_path):
     s = ImageTextStream(stream_cfg(shards, resampled=False, epochs=1), world_size=4, rank=0)
     with pytest.raises(DataSourceError, match=r"epoch 0 has 6 shards for 4 ranks x 2 workers = 8 readers"):
         next(iter(s.loader(num_workers=2)))
+
+
+@pytest.mark.parametrize("stop", [3, 11])
+def test_resume_when_workers_hold_unequal_shares(tmp_path, stop):
+    # 5 shards over 2 workers: worker 0 reads 3 (8 batches, the last partial), worker 1 reads 2 (5 batches)
+    # and finishes first; stop before and after that point.
+    make_shards(str(tmp_path), n_shards=5, per_shard=10)
+    cfg = stream_cfg(str(tmp_path), resampled=False, epochs=1)
+    full = _keys(ImageTextStream(cfg).loader(num_workers=2))
+    assert len(full) == 50 and len(set(full)) == 50
+    first = ImageTextStream(cfg)
+    before = _keys(first.loader(num_workers=2), stop)
+    second = ImageTextStream(cfg)
+    second.load_state_dict(first.state_dict())
+    assert before + _keys(second.loader(num_workers=2)) == full
