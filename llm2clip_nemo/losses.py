@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _group_rank_world(group) -> tuple[int, int]:
+def _group_rank_world(group: dist.ProcessGroup | None) -> tuple[int, int]:
     if group is None or not dist.is_available() or not dist.is_initialized():
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
@@ -56,7 +56,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n], None
 
 
-def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+def gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """All-gather `x` [B, ...] over `group` into [W*B, ...] (rank order), differentiable: the
     backward sums every rank's gradient for this rank's rows. Identity without a group."""
     if _group_rank_world(group)[1] == 1:
@@ -64,7 +64,7 @@ def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     return _AllGatherWithGrad.apply(x, group)
 
 
-def check_equal_local_batch(n: int, group, device: torch.device, what: str = "local batch") -> None:
+def check_equal_local_batch(n: int, group: dist.ProcessGroup | None, device: torch.device, what: str = "local batch") -> None:
     """Raise if the ranks of `group` do not all hold `n` rows (gathers would otherwise hang)."""
     _, world = _group_rank_world(group)
     if world == 1:
@@ -103,7 +103,8 @@ class ClipInfoNCELoss(nn.Module):
         """exp(clamped logit_scale), the multiplier of the cosine similarities."""
         return self.logit_scale.clamp(max=self.max_logit_scale).exp()
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, group=None) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                group: dist.ProcessGroup | None = None) -> torch.Tensor:
         """Loss of this rank's [B, D] image/text pairs against all ranks' pairs in `group`."""
         if self.normalize:
             image_features, text_features = F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1)
@@ -139,7 +140,8 @@ class SigLIPLoss(nn.Module):
         """exp(clamped logit_scale)."""
         return self.logit_scale.clamp(max=self.max_logit_scale).exp()
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, group=None) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                group: dist.ProcessGroup | None = None) -> torch.Tensor:
         """Loss of this rank's [B, D] images against all ranks' texts in `group`."""
         if self.normalize:
             image_features, text_features = F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1)
@@ -167,7 +169,7 @@ class CaptionInfoNCELoss(nn.Module):
         self.scale = scale
 
     def forward(self, query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None,
-                group=None) -> torch.Tensor:
+                group: dist.ProcessGroup | None = None) -> torch.Tensor:
         """query, positive [B, D]; negatives [B, H, D] or [B*H, D] hard negatives (or None)."""
         if positive.shape != query.shape:
             raise ValueError(f"positive {list(positive.shape)} must have the query's shape {list(query.shape)}.")

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from llm2clip_nemo.vision.config import ViTConfig
+
+if TYPE_CHECKING:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, PretrainedConfig, PreTrainedModel
+
+    from llm2clip_nemo.vision.vit import VisionTransformer
 
 HF = "vision_model."
 # (ours, HF) pairs copied as they are; "{i}" is the layer index.
@@ -137,7 +143,7 @@ def _as_int(value, name: str) -> int:
     return int(value)
 
 
-def vit_config_from_hf(hf_cfg, embed_dim: int | None = None) -> ViTConfig:
+def vit_config_from_hf(hf_cfg: dict | PretrainedConfig, embed_dim: int | None = None) -> ViTConfig:
     """HF CLIPVisionConfig (or CLIPConfig, or their dict) -> ViTConfig. `embed_dim` overrides
     `projection_dim` (CLIPModel keeps the true value at the top level, not in vision_config)."""
     d = hf_cfg if isinstance(hf_cfg, dict) else hf_cfg.to_dict()
@@ -169,7 +175,7 @@ def vit_config_from_hf(hf_cfg, embed_dim: int | None = None) -> ViTConfig:
     return cfg
 
 
-def hf_config_from_vit(cfg: ViTConfig):
+def hf_config_from_vit(cfg: ViTConfig) -> CLIPVisionConfig:
     """ViTConfig -> transformers CLIPVisionConfig."""
     from transformers import CLIPVisionConfig
 
@@ -203,7 +209,7 @@ def _load_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     raise FileNotFoundError(f"{path} holds no model.safetensors(.index.json) or pytorch_model.bin.")
 
 
-def vit_from_hf(src, require_projection: bool = False) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+def vit_from_hf(src: str | Path | PreTrainedModel, require_projection: bool = False) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """A HF CLIP vision model (instance, or a directory path) -> (ViTConfig, canonical state dict).
 
     Load the result with `VisionTransformer(cfg, groups).load_canonical_state_dict(sd)`. Training
@@ -218,7 +224,7 @@ def vit_from_hf(src, require_projection: bool = False) -> tuple[ViTConfig, dict[
     return cfg, vit_state_dict_from_hf(hf_sd, cfg, require_projection=require_projection)
 
 
-def vit_to_hf(model):
+def vit_to_hf(model: VisionTransformer) -> CLIPVisionModelWithProjection:
     """Our VisionTransformer -> an eval-mode transformers CLIPVisionModelWithProjection (fp32 copy
     of the weights); `save_pretrained(dir)` then writes a stock safetensors checkpoint."""
     from transformers import CLIPVisionModelWithProjection

@@ -12,6 +12,7 @@ map onto one canonical (local) state dict with `to_canonical_keys` / `from_canon
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,10 @@ import torch.nn.functional as F
 from llm2clip_nemo.runtime import probes
 
 from .config import ViTConfig
+
+if TYPE_CHECKING:
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.transformer_config import TransformerConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -64,7 +69,7 @@ def resolve_fp8(cfg: ViTConfig) -> bool:
     )
 
 
-def transformer_config(cfg: ViTConfig):
+def transformer_config(cfg: ViTConfig) -> TransformerConfig:
     """The megatron `TransformerConfig` of the ViT blocks."""
     from megatron.core.activations import quick_gelu
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -132,7 +137,7 @@ class SDPACoreAttention(torch.nn.Module):
         return out.permute(2, 0, 1, 3).reshape(s, b, h * d)
 
 
-def local_layer_spec():
+def local_layer_spec() -> ModuleSpec:
     """Pre-LN block from megatron's local (torch) layers, with bidirectional SDPA attention."""
     from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
     from megatron.core.tensor_parallel.layers import (
@@ -174,7 +179,7 @@ def local_layer_spec():
     )
 
 
-def te_layer_spec():
+def te_layer_spec() -> ModuleSpec:
     """The same block from Transformer Engine modules (fused LN+linear, TE attention), no mask."""
     from megatron.core.extensions.transformer_engine import (
         TEDotProductAttention,
@@ -216,7 +221,7 @@ def te_layer_spec():
     )
 
 
-def layer_spec(impl: str):
+def layer_spec(impl: str) -> ModuleSpec:
     """The block spec for 'local' or 'transformer_engine'."""
     return te_layer_spec() if impl == "transformer_engine" else local_layer_spec()
 

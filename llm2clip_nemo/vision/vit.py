@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from llm2clip_nemo.runtime.parallel import ParallelGroups
+
 from .config import ViTConfig
 from .specs import (
     from_canonical_keys,
@@ -23,7 +25,7 @@ from .specs import (
 )
 
 
-def vision_pg_collection(groups):
+def vision_pg_collection(groups: ParallelGroups):
     """The megatron ProcessGroupCollection for the vision tower, which is never tensor-parallel.
 
     With the teacher at TP=1 this is `groups.pg_collection`. With a TP>1 teacher the collection's
@@ -57,7 +59,7 @@ def _run_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class VisionTransformer(nn.Module):
     """CLIP ViT. `forward(pixels) -> [B, embed_dim]` un-normalised image embeddings."""
 
-    def __init__(self, cfg: ViTConfig, groups) -> None:
+    def __init__(self, cfg: ViTConfig, groups: ParallelGroups) -> None:
         """Build from `cfg` on the process groups `groups` (a runtime.ParallelGroups)."""
         super().__init__()
         from megatron.core.transformer.transformer_block import TransformerBlock
@@ -139,7 +141,7 @@ class VisionTransformer(nn.Module):
         """State dict in the canonical (local-spec) key layout, whatever the layer implementation."""
         return to_canonical_keys(self.state_dict(), self.impl)
 
-    def load_canonical_state_dict(self, sd: dict[str, torch.Tensor], strict: bool = True):
+    def load_canonical_state_dict(self, sd: dict[str, torch.Tensor], strict: bool = True) -> nn.modules.module._IncompatibleKeys:
         """Load a canonical-layout state dict (e.g. from `convert.clip_vision.vit_from_hf`).
 
         With the TE layout the FP8 `_extra_state` entries are allowed to be missing.
@@ -154,6 +156,6 @@ class VisionTransformer(nn.Module):
         return result
 
 
-def build_vit(cfg: ViTConfig, groups) -> VisionTransformer:
+def build_vit(cfg: ViTConfig, groups: ParallelGroups) -> VisionTransformer:
     """Build the vision tower for `cfg` on `groups` (runtime.ParallelGroups)."""
     return VisionTransformer(cfg, groups)
