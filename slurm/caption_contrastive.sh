@@ -16,7 +16,7 @@
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
 VERB=caption-contrastive
-CONFIG=caption_contrastive_large
+CONFIG=caption_contrastive_llama3_8b
 RESUME_OVERRIDE=exp_manager.resume_if_exists=true
 NODES_KEY=trainer.num_nodes
 # Submit from the repository root (or set LLM2CLIP_SLURM_DIR): SLURM runs a copy of this file.

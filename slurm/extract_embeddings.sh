@@ -2,7 +2,7 @@
 # Frozen-teacher caption embeddings over image-text shards -> sidecar shards (offline mode).
 # Each tensor-parallel group of the teacher takes its own subset of shards; a requeued attempt
 # re-runs the same command and the recipe skips shards whose sidecars are complete.
-#   sbatch --nodes=4 slurm/extract_embeddings.sh data.shards=/data/laion/{00000..99999}.tar
+#   sbatch --nodes=4 slurm/extract_embeddings.sh data.urls='/data/laion/{000000..231349}.tar'
 #SBATCH --job-name=llm2clip-extract
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
@@ -16,6 +16,6 @@
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
 VERB=extract
-CONFIG=extract_large
+CONFIG=extract_llama3_8b
 # Submit from the repository root (or set LLM2CLIP_SLURM_DIR): SLURM runs a copy of this file.
 source "${LLM2CLIP_SLURM_DIR:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/slurm}/common.sh" "$@"

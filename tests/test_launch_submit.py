@@ -80,11 +80,11 @@ def test_parse_time(text, minutes):
 
 def test_dry_run_prints_script_and_verb(capsys, tmp_path):
     rc = launch_cli.main(["extract", "--nodes", "2", "--gpus-per-node", "8", "--folder", str(tmp_path), "--dry-run",
-                          "--config-name", "extract_large", "data.shards=/d/{0..9}.tar"])
+                          "--config-name", "extract_llama3_8b", "data.shards=/d/{0..9}.tar"])
     out = capsys.readouterr().out
     assert rc == 0 and out.startswith("#!/bin/bash")
     assert sbatch_flags(out)["nodes"] == "2"
-    assert out.rstrip().endswith("# each task runs: llm2clip-nemo extract --config-name extract_large data.shards=/d/{0..9}.tar")
+    assert out.rstrip().endswith("# each task runs: llm2clip-nemo extract --config-name extract_llama3_8b data.shards=/d/{0..9}.tar")
     assert not list(tmp_path.iterdir())  # nothing submitted, no folder created
 
 

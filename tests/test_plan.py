@@ -128,3 +128,18 @@ def test_teacher_shape_from_hf_config_dir(tmp_path):
     t = P.teacher_shape({"path": str(tmp_path), "tensor_parallel": 3, "seq_len": 64})
     assert (t.hidden, t.layers, t.kv_heads, t.tensor_parallel, t.seq_len) == (576, 30, 3, 3, 64)
     assert P.llama_param_count(t) == 134_515_008
+
+
+def test_extract_plan_from_an_extract_config(tmp_path, capsys):
+    (tmp_path / "ex.yaml").write_text(
+        "teacher:\n  path: /ckpt/megatron-tp8\n  tensor_parallel: 8\n  max_length: 77\n"
+        "data:\n  fields: [txt, long]\n  storage_dtype: bf16\nprojection:\n  samples: 2.0e+9\n  gpus: 512\n")
+    argv = ["--config-path", str(tmp_path), "--config-name", "ex", "teacher.preset=llama-3-8b", "--json"]
+    assert P.main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["gpus"] == 512 and r["captions_per_sample"] == 2
+    assert r["offline_storage_bytes"] == 2e9 * 2 * 4096 * 2
+    assert r["captions_per_s"] * r["teacher_forward_flops_per_caption"] == pytest.approx(512 * 989e12 * 0.4)
+    assert r["extract_wall_time_s"] == pytest.approx(4e9 / r["captions_per_s"])
+    assert P.main(argv[:-2]) == 2  # megatron checkpoint dir: no HF config.json to read the shape from
+    assert "teacher.hidden is missing" in capsys.readouterr().err

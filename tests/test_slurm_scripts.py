@@ -13,8 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 GPU_SCRIPTS = {  # script -> (verb, config)
     "pretrain_large.sh": ("pretrain", "pretrain_large"),
-    "caption_contrastive.sh": ("caption-contrastive", "caption_contrastive_large"),
-    "extract_embeddings.sh": ("extract", "extract_large"),
+    "caption_contrastive.sh": ("caption-contrastive", "caption_contrastive_llama3_8b"),
+    "extract_embeddings.sh": ("extract", "extract_llama3_8b"),
 }
 CPU_SCRIPTS = {"pretrain_tiny.sh": ("pretrain", "pretrain_tiny"), "doctor.sh": ("doctor", None)}
 

@@ -283,6 +283,27 @@ def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float 
     return r
 
 
+def plan_extract(teacher: Any, *, gpus: int, samples: float, captions_per_sample: int = 1, mfu: float = 0.4,
+                 peak_tflops: float = H100_BF16_DENSE_TFLOPS, embedding_bytes: float = 2) -> dict[str, Any]:
+    """Offline extraction only (the `extract` verb): teacher cost, time on `gpus` GPUs, sidecar storage."""
+    t = teacher if isinstance(teacher, TeacherShape) else teacher_shape(teacher)
+    if t is None:
+        raise ValueError("plan_extract needs a teacher section (teacher.preset, teacher.path or its shape).")
+    if gpus < 1 or gpus % t.tensor_parallel:
+        raise ValueError(f"teacher.tensor_parallel={t.tensor_parallel} does not divide gpus={gpus}.")
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu={mfu} must be in (0, 1].")
+    per_caption = llama_forward_flops(t)
+    captions_per_s = gpus * peak_tflops * 1e12 * mfu / per_caption
+    return {"gpus": gpus, "samples": float(samples), "captions_per_sample": captions_per_sample, "mfu": mfu,
+            "peak_tflops": peak_tflops, "teacher_params": llama_param_count(t),
+            "teacher_forward_flops_per_caption": per_caption,
+            "mem_teacher_weights": 2.0 * llama_param_count(t) / t.tensor_parallel,
+            "captions_per_s": captions_per_s,
+            "extract_wall_time_s": float(samples) * captions_per_sample / captions_per_s,
+            "offline_storage_bytes": offline_storage_bytes(samples, captions_per_sample, t.hidden, embedding_bytes)}
+
+
 # ---------------------------------------------------------------- presentation
 def _si(x: float, unit: str) -> str:
     for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -307,6 +328,17 @@ def _duration(s: float) -> str:
 
 
 def format_table(r: Mapping[str, Any]) -> str:
+    if "vision_params" not in r:  # an extraction plan
+        rows = [("GPUs", str(r["gpus"])),
+                ("teacher params", _si(r["teacher_params"], "")),
+                ("teacher forward / caption", _si(r["teacher_forward_flops_per_caption"], "FLOP")),
+                ("memory/GPU: teacher bf16 TP shard", _bytes(r["mem_teacher_weights"])),
+                (f"throughput at MFU {r['mfu']:.0%} of {r['peak_tflops']:.0f} TFLOP/s", f"{r['captions_per_s']:,.0f} captions/s"),
+                (f"extraction of {r['samples']:.3g} samples x {r['captions_per_sample']} captions",
+                 f"{_duration(r['extract_wall_time_s'])} ({r['extract_wall_time_s'] * r['gpus'] / 3600:,.0f} GPU-h)"),
+                ("offline embeddings storage", f"{_si(r['offline_storage_bytes'], 'B')} ({_bytes(r['offline_storage_bytes'])})")]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
     rows = [
         ("GPUs / global batch / per GPU", f"{r['gpus']} / {r['global_batch']} / {r['micro_batch']}"),
         ("vision params", _si(r["vision_params"], "")),
@@ -383,22 +415,32 @@ def main(argv: list[str] | None = None) -> int:
         name, path, overrides, rest = parse_recipe_args(list(argv or []))
         args = p.parse_args(rest)
         tree = load_sections(name, overrides, path)
-        knobs = dict(tree.get("plan") or {})
+        # `projection` is the extract recipe's own sizing section; `plan` overrides win
+        knobs = {**dict(tree.get("projection") or {}), **dict(tree.get("plan") or {})}
         vision, teacher = _find(tree, "vision"), _find(tree, "teacher")
-        if not vision:
-            raise ConfigError("the config has no vision section (vision.* or model.vision.*): give one, e.g. "
-                              "vision.preset=L/14")
+        data = _find(tree, "data") or {}
+        captions = int(knobs.get("captions", len(data.get("fields") or []) or 1))
+        emb_bytes = float(knobs.get("embedding_bytes", 1 if data.get("storage_dtype") == "int8" else 2))
         trainer = tree.get("trainer") or {}
         default_gpus = int(trainer.get("num_nodes", 1)) * int(trainer.get("devices", 1)) if trainer else 8
         gpus = int(knobs.get("gpus", default_gpus))
-        batch = int(float(knobs.get("batch", _find(tree, "global_batch_size") or 32 * gpus)))
-        r = plan(vision, teacher, batch=batch, gpus=gpus, mfu=float(knobs.get("mfu", 0.4)),
-                 peak_tflops=float(knobs.get("peak_tflops", H100_BF16_DENSE_TFLOPS)),
-                 samples=float(knobs.get("samples", 1e9)), captions_per_sample=int(knobs.get("captions", 1)),
-                 recompute=bool(knobs.get("recompute", _as_dict(vision).get("recompute", False))),
-                 fused_attention=bool(knobs.get("fused_attention", True)),
-                 distributed_optimizer=bool(knobs.get("distributed_optimizer", False)),
-                 embedding_bytes=float(knobs.get("embedding_bytes", 2)))
+        mfu = float(knobs.get("mfu", 0.4))
+        peak = float(knobs.get("peak_tflops", H100_BF16_DENSE_TFLOPS))
+        samples = float(knobs.get("samples", 1e9))
+        if not vision and teacher:
+            r = plan_extract(teacher, gpus=gpus, samples=samples, captions_per_sample=captions, mfu=mfu,
+                             peak_tflops=peak, embedding_bytes=emb_bytes)
+        elif not vision:
+            raise ConfigError("the config has no vision section (vision.* or model.vision.*) nor a teacher: give "
+                              "one, e.g. vision.preset=L/14 or teacher.preset=llama-3-8b")
+        else:
+            batch = int(float(knobs.get("batch", _find(tree, "global_batch_size") or 32 * gpus)))
+            r = plan(vision, teacher, batch=batch, gpus=gpus, mfu=mfu, peak_tflops=peak, samples=samples,
+                     captions_per_sample=captions,
+                     recompute=bool(knobs.get("recompute", _as_dict(vision).get("recompute", False))),
+                     fused_attention=bool(knobs.get("fused_attention", True)),
+                     distributed_optimizer=bool(knobs.get("distributed_optimizer", False)),
+                     embedding_bytes=emb_bytes)
     except (ConfigError, ValueError) as e:
         print(f"llm2clip-nemo plan: {e}", file=sys.stderr)
         return 2
