@@ -1,0 +1,466 @@
+"""`llm2clip-nemo evaluate --model PATH --data SPEC`: retrieval, long-caption retrieval, CRA and
+zero-shot classification of an LLM2CLIP model, written as report.json, report.md and PNG plots.
+
+    llm2clip-nemo evaluate --model runs/pretrain_tiny --data 'demo/test/shard-{000000..000001}.tar' \
+        --caption-field txt,short_list --labels-field group --out eval/
+
+Model: any layout `models.loading.load_llm2clip` accepts (run dir, .nemo, .ckpt, HF export), or in
+Python an `LLM2CLIP` (the HF inference class). Data: webdataset shards (every sample once, in
+order; captions from `txt` and/or json fields, a long caption from a json field, labels from a
+json field) or a JSON manifest (`eval.manifest`: simple, Karpathy or COCO captions).
+
+Tasks (default: every task the data supports):
+- retrieval: image<->text R@1/5/10 over the caption fields, several captions per image
+  (Flickr30k/COCO Karpathy protocol);
+- long: one-to-one retrieval with the long caption (Urban-1k/DOCCI protocol);
+- cra: caption retrieval accuracy over all captions of images with >= 2 of them, on the adapter's
+  text features and on the raw LLM embeddings;
+- zeroshot: top-1/top-5 classification with class-name prompts (eval.templates).
+Features are extracted data-parallel under torchrun (images over all ranks; captions over the
+data-parallel group, so the ranks of one tensor-parallel teacher group encode the same captions).
+
+Python API for the demo: `evaluate(model, data, ...) -> dict` per model, and
+`write_comparison_report({name: result, ...}, out_dir)` to put several models in one report.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+TASKS = ("retrieval", "long", "cra", "zeroshot")
+
+
+class EvalDataError(ValueError):
+    """Evaluation data that cannot be used as given; the message names the source and the fix."""
+
+
+@dataclass
+class EvalData:
+    """Images with retrieval captions, optional long captions and labels."""
+
+    set: object
+    """`eval.EvalSet`: images (encoded bytes or file paths), retrieval captions, text_to_image, labels."""
+    long_captions: list[str | None] = field(default_factory=list)
+    """Per image: its long caption, or None (empty list: the data has none)."""
+    caption_fields: tuple[str, ...] = ("txt",)
+    """Where the retrieval captions came from."""
+
+    @property
+    def n_long(self) -> int:
+        return sum(c is not None for c in self.long_captions)
+
+    def summary(self) -> str:
+        s = self.set.summary()
+        return s + (f"; {self.n_long} long captions" if self.n_long else "")
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def _is_shard_manifest(path: Path) -> bool:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(obj, dict) and "shards" in obj
+
+
+def _field_captions(name: str, members: dict, meta: dict) -> list[str]:
+    if name == "txt":
+        raw = members.get("txt")
+        return [raw.decode("utf-8").strip()] if raw else []
+    value = meta.get(name)
+    if isinstance(value, str):
+        value = [value]
+    return [str(v).strip() for v in (value or []) if str(v).strip()]
+
+
+def _image_ok(data: bytes) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.size  # noqa: B018 - the header parse is the check
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def load_shard_data(spec: str, caption_fields: Sequence[str] = ("txt",), long_field: str | None = "long",
+                    labels_field: str | None = None, strict: bool = False, max_samples: int | None = None) -> EvalData:
+    """Every sample of the shards in `spec` once, in order, images kept encoded (our tar reader)."""
+    from ..data.spec import parse_sources
+    from ..data.tario import IMAGE_EXTS, iter_tar_samples
+    from ..eval.manifest import EvalSet
+
+    urls = [u for s in parse_sources(spec) for u in s.urls]
+    es = EvalSet(images=[], captions=[], text_to_image=[], keys=[], source=f"shards {spec}")
+    longs, labels, problems = [], [], []
+    for url in urls:
+        for s in iter_tar_samples(url):
+            if s.error is not None:
+                problems.append(f"{url}: {s.error}")
+                es.unreadable.append(f"{url}#{s.index}")
+                continue
+            ext = next((e for e in IMAGE_EXTS if e in s.members), None)
+            if ext is None or not _image_ok(s.members[ext]):
+                (es.missing if ext is None else es.unreadable).append(s.key)
+                problems.append(f"{url}: sample {s.key} has {'no' if ext is None else 'an unreadable'} image")
+                continue
+            meta = json.loads(s.members["json"]) if "json" in s.members else {}
+            idx = len(es.images)
+            es.images.append(s.members[ext])
+            es.keys.append(s.key)
+            for f in caption_fields:
+                caps = _field_captions(f, s.members, meta)
+                es.captions.extend(caps)
+                es.text_to_image.extend([idx] * len(caps))
+            long = _field_captions(long_field, s.members, meta) if long_field else []
+            longs.append(long[0] if long else None)
+            label = meta.get(labels_field) if labels_field else None
+            labels.append(None if label is None else str(label[0] if isinstance(label, list) else label))
+            if max_samples and len(es.images) >= max_samples:
+                break
+        if max_samples and len(es.images) >= max_samples:
+            break
+    if strict and problems:
+        raise EvalDataError(f"{len(problems)} samples of {spec} are unusable (first: {problems[0]}); fix the shards "
+                            "or run without --strict to skip them.")
+    if not es.images:
+        raise EvalDataError(f"no usable samples in {spec} ({len(problems)} skipped"
+                            f"{': ' + problems[0] if problems else ''}).")
+    es.labels = labels if any(x is not None for x in labels) else []
+    if labels_field and not es.labels:
+        raise EvalDataError(f"--labels-field {labels_field!r}: no sample json of {spec} has that field.")
+    return EvalData(es, longs if any(c is not None for c in longs) else [], tuple(caption_fields))
+
+
+def load_eval_data(spec: str, caption_fields: Sequence[str] = ("txt",), long_field: str | None = "long",
+                   labels_field: str | None = None, strict: bool = False, max_samples: int | None = None,
+                   image_root: str | None = None, split: str | None = None) -> EvalData:
+    """Shards (a brace pattern, directory or shard manifest.json) or an eval JSON manifest."""
+    from ..eval.manifest import load_manifest
+
+    p = Path(spec)
+    if p.suffix in (".json", ".jsonl") and p.is_file() and not _is_shard_manifest(p):
+        es = load_manifest(p, image_root=image_root, split=split, strict=strict)
+        if max_samples and es.n_images > max_samples:
+            keep = set(range(max_samples))
+            es.images, es.keys = es.images[:max_samples], es.keys[:max_samples]
+            es.labels = es.labels[:max_samples]
+            pairs = [(c, i) for c, i in zip(es.captions, es.text_to_image) if i in keep]
+            es.captions, es.text_to_image = [c for c, _ in pairs], [i for _, i in pairs]
+        return EvalData(es, [], ("manifest",))
+    return load_shard_data(spec, caption_fields, long_field, labels_field, strict, max_samples)
+
+
+# ---- model adapters -------------------------------------------------------------------------------
+
+@dataclass
+class Encoders:
+    """What evaluation needs from a model, whatever its class."""
+
+    image: object
+    """normalised pixels [B, 3, S, S] -> image features [B, D]."""
+    llm: object
+    """list of captions -> raw LLM embeddings [B, H]."""
+    adapt: object
+    """LLM embeddings [B, H] -> text features [B, D]."""
+    image_size: int
+    mean: list
+    std: list
+    image_group: object = None
+    """Group to spread images over (None: this process does all)."""
+    text_group: object = None
+    """Group to spread captions over: ranks of one TP teacher group must get the same captions."""
+    describe: str = ""
+
+
+def _dist_groups(groups=None):
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None, None
+    text = groups.dp_group if groups is not None else None
+    if text is None:
+        from megatron.core import parallel_state as ps
+
+        text = ps.get_data_parallel_group() if ps.model_parallel_is_initialized() else dist.group.WORLD
+    return dist.group.WORLD, text
+
+
+def encoders_for(model) -> Encoders:
+    """Encoders of an `LLM2CLIPModel` (Megatron teacher) or an `LLM2CLIP` (exported, HF)."""
+    from ..hf_model import LLM2CLIP
+
+    if isinstance(model, LLM2CLIP):
+        t = model.config["export"]["model_config"]["train_ds"]["transform"]
+        img_g, txt_g = _dist_groups()
+        return Encoders(model.get_image_features, model.get_llm_embeddings, model.adapt, model.image_size,
+                        t["mean"], t["std"], img_g, txt_g, "LLM2CLIP export")
+    tc = model.typed
+    img_g, txt_g = _dist_groups(model.groups)
+
+    def llm(texts):
+        return model.teacher.encode_texts(texts, batch_size=tc.teacher.batch_size, max_length=tc.teacher.max_length,
+                                          max_tokens=tc.teacher.max_tokens or None)
+
+    info = getattr(model, "load_info", None)
+    return Encoders(model.encode_images, llm, model.encode_teacher_embeddings, tc.vision.image_size,
+                    list(tc.train_ds.transform.mean), list(tc.train_ds.transform.std), img_g, txt_g,
+                    info.path if info is not None else "LLM2CLIPModel")
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+
+def _decode(item):
+    from PIL import Image
+
+    from ..data.transforms import to_rgb
+    from ..hf_model import to_image_bytes
+
+    return to_rgb(Image.open(io.BytesIO(to_image_bytes(item))))
+
+
+def _resolve_tasks(tasks, data: EvalData) -> list[str]:
+    es = data.set
+    available = {"retrieval": es.n_captions > 0, "long": data.n_long > 0,
+                 "cra": _cra_groups(data) is not None, "zeroshot": bool(es.labels)}
+    why = {"retrieval": "no captions in the caption fields", "long": "no long captions (--long-field)",
+           "cra": "no image has 2 or more captions", "zeroshot": "no labels (--labels-field)"}
+    if tasks in (None, "auto", ()):
+        return [t for t in TASKS if available[t]]
+    tasks = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise EvalDataError(f"unknown task(s) {unknown}: choose from {list(TASKS)} (comma-separated) or 'auto'.")
+    missing = [t for t in tasks if not available[t]]
+    if missing:
+        raise EvalDataError(f"task {missing[0]!r} needs data the eval set lacks: {why[missing[0]]} in {es.source}.")
+    return tasks
+
+
+def _cra_groups(data: EvalData) -> tuple[list[str], list[int]] | None:
+    """All captions (retrieval + long) with their image ids, if some image has >= 2."""
+    caps, ids = list(data.set.captions), list(data.set.text_to_image)
+    for i, c in enumerate(data.long_captions):
+        if c is not None:
+            caps.append(c)
+            ids.append(i)
+    counts = torch.bincount(torch.tensor(ids, dtype=torch.long)) if ids else torch.zeros(0)
+    return (caps, ids) if bool((counts >= 2).any()) else None
+
+
+def _plot_grids(es, img, txt, out: Path, prefix: str) -> dict[str, str]:
+    """Top-5 grids for a few queries in both directions (images decoded only for those)."""
+    from ..eval import report
+    from ..eval.suite import retrieval_examples
+
+    ex = retrieval_examples(img, txt, es.text_to_image, n_queries=4, k=5)
+    t, i = ex["t2i"], ex["i2t"]
+    p1 = report.plot_text_to_image_grid([es.captions[q] for q in t.queries],
+                                        [[_decode(es.images[j]) for j in row] for row in t.retrieved],
+                                        out / f"{prefix}t2i_grid.png", correct=t.correct,
+                                        title="text -> image: top retrieved images")
+    p2 = report.plot_image_to_text_grid([_decode(es.images[q]) for q in i.queries],
+                                        [[es.captions[j] for j in row] for row in i.retrieved],
+                                        out / f"{prefix}i2t_grid.png", correct=i.correct,
+                                        title="image -> text: top retrieved captions")
+    return {"text -> image examples": str(p1), "image -> text examples": str(p2)}
+
+
+def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name: str | None = None,
+             batch_size: int = 64, templates: str | Sequence[str] = "single", caption_fields: Sequence[str] = ("txt",),
+             long_field: str | None = "long", labels_field: str | None = None, strict: bool = False,
+             max_samples: int | None = None, plots: bool = True, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Evaluate one model; returns its result dict (and writes a one-model report into out_dir).
+
+    model: an `LLM2CLIPModel`, an `LLM2CLIP` export, or a path (any layout). data: an `EvalData`
+    or a spec for `load_eval_data`. tasks: None/'auto' (what the data supports) or a list/comma
+    string of retrieval, long, cra, zeroshot. templates: a set name ('single', 'short',
+    'imagenet') or prompt strings with '{}'. Every rank must call this under torchrun; rank 0 writes.
+    """
+    import torch.distributed as dist
+
+    from ..eval import features as F_
+    from ..eval import metrics as M
+    from ..eval.suite import evaluate_features
+    from ..eval.templates import get_templates
+    from ..hf_model import preprocess_images
+
+    t0 = time.time()
+    if isinstance(model, (str, Path)):
+        from ..models.loading import load_llm2clip
+
+        model = load_llm2clip(model)
+    if not isinstance(data, EvalData):
+        data = load_eval_data(str(data), caption_fields, long_field, labels_field, strict, max_samples)
+    enc = encoders_for(model)
+    name = name or enc.describe
+    task_list = _resolve_tasks(tasks, data)
+    es = data.set
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+
+    # 1. image features, data-parallel
+    def image_batch(idx):
+        return enc.image(preprocess_images([es.images[i] for i in idx], enc.image_size, enc.mean, enc.std)).float().cpu()
+
+    img = F_.extract_features(list(range(es.n_images)), image_batch, batch_size, group=enc.image_group).cpu()
+
+    # 2. every distinct text once through the LLM (captions, long captions, class prompts)
+    classnames, prompts = [], []
+    if "zeroshot" in task_list:
+        classnames, _ = es.label_indices()
+        tpl = get_templates(templates) if isinstance(templates, str) else tuple(templates)
+        prompts = [t.format(c) for c in classnames for t in tpl]
+    texts = list(dict.fromkeys([*es.captions, *(c for c in data.long_captions if c is not None), *prompts]))
+    row = {t: i for i, t in enumerate(texts)}
+    raw = F_.extract_features(texts, lambda b: enc.llm(b).float().cpu(), batch_size, group=enc.text_group).cpu() \
+        if texts else torch.zeros(0, 1)
+    feats = enc.adapt(raw).float().cpu() if texts else raw
+
+    def text_feats(strings, which=feats):
+        return which[[row[s] for s in strings]]
+
+    result: dict = {"name": name, "model": enc.describe, "data": es.source, "data_summary": data.summary(),
+                    "n_images": es.n_images, "n_captions": es.n_captions, "skipped": es.n_skipped,
+                    "caption_fields": list(data.caption_fields), "tasks": task_list, "plots": {}}
+    out = Path(out_dir) if out_dir is not None else None
+    prefix = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_") + "_"
+    # 3. the tasks
+    if "retrieval" in task_list:
+        sub = es.captioned()
+        keep = sorted(set(es.text_to_image))
+        r = evaluate_features(img[keep], text_feats(sub.captions), sub.text_to_image, ks=ks, cra=False)
+        result["retrieval"], result["recall_curve"] = r["retrieval"], r["recall_curve"]
+        if out is not None and plots and rank0:
+            result["plots"].update(_plot_grids(sub, img[keep], text_feats(sub.captions), out, prefix))
+    if "long" in task_list:
+        have = [i for i, c in enumerate(data.long_captions) if c is not None]
+        lt = text_feats([data.long_captions[i] for i in have])
+        r = evaluate_features(img[have], lt, torch.arange(len(have)), ks=ks, cra=False)
+        result["long_retrieval"], result["long_recall_curve"] = r["retrieval"], r["recall_curve"]
+    if "cra" in task_list:
+        caps, ids = _cra_groups(data)
+        result["cra"] = {"adapter": M.caption_retrieval_accuracy(text_feats(caps), ids),
+                         "llm": M.caption_retrieval_accuracy(text_feats(caps, raw), ids),
+                         "n_captions": len(caps)}
+    if "zeroshot" in task_list:
+        names, labels = es.label_indices(classnames)
+        cls = M.build_class_embeddings(names, tpl, lambda p: text_feats(p))
+        z = M.zeroshot_classification(img, cls, labels, ks=tuple(k for k in (1, 5) if k <= max(len(names), 1)) or (1,))
+        result["zeroshot"] = {**z, "n_classes": len(names), "n_templates": len(tpl)}
+    result["seconds"] = round(time.time() - t0, 2)
+    if out is not None and rank0:
+        write_comparison_report({name: result}, out, title=f"LLM2CLIP evaluation: {name}")
+    return result
+
+
+# ---- reports --------------------------------------------------------------------------------------
+
+def report_sections(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """{section: {model: {metric: value}}} for `eval.report.write_report`."""
+    sections: dict[str, dict[str, dict]] = {}
+
+    def add(section, model, values):
+        sections.setdefault(section, {})[model] = values
+
+    for model, r in results.items():
+        if "retrieval" in r:
+            add(f"retrieval ({', '.join(r.get('caption_fields', []))} captions, R@k %)", model, r["retrieval"])
+        if "long_retrieval" in r:
+            add("long-caption retrieval (one-to-one, R@k %)", model, r["long_retrieval"])
+        if "cra" in r:
+            add("caption retrieval accuracy (CRA %)", model, {"adapter": r["cra"]["adapter"], "llm": r["cra"]["llm"],
+                                                            "n_captions": r["cra"]["n_captions"]})
+        if "zeroshot" in r:
+            add("zero-shot classification (top-k %)", model, r["zeroshot"])
+    return sections
+
+
+def write_comparison_report(results: dict[str, dict], out_dir: str | Path, title: str = "LLM2CLIP evaluation",
+                            meta: dict | None = None) -> dict[str, Path]:
+    """One report (report.json, report.md, recall@k plots) for several models' `evaluate` results;
+    retrieval grids each model already wrote are linked. Returns the written paths."""
+    from ..eval import report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, str | Path] = {}
+    for key, label in (("recall_curve", "retrieval"), ("long_recall_curve", "long_retrieval")):
+        curves = {m: r[key] for m, r in results.items() if key in r}
+        if curves:
+            plots[f"recall@k: {label}"] = report.plot_recall_curves(curves, out / f"{label}_recall_at_k.png",
+                                                                    title=f"recall@k, {label.replace('_', ' ')}")
+    for m, r in results.items():
+        for caption, p in r.get("plots", {}).items():
+            plots[f"{m}: {caption}"] = p
+    info = {"data": next(iter(results.values()))["data_summary"] if results else "", **(meta or {})}
+    for m, r in results.items():
+        info[f"model {m}"] = r["model"]
+    paths = report.write_report(out, report_sections(results), title=title, meta=info, plots=plots)
+    full = json.loads(paths["json"].read_text())
+    full["results"] = report.to_jsonable(results)
+    paths["json"].write_text(json.dumps(full, indent=2, allow_nan=False) + "\n")
+    return {**paths, **{k: Path(v) for k, v in plots.items()}}
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm2clip-nemo evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="run dir, .nemo, .ckpt, or an export-hf directory")
+    p.add_argument("--data", required=True, help="shards (brace pattern, dir, manifest.json) or an eval JSON manifest")
+    p.add_argument("--tasks", default="auto", help=f"comma list of {','.join(TASKS)}, or auto (what the data has)")
+    p.add_argument("--caption-field", default="txt", help="retrieval caption field(s), comma list: txt, or json keys "
+                                                          "such as long, short_list")
+    p.add_argument("--long-field", default="long", help="json field of the long caption ('' = none)")
+    p.add_argument("--labels-field", "--classnames-field", dest="labels_field", default=None,
+                   help="json field holding each sample's class name (zero-shot); manifests use 'label'")
+    p.add_argument("--templates", default="single", help="prompt set: single, short, imagenet")
+    p.add_argument("--out", default="eval_report", help="output directory for report.json/.md and plots")
+    p.add_argument("--strict", action="store_true", help="missing/unreadable images are an error, not skipped")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--image-root", default=None, help="manifest: folder the image paths are relative to")
+    p.add_argument("--split", default=None, help="manifest: keep this split (e.g. test)")
+    p.add_argument("--teacher-path", default=None, help="teacher LLM location, if moved since training")
+    p.add_argument("--tensor-parallel", type=int, default=1, help="teacher TP size to run with")
+    p.add_argument("--name", default=None, help="model name in the report")
+    p.add_argument("--no-plots", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from ..config import ConfigError
+    from ..eval.manifest import ManifestError
+    from ..eval.report import markdown_table
+    from ..models.loading import UnknownLayoutError, load_llm2clip
+    from ..runtime import init_parallel
+
+    args = build_parser().parse_args(argv)
+    try:
+        data = load_eval_data(args.data, [f.strip() for f in args.caption_field.split(",") if f.strip()],
+                              args.long_field or None, args.labels_field, args.strict, args.max_samples,
+                              args.image_root, args.split)
+        groups = init_parallel(args.tensor_parallel)
+        model = load_llm2clip(args.model, tensor_parallel=args.tensor_parallel, teacher_path=args.teacher_path,
+                              groups=groups)
+        res = evaluate(model, data, args.tasks, args.out, name=args.name or Path(args.model).name,
+                       batch_size=args.batch_size, templates=args.templates, plots=not args.no_plots)
+    except (EvalDataError, ManifestError, UnknownLayoutError, ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"llm2clip-nemo evaluate: error: {e}", file=sys.stderr)
+        return 2
+    if groups.rank == 0:
+        print(data.summary())
+        for section, rows in report_sections({res["name"]: res}).items():
+            print(f"\n{section}\n{markdown_table(rows)}")
+        print(f"\nreport: {Path(args.out) / 'report.md'}")
+    return 0
