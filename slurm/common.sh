@@ -3,6 +3,7 @@
 #   CONFIG           --config-name of the recipe ('' for verbs without one)
 #   RESUME_OVERRIDE  appended when SLURM restarts the job after preemption/time-out (requeue)
 #   NODES_KEY        config key that must equal the allocation's node count (e.g. trainer.num_nodes)
+#   DEVICES_KEY      config key that must equal the tasks per node (e.g. trainer.devices)
 # Variables you may set at submit time (sbatch exports your environment):
 #   LLM2CLIP_PYTHON  interpreter (default python3; e.g. /path/to/.venv/bin/python)
 #   CONTAINER_IMAGE  run each task in this pyxis/enroot image (CONTAINER_MOUNTS: extra mounts)
@@ -16,21 +17,27 @@ source "$_here/env.sh"
 CONFIG=${CONFIG:-}
 RESUME_OVERRIDE=${RESUME_OVERRIDE:-}
 NODES_KEY=${NODES_KEY:-}
+DEVICES_KEY=${DEVICES_KEY:-}
 nodes=${SLURM_JOB_NUM_NODES:-1}
+tasks_per_node=${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-1}}
+tasks_per_node=${tasks_per_node%%(*}   # SLURM_TASKS_PER_NODE reads like '8(x4)'
 
 args=(-m llm2clip_nemo.cli "$VERB")
 [ -n "$CONFIG" ] && args+=(--config-name "$CONFIG")
-if [ -n "$NODES_KEY" ]; then
-  # The allocation decides the node count; a different value on the command line is a mistake
-  # that would otherwise surface as a rendezvous hang.
+# The allocation decides nodes and tasks per node (Lightning checks devices * num_nodes == tasks); a
+# different value on the command line is a mistake that would otherwise surface as a rendezvous hang.
+pin() {  # pin KEY VALUE SBATCH_FLAG "$@": add KEY=VALUE, refusing a contradicting KEY=... among the arguments
+  local key=$1 value=$2 flag=$3 a; shift 3
   for a in "$@"; do
-    if [[ "$a" == "$NODES_KEY="* && "${a#*=}" != "$nodes" ]]; then
-      echo "llm2clip: $a but this job has $nodes node(s): submit with 'sbatch --nodes=${a#*=} $0 ...'" >&2
+    if [[ "$a" == "$key="* && "${a#*=}" != "$value" ]]; then
+      echo "llm2clip: $a but this job has $value: submit with 'sbatch $flag=${a#*=} ...' (or drop $a)" >&2
       exit 2
     fi
   done
-  args+=("$NODES_KEY=$nodes")
-fi
+  args+=("$key=$value")
+}
+[ -n "$NODES_KEY" ] && pin "$NODES_KEY" "$nodes" --nodes "$@"
+[ -n "$DEVICES_KEY" ] && pin "$DEVICES_KEY" "$tasks_per_node" --ntasks-per-node "$@"
 args+=("$@")
 # SLURM_RESTART_COUNT > 0: this is a requeued attempt; pick up the last checkpoint.
 if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && [ -n "$RESUME_OVERRIDE" ]; then args+=("$RESUME_OVERRIDE"); fi

@@ -80,12 +80,21 @@ def test_parse_time(text, minutes):
 
 def test_dry_run_prints_script_and_verb(capsys, tmp_path):
     rc = launch_cli.main(["extract", "--nodes", "2", "--gpus-per-node", "8", "--folder", str(tmp_path), "--dry-run",
-                          "--config-name", "extract_llama3_8b", "data.shards=/d/{0..9}.tar"])
+                          "--config-name", "extract_llama3_8b", "data.urls=/d/{0..9}.tar"])
     out = capsys.readouterr().out
     assert rc == 0 and out.startswith("#!/bin/bash")
     assert sbatch_flags(out)["nodes"] == "2"
-    assert out.rstrip().endswith("# each task runs: llm2clip-nemo extract --config-name extract_llama3_8b data.shards=/d/{0..9}.tar")
+    assert out.rstrip().endswith("# each task runs: llm2clip-nemo extract --config-name extract_llama3_8b 'data.urls=/d/{0..9}.tar'")
     assert not list(tmp_path.iterdir())  # nothing submitted, no folder created
+
+
+def test_trainer_verbs_get_the_job_shape(capsys, tmp_path):
+    rc = launch_cli.main(["pretrain", "--nodes", "2", "--gpus-per-node", "8", "--folder", str(tmp_path), "--dry-run",
+                          "--config-name", "pretrain_large", "trainer.devices=8"])
+    assert rc == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == (
+        "# each task runs: llm2clip-nemo pretrain trainer.num_nodes=2 trainer.devices=8 --config-name pretrain_large "
+        "trainer.devices=8")
 
 
 def test_unknown_target_is_refused(capsys):

@@ -47,12 +47,14 @@ def test_cpu_scripts_are_2_nodes_x_2_tasks_without_gpus(script):
 @pytest.mark.parametrize("script", sorted({**GPU_SCRIPTS, **CPU_SCRIPTS}))
 def test_overrides_pass_through_to_the_verb(script):
     verb, config = {**GPU_SCRIPTS, **CPU_SCRIPTS}[script]
-    r = dry_run(script, "model.optim.lr=5e-4", "data.x=a b", SLURM_JOB_NUM_NODES="2", LLM2CLIP_PYTHON="/py")
+    r = dry_run(script, "model.optim.lr=5e-4", "data.x=a b", SLURM_JOB_NUM_NODES="2", SLURM_TASKS_PER_NODE="4(x2)",
+                LLM2CLIP_PYTHON="/py")
     assert r.returncode == 0, r.stderr
     cmd = shlex.split(re.search(r"on localhost: (srun .*)$", r.stdout).group(1))
     want = ["srun", "--kill-on-bad-exit=1", "/py", "-m", "llm2clip_nemo.cli", verb]
     want += ["--config-name", config] if config else []
-    want += ["trainer.num_nodes=2"] if script != "extract_embeddings.sh" and config else []
+    # the allocation's shape, for the trainer's devices * num_nodes == tasks check
+    want += ["trainer.num_nodes=2", "trainer.devices=4"] if verb in ("pretrain", "caption-contrastive") else []
     assert cmd == want + ["model.optim.lr=5e-4", "data.x=a b"]
 
 
@@ -62,10 +64,11 @@ def test_requeued_attempt_resumes():
     assert "attempt 1" in r.stdout
 
 
-def test_node_count_mismatch_is_refused():
-    r = dry_run("pretrain_large.sh", "trainer.num_nodes=32", SLURM_JOB_NUM_NODES="8")
-    assert r.returncode == 2
-    assert "trainer.num_nodes=32 but this job has 8 node(s): submit with 'sbatch --nodes=32" in r.stderr
+@pytest.mark.parametrize("arg,flag", [("trainer.num_nodes=32", "--nodes=32"), ("trainer.devices=4", "--ntasks-per-node=4")])
+def test_shape_mismatch_is_refused(arg, flag):
+    r = dry_run("pretrain_large.sh", arg, SLURM_JOB_NUM_NODES="8", SLURM_NTASKS_PER_NODE="8")
+    assert r.returncode == 2 and not r.stdout
+    assert f"{arg} but this job has 8: submit with 'sbatch {flag} ...'" in r.stderr
 
 
 def test_container_line():

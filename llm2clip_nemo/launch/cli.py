@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 
-from .submit import CLUSTERS, LaunchSpec, new_job_folder, render_sbatch, resolve_target, submit, wait
+from .submit import CLUSTERS, LaunchSpec, new_job_folder, render_sbatch, resolve_target, submit, trainer_args, wait
 
 
 def parse_time(value: str) -> int:
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             if spec.cluster != "slurm":
                 raise ValueError("--dry-run renders an sbatch script: use it with --cluster slurm.")
             print(render_sbatch(spec, new_job_folder(spec)), end="")
-            print(f"# each task runs: llm2clip-nemo {args.target} {' '.join(verb_argv)}".rstrip())
+            shown = shlex.join([args.target, *trainer_args(args.target, spec), *verb_argv])
+            print(f"# each task runs: llm2clip-nemo {shown}")
             return 0
         job, folder = submit(args.target, verb_argv, spec, resume_args=args.resume_arg)
     except ValueError as e:

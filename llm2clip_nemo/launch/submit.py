@@ -42,6 +42,10 @@ RESUME_ARGS: dict[str, list[str]] = {
     "caption-contrastive": ["exp_manager.resume_if_exists=true"],
 }
 
+# Verbs that build a Lightning trainer: it checks devices * num_nodes against SLURM's task count, so
+# the launcher states the allocation (before the user's arguments, which may still override it).
+TRAINER_VERBS = ("pretrain", "finetune", "caption-contrastive")
+
 # sacct states in which a job may still produce results (a requeued job passes through these).
 _NOT_DONE = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "RESIZING",
              "SUSPENDED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
@@ -260,11 +264,19 @@ def make_executor(spec: LaunchSpec, folder: Path) -> submitit.core.core.Pickling
     return ex
 
 
+def trainer_args(target: str, spec: LaunchSpec) -> list[str]:
+    """`trainer.num_nodes=N trainer.devices=T` for verbs with a trainer, from the job's shape."""
+    if target not in TRAINER_VERBS:
+        return []
+    return [f"trainer.num_nodes={spec.nodes}", f"trainer.devices={spec.ntasks_per_node}"]
+
+
 def submit(target: str, argv: Sequence[str], spec: LaunchSpec,
            resume_args: Sequence[str] | None = None) -> tuple[submitit.Job, Path]:
     """Submit `target` (a verb or a module with main(argv)) with `argv`; return (job, job folder)."""
     target = resolve_target(target)
     resume = RESUME_ARGS.get(target, []) if resume_args is None else list(resume_args)
+    argv = trainer_args(target, spec) + list(argv)
     folder = new_job_folder(spec)
     ex = make_executor(spec, folder)
     job = ex.submit(RecipeJob(target, argv, resume))
