@@ -64,17 +64,19 @@ def _hidden_size(llm_dir: Path) -> int:
     return int(cfg.get("hidden_size") or cfg.get("text_config", {}).get("hidden_size"))
 
 
-def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, tensor_parallel: int = 1) -> Path:
+def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teacher_path: str | os.PathLike | None = None,
+              tensor_parallel: int = 1) -> Path:
     """Export the model at `model_path` (any layout `load_llm2clip` accepts) to `out_dir`, which
-    must not exist. Returns `out_dir`. Raises ValueError if the adapter's input size is not the
-    teacher LLM's hidden size, or the exported teacher's fingerprint is not the recorded one."""
+    must not exist. Returns `out_dir`. `teacher_path` replaces the recorded teacher location.
+    Raises ValueError (ConfigError) if the adapter's input size is not the teacher LLM's hidden
+    size, or the teacher's fingerprint is not the one the checkpoint recorded."""
     from ..convert.clip_vision import vit_to_hf
     from ..text.config import expected_fingerprint
 
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists: choose a new --out or remove it.")
-    model = load_llm2clip(model_path, tensor_parallel=tensor_parallel)
+    model = load_llm2clip(model_path, tensor_parallel=tensor_parallel, teacher_path=teacher_path)
     info, tc = model.load_info, model.typed
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))

@@ -200,11 +200,27 @@ def _load_export(path: Path, tensor_parallel: int, teacher_path, groups):
     return model, info
 
 
+def check_teacher_fingerprint(model, recorded: str | None) -> None:
+    """Raise ConfigError if the configured teacher is not the one the checkpoint recorded
+    (its embeddings would be silently different from those the adapter was trained on)."""
+    from ..text.config import expected_fingerprint
+
+    if recorded is None:
+        return
+    have = expected_fingerprint(model.typed.teacher)
+    if have != recorded:
+        raise ConfigError(f"teacher mismatch: the checkpoint was trained against teacher fingerprint {recorded}, but "
+                          f"the teacher at {model.typed.teacher.path} gives {have}: pass teacher_path (--teacher-path) "
+                          "of the original teacher.")
+
+
 def load_llm2clip(path: str | Path, *, tensor_parallel: int = 1, teacher_path: str | Path | None = None,
-                  groups=None):
+                  groups=None, verify_teacher: bool = True):
     """An eval-mode `LLM2CLIPModel` from any accepted layout (see module doc); `model.load_info`
     says where it came from. `teacher_path` replaces the recorded teacher location (e.g. after
     moving files); `tensor_parallel` is the teacher TP to run with (not the one trained with).
+    verify_teacher: compare the teacher's fingerprint with the one the layout recorded (.ckpt and
+    exports record one; hashing the LLM weights costs ~1 s per GB).
     Raises UnknownLayoutError for anything else, ConfigError when the teacher does not fit."""
     from ..runtime import init_parallel
 
@@ -225,5 +241,7 @@ def load_llm2clip(path: str | Path, *, tensor_parallel: int = 1, teacher_path: s
         if step is None and where.name == "model.nemo" and (where.parent / "result.json").is_file():
             step = json.loads((where.parent / "result.json").read_text()).get("global_step")
         info = LoadInfo(layout, str(where), step, extra.get("teacher_fingerprint"))
+    if verify_teacher:
+        check_teacher_fingerprint(model, info.teacher_fingerprint)
     model.load_info = info
     return model.eval()
