@@ -256,8 +256,15 @@ def _split(concept: str, seed: int, test_fraction: float) -> str:
 def build_demo_dataset(out_dir: str, test_fraction: float = 0.2, seed: int = 0, samples_per_shard: int = 500,
                        install: bool = True, emoji_test: str = EMOJI_TEST, cldr_dir: str = CLDR_DIR,
                        languages: tuple[str, ...] = LANGUAGES, limit: int | None = None) -> DemoResult:
-    """Build (or find already built) the demo shards: out_dir/{train,test}/shard-*.tar + demo_info.json.
+    """Build (or find already built) the demo shards; returns paths and counts.
 
+    Layout:
+      out_dir/train/shard-000000.tar ... manifest.json sizes.json   (~80% of base concepts)
+      out_dir/test/shard-000000.tar ...  manifest.json sizes.json   (held-out base concepts)
+      out_dir/demo_info.json (parameters, shard names, the DemoResult), out_dir/CREDITS.txt
+    Each sample: `{key}.png` (72x72 RGBA Twemoji; key = codepoints, e.g. `1f44b-1f3fd`), `{key}.txt`
+    (the name) and `{key}.json` with short, long, short_list (name + aliases), group, subgroup,
+    keywords, names {lang: name}, skin_tone, hair, base_concept, emoji, codepoints, emoji_version.
     Idempotent: a second call with the same arguments returns the recorded result in milliseconds."""
     params = {"version": DEMO_VERSION, "test_fraction": test_fraction, "seed": seed, "samples_per_shard": samples_per_shard,
               "languages": list(languages), "limit": limit}
