@@ -141,7 +141,7 @@ class ImageTextStream(IterableDataset):
         skiplog = _SkipLog(cfg.log_first, cfg.log_interval_s, gw)
         sidecars: dict[str, SidecarReader] = {}
         pos = copy.deepcopy(pos)
-        opened: list[list] = []  # [list index, offset, generator]; reopened from `pos` on (re)start
+        opened: list[list] = []  # [list index, offset, generator, shard]; reopened from `pos` on (re)start
         opened_epoch = None
         orders: dict[int, list[int]] = {}  # epoch -> this worker's shard list (computed once per epoch)
         try:
@@ -157,13 +157,13 @@ class ImageTextStream(IterableDataset):
                     # (Re)start: open the snapshot's shards at their offsets.
                     for o in opened:
                         o[2].close()
-                    opened = [[oi, off, self._open(order, gw, oi, off)] for oi, off in pos["open"]]
+                    opened = [self._open(order, gw, oi, off) for oi, off in pos["open"]]
                 rng = random.Random(f"win:{cfg.seed}:{gw}:{epoch}:{pos['window']}")
                 nxt = pos["next"]
                 items: list[tuple[RawSample, int]] = []
                 while len(items) < cfg.shuffle_buffer:
                     while len(opened) < cfg.open_shards and (order is None or nxt < len(order)):
-                        opened.append([nxt, 0, self._open(order, gw, nxt, 0)])
+                        opened.append(self._open(order, gw, nxt, 0))
                         nxt += 1
                     if not opened:
                         break
@@ -174,7 +174,7 @@ class ImageTextStream(IterableDataset):
                         opened.pop(k)
                         continue
                     o[1] += 1
-                    items.append((item, self._shard_of(order, gw, o[0])))
+                    items.append((item, o[3]))
                 end = {"epoch": epoch, "next": nxt, "open": [[o[0], o[1]] for o in opened],
                        "window": pos["window"] + 1, "done": 0}
                 if not items:  # epoch finished for this worker
@@ -197,11 +197,10 @@ class ImageTextStream(IterableDataset):
             for r in sidecars.values():
                 r.close()
 
-    def _shard_of(self, order, gw: int, oi: int) -> int:
-        return self._draw(gw, oi) if order is None else order[oi]
-
-    def _open(self, order, gw: int, oi: int, offset: int):
-        return iter_tar_samples(self.shards[self._shard_of(order, gw, oi)][0], start=offset)
+    def _open(self, order, gw: int, oi: int, offset: int) -> list:
+        """[list index, item offset, sample generator, shard index] for the oi-th shard of the list."""
+        shard = self._draw(gw, oi) if order is None else order[oi]
+        return [oi, offset, iter_tar_samples(self.shards[shard][0], start=offset), shard]
 
     def _check_sources(self, stats: dict, final: bool) -> None:
         for s, src in enumerate(self.sources):
