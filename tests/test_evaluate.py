@@ -1,0 +1,170 @@
+"""`llm2clip-nemo evaluate`: numbers vs a reference computed by hand from the model, the exported
+model equal to the pre-export one, data-parallel equal to one process, bad input messages."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from dist_utils import run_workers
+from PIL import Image
+from test_hf_export import CLASSES, image_bytes, tiny_run, word_samples
+
+from llm2clip_nemo.eval import metrics as M
+
+TASK_KEYS = ("retrieval", "recall_curve", "long_retrieval", "long_recall_curve", "cra", "zeroshot")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_run(tmp_path_factory.getbasetemp() / "llm2clip_tiny_run")
+
+
+def reference_numbers(model, samples) -> dict:
+    """The metrics straight from the model's encoders on the samples we wrote (no eval pipeline)."""
+    from llm2clip_nemo.hf_model import preprocess_images
+
+    t = model.typed.train_ds.transform
+    img = model.encode_images(preprocess_images([s.image for s in samples], 16, t.mean, t.std))
+
+    def text(caps):
+        return model.encode_teacher_embeddings(model.teacher.encode_texts(caps, max_length=model.typed.teacher.max_length))
+
+    caps, t2i = [], []
+    for i, s in enumerate(samples):
+        for c in [s.txt, *s.meta["short_list"]]:
+            caps.append(c)
+            t2i.append(i)
+    longs = [s.meta["long"] for s in samples]
+    cls = M.build_class_embeddings(sorted(CLASSES), ["a photo of a {}."], text)
+    labels = [sorted(CLASSES).index(s.meta["group"]) for s in samples]
+    raw = model.teacher.encode_texts(caps + longs, max_length=model.typed.teacher.max_length)
+    return {
+        "retrieval": M.retrieval_metrics(img, text(caps), t2i),
+        "long_retrieval": M.retrieval_metrics(img, text(longs), list(range(len(samples)))),
+        "cra_adapter": M.caption_retrieval_accuracy(text(caps + longs), t2i + list(range(len(samples)))),
+        "cra_llm": M.caption_retrieval_accuracy(raw, t2i + list(range(len(samples)))),
+        "zeroshot": M.zeroshot_classification(img, cls, labels, ks=(1, 2)),
+    }
+
+
+def test_cli_numbers_match_reference_and_report_is_written(tiny, tmp_path, capsys):
+    from llm2clip_nemo.models.loading import load_llm2clip
+    from llm2clip_nemo.recipes.evaluate import main
+
+    out = tmp_path / "report"
+    rc = main(["--model", str(tiny["run"]), "--data", str(tiny["test"]), "--caption-field", "txt,short_list",
+               "--labels-field", "group", "--out", str(out), "--batch-size", "5", "--name", "tiny"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| model | i2t_R@1 | i2t_R@5 | i2t_R@10 | t2i_R@1" in printed and "| tiny |" in printed
+    rep = json.loads((out / "report.json").read_text())
+    r = rep["results"]["tiny"]
+    assert r["tasks"] == ["retrieval", "long", "cra", "zeroshot"]
+    assert (r["n_images"], r["n_captions"]) == (12, 36)
+    ref = reference_numbers(load_llm2clip(tiny["run"]), word_samples(12, 2))
+    for k in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@10", "mean_recall"):
+        assert r["retrieval"][k] == pytest.approx(ref["retrieval"][k], abs=1e-9)
+        assert r["long_retrieval"][k] == pytest.approx(ref["long_retrieval"][k], abs=1e-9)
+    assert r["cra"]["adapter"] == pytest.approx(ref["cra_adapter"], abs=1e-9)
+    assert r["cra"]["llm"] == pytest.approx(ref["cra_llm"], abs=1e-9)
+    assert r["zeroshot"]["top1"] == pytest.approx(ref["zeroshot"]["top1"], abs=1e-9)
+    assert r["zeroshot"]["n_classes"] == 3 and r["recall_curve"]["i2t"][-1] == r["retrieval"]["i2t_R@10"]
+    md = (out / "report.md").read_text()
+    for section in ("## retrieval (txt, short_list captions, R@k %)", "## long-caption retrieval", "## caption "
+                    "retrieval accuracy", "## zero-shot classification", "![recall@k: retrieval]"):
+        assert section in md
+    # plot sizes are fixed by construction: 10x4 in at 100 dpi; grids (1 + k) x queries cells of 160 px
+    assert Image.open(out / "retrieval_recall_at_k.png").size == (1000, 400)
+    assert Image.open(out / "tiny_t2i_grid.png").size == (960, 640)
+    assert Image.open(out / "tiny_i2t_grid.png").size == (960, 640)
+
+
+def test_exported_model_scores_equal_pre_export_and_compare_report(tiny, tmp_path):
+    from llm2clip_nemo import LLM2CLIP
+    from llm2clip_nemo.models.loading import load_llm2clip
+    from llm2clip_nemo.recipes.evaluate import evaluate, load_eval_data, write_comparison_report
+
+    data = load_eval_data(str(tiny["test"]), ["txt", "short_list"], labels_field="group")
+    before = evaluate(load_llm2clip(tiny["ckpt"]), data, name="before", plots=False)
+    after_hf = evaluate(LLM2CLIP.from_pretrained(tiny["export"]), data, name="export (transformers)")
+    after_mg = evaluate(tiny["export"], data, name="export (megatron)")
+    for k in TASK_KEYS:
+        assert after_hf[k] == before[k], k
+        assert after_mg[k] == before[k], k
+    paths = write_comparison_report({"before": before, "after": after_hf}, tmp_path / "cmp", title="before vs after")
+    md = paths["md"].read_text()
+    assert md.startswith("# before vs after") and "| before |" in md and "| after |" in md
+    assert set(json.loads(paths["json"].read_text())["results"]) == {"before", "after"}
+    assert (tmp_path / "cmp" / "long_retrieval_recall_at_k.png").is_file()
+
+
+def _dp_worker(rank, world, export, data_spec):
+    from llm2clip_nemo import LLM2CLIP
+    from llm2clip_nemo.recipes.evaluate import evaluate
+    from llm2clip_nemo.runtime import init_parallel
+
+    init_parallel(1)
+    r = evaluate(LLM2CLIP.from_pretrained(export), data_spec, caption_fields=("txt", "short_list"),
+                 labels_field="group", batch_size=4, plots=False, name="dp")
+    return {k: r[k] for k in TASK_KEYS}
+
+
+def test_data_parallel_evaluation_equals_one_process(tiny):
+    from llm2clip_nemo import LLM2CLIP
+    from llm2clip_nemo.recipes.evaluate import evaluate
+
+    single = evaluate(LLM2CLIP.from_pretrained(tiny["export"]), str(tiny["test"]), caption_fields=("txt", "short_list"),
+                      labels_field="group", batch_size=64, name="one")
+    r0, r1 = run_workers(_dp_worker, 2, str(tiny["export"]), str(tiny["test"]))
+    assert r0 == r1
+    for k in TASK_KEYS:
+        assert r0[k] == single[k], k
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+def _manifest(tmp_path, n_present=3):
+    entries = []
+    for i in range(n_present):
+        p = tmp_path / f"img{i}.png"
+        p.write_bytes(image_bytes(i))
+        entries.append({"image": p.name, "captions": [f"w{i} w{i + 1}", f"w{i + 2}"], "label": CLASSES[i % 3]})
+    entries.append({"image": "missing.png", "captions": ["w70 w71"], "label": CLASSES[0]})
+    man = tmp_path / "eval.json"
+    man.write_text(json.dumps(entries))
+    return man
+
+
+def test_manifest_missing_images_are_skipped_and_counted_or_refused_with_strict(tiny, tmp_path, capsys):
+    from llm2clip_nemo.recipes.evaluate import main
+
+    man = _manifest(tmp_path)
+    out = tmp_path / "rep"
+    assert main(["--model", str(tiny["export"]), "--data", str(man), "--out", str(out), "--no-plots"]) == 0
+    r = next(iter(json.loads((out / "report.json").read_text())["results"].values()))
+    assert r["n_images"] == 3 and r["n_captions"] == 6 and r["skipped"] == 1
+    assert "skipped 1 images (1 missing, 0 unreadable; first: " in r["data_summary"]
+    assert r["data_summary"].endswith("missing.png)")
+    assert r["tasks"] == ["retrieval", "cra", "zeroshot"]
+    capsys.readouterr()
+    assert main(["--model", str(tiny["export"]), "--data", str(man), "--out", str(out), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "error: 1 of 4 images in " in err and "are missing or unreadable (first: " in err
+    assert "missing.png, missing)" in err and "run without strict" in err
+
+
+def test_tasks_the_data_cannot_support_and_bad_models_are_clear_errors(tiny, tmp_path, capsys):
+    from llm2clip_nemo.recipes.evaluate import main
+
+    base = ["--data", str(tiny["test"]), "--out", str(tmp_path / "r")]
+    assert main(["--model", str(tiny["export"]), *base, "--tasks", "zeroshot"]) == 2
+    assert "task 'zeroshot' needs data the eval set lacks: no labels (--labels-field)" in capsys.readouterr().err
+    assert main(["--model", str(tiny["export"]), *base, "--tasks", "retrieval,bleu"]) == 2
+    assert "unknown task(s) ['bleu']" in capsys.readouterr().err
+    assert main(["--model", str(tiny["export"]), *base, "--labels-field", "colour"]) == 2
+    assert "--labels-field 'colour': no sample json of" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["--model", str(tmp_path / "empty"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "unknown checkpoint layout:" in err and "is a directory holding nothing" in err
+
