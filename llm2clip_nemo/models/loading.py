@@ -92,6 +92,8 @@ def _read_nemo(path: Path) -> tuple[dict, dict]:
 
 
 def _read_ckpt(path: Path) -> tuple[dict, dict, dict]:
+    # Lightning pickles the OmegaConf hyper-parameters, which weights_only refuses: checkpoints are
+    # trusted files written by our own runs (data shards, in contrast, are never unpickled).
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if "state_dict" not in ckpt or "cfg" not in hp:
