@@ -1,6 +1,7 @@
 """Run a function on N real processes joined by a gloo process group (torch.distributed)."""
 from __future__ import annotations
 
+import io
 import os
 import traceback
 
@@ -18,7 +19,11 @@ def _worker(rank, world_size, port, fn, args, queue):
 
     torch.set_num_threads(1)
     try:
-        queue.put((rank, "ok", fn(rank, world_size, *args)))
+        # Serialise tensors into bytes: torch's shared-memory handles die with this process, and it
+        # may exit before the parent has read them.
+        buf = io.BytesIO()
+        torch.save(fn(rank, world_size, *args), buf)
+        queue.put((rank, "ok", buf.getvalue()))
     except BaseException:  # report any failure to the parent, with its traceback
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -50,7 +55,9 @@ def run_workers(fn, world_size: int, *args, timeout: float = 600.0) -> list:
         for _ in range(world_size):
             rank, status, value = queue.get(timeout=timeout)
             if status == "ok":
-                results[rank] = value
+                import torch
+
+                results[rank] = torch.load(io.BytesIO(value), weights_only=False)
             else:
                 errors.append(f"rank {rank}:\n{value}")
                 break

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import filecmp
-import io
 import os
 import signal
 import subprocess
@@ -12,29 +11,13 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from clip_fixtures import make_shards
 from dist_utils import run_workers
 from llm_fixtures import CAPTIONS, random_word_captions, write_tiny_llama
-from PIL import Image
 
 from llm2clip_nemo.config import load_config
-from llm2clip_nemo.data.shards import ShardSample, write_shards
 from llm2clip_nemo.data.sidecar import SidecarReader
 from llm2clip_nemo.recipes.extract import ExtractConfig, run
-
-
-def _png(i: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (i * 7 % 256, 0, 0)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def make_shards(out, captions_short, captions_long, per_shard):
-    samples = []
-    for i, (s, long_) in enumerate(zip(captions_short, captions_long)):
-        meta = {"long": long_} if long_ is not None else {"other": "x"}  # one sample lacks the long field
-        samples.append(ShardSample(key=f"{i:05d}", image=_png(i), image_ext="png", txt=s, meta=meta))
-    write_shards(samples, str(out), samples_per_shard=per_shard)
-    return out
 
 
 def cfg_for(shards, teacher, sidecar_dir, **kw):

@@ -121,6 +121,8 @@ class LLM2CLIPConfig:
             raise ConfigError(f"model.adapter.joint_dim={self.adapter.joint_dim} must equal model.vision.embed_dim="
                               f"{self.vision.embed_dim} (both towers project into the same space).")
         expected = "embeddings" if self.teacher_mode == "offline" else "tokens"
+        if self.train_ds.output == "captions":  # the stream's default: derive it from the teacher mode
+            self.train_ds.output = expected
         if self.train_ds.output != expected:
             raise ConfigError(f"model.train_ds.output={self.train_ds.output!r} but teacher_mode={self.teacher_mode} "
                               f"needs output={expected!r}.")
@@ -289,9 +291,16 @@ class LLM2CLIPModel(_model_pt()):
         pass
 
     def train_dataloader(self):
+        """A plain DataLoader: the position is tracked in `training_step`, for the batch actually
+        trained on. (Lightning fetches one batch ahead, so tracking at yield time would make a
+        resumed run skip the batch that was prefetched but never trained on.)"""
+        from torch.utils.data import DataLoader
+
         if self._stream is None:
             self.setup_training_data()
-        return self._stream.loader(num_workers=self.typed.num_workers)
+        nw = self.typed.num_workers
+        return DataLoader(self._stream, batch_size=None, num_workers=nw, persistent_workers=False,
+                          prefetch_factor=2 if nw > 0 else None)
 
     @classmethod
     def list_available_models(cls):
@@ -317,6 +326,7 @@ class LLM2CLIPModel(_model_pt()):
         return bool(flag.item())
 
     def training_step(self, batch, batch_idx):
+        self._stream.track(batch)
         opt = self.optimizers()
         step = self.trainer.global_step
         lr = lr_at(step, self.typed.optim, self.trainer.max_steps)

@@ -35,6 +35,13 @@ class TrainCLIPConfig:
                               f"launch a multiple of {tp} processes.")
 
 
+def per_rank_batch(global_batch: int, world: int) -> int:
+    if global_batch % world:
+        raise ConfigError(f"model.global_batch_size={global_batch} is not divisible by the {world} ranks: "
+                          f"use a multiple of {world}.")
+    return global_batch // world
+
+
 def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
     """Train; returns {'log_dir', 'losses': [(step, loss)], 'validation': [...], 'nonfinite_steps'}."""
     import torch.distributed as dist
@@ -47,12 +54,8 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
         raise ConfigError(f"`llm2clip-nemo {mode}` but the config says model.mode={cfg.model.mode}: "
                           f"use the {cfg.model.mode} verb or set model.mode={mode}.")
     groups = init_parallel(cfg.model.teacher.tensor_parallel)
-    gb = cfg.model.global_batch_size
-    if gb:
-        if gb % groups.world_size:
-            raise ConfigError(f"model.global_batch_size={gb} is not divisible by the {groups.world_size} ranks: "
-                              f"use a multiple of {groups.world_size}.")
-        cfg.model.train_ds.batch_size = gb // groups.world_size
+    if cfg.model.global_batch_size:
+        cfg.model.train_ds.batch_size = per_rank_batch(cfg.model.global_batch_size, groups.world_size)
     global_batch = cfg.model.train_ds.batch_size * groups.world_size
     trainer, log_dir = build_trainer(cfg, callbacks=[SamplesPerSecond(global_batch)])
     model = LLM2CLIPModel(to_dictconfig(cfg.model), trainer=trainer, groups=groups)

@@ -1,0 +1,158 @@
+"""Stage 2: parity of parallel layouts, online vs offline teacher, exact resume, bad configs."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from clip_fixtures import TINY_VISION, tiny_offline_setup, tiny_overrides
+from dist_utils import run_workers
+
+from llm2clip_nemo.config import ConfigError, load_config
+from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig, per_rank_batch, run
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_offline_setup(tmp_path_factory.mktemp("clip"))
+
+
+def tiny_model_cfg(loss, teacher_dim=24):
+    over = TINY_VISION + [f"model.loss.kind={loss}", f"model.adapter.input_dim={teacher_dim}"]
+    return load_config(TrainCLIPConfig, None, over).model
+
+
+def _dp_worker(rank, world, loss_kind, pixels, emb):
+    import torch.distributed as dist
+
+    from llm2clip_nemo.models.llm2clip import LLM2CLIP
+    from llm2clip_nemo.runtime import init_parallel
+
+    g = init_parallel(1)
+    torch.manual_seed(0)
+    net = LLM2CLIP(tiny_model_cfg(loss_kind), g)
+    n = pixels.shape[0] // world
+    sl = slice(rank * n, (rank + 1) * n)
+    loss = net(pixels[sl], emb[sl], group=dist.group.WORLD if world > 1 else None)
+    loss.backward()
+    grads = {}
+    for name, p in net.named_parameters():  # what DDP does: average the gradients over ranks
+        gr = p.grad.detach().clone()
+        if world > 1:
+            dist.all_reduce(gr)
+            gr /= world
+        grads[name] = gr
+    losses = torch.tensor([loss.item()])
+    if world > 1:
+        dist.all_reduce(losses)
+        losses /= world
+    return losses.item(), grads
+
+
+@pytest.mark.parametrize("loss_kind", ["clip", "siglip"])
+def test_dp2_equals_dp1_same_global_batch(loss_kind):
+    torch.manual_seed(1)
+    pixels, emb = torch.randn(8, 3, 16, 16), torch.randn(8, 24)
+    (l1, g1), = run_workers(_dp_worker, 1, loss_kind, pixels, emb)
+    l2, g2 = run_workers(_dp_worker, 2, loss_kind, pixels, emb)[0]
+    assert l2 == pytest.approx(l1, rel=1e-5, abs=1e-6)
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _online_offline_worker(rank, world, teacher_dir, sidecar, captions, keys):
+    import torch.distributed as dist
+
+    from llm2clip_nemo.data.sidecar import SidecarReader
+    from llm2clip_nemo.models.llm2clip import LLM2CLIP
+    from llm2clip_nemo.runtime import init_parallel
+    from llm2clip_nemo.text.teacher import Teacher
+
+    g = init_parallel(world)
+    teacher = Teacher.load(teacher_dir, g)
+    mine = slice(rank * 4, rank * 4 + 4)  # every rank its own captions and images
+    ids, mask = teacher.tokenize(captions[mine])
+    online = teacher.encode_online(ids, mask)
+    reader = SidecarReader(sidecar, fingerprint=teacher.fingerprint)
+    offline = torch.stack([reader.vector(k, "txt") for k in keys[mine]])
+    torch.manual_seed(0)
+    net = LLM2CLIP(tiny_model_cfg("clip", teacher.hidden_size), g)
+    torch.manual_seed(10 + rank)
+    pixels = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        return (net(pixels, online, group=dist.group.WORLD).item(), net(pixels, offline, group=dist.group.WORLD).item())
+
+
+def test_online_tp3_teacher_equals_offline_sidecars(smollm2_tp3, tmp_path):
+    """The same batch through the online TP=3 teacher and through fp16 sidecars: the same loss."""
+    from clip_fixtures import make_shards
+    from llm_fixtures import CAPTIONS
+
+    from llm2clip_nemo.data.sidecar import SidecarReader
+    from llm2clip_nemo.recipes.extract import ExtractConfig
+    from llm2clip_nemo.recipes.extract import run as extract
+
+    caps = CAPTIONS[:12]
+    shards = make_shards(tmp_path / "s", caps, caps, per_shard=12)
+    extract(load_config(ExtractConfig, None, [f"data.urls={shards}", f"teacher.path={smollm2_tp3}", "progress=false"]))
+    sidecar = str(shards / "shard-000000.emb.tar")
+    keys = SidecarReader(sidecar).keys()
+    outs = run_workers(_online_offline_worker, 3, str(smollm2_tp3), sidecar, caps, keys)
+    for online, offline in outs:
+        assert online == pytest.approx(offline, abs=2e-3)  # fp16 storage of the sidecar
+
+
+def test_sigkill_then_resume_repeats_the_loss_sequence(tiny, tmp_path):
+    teacher, train, val = tiny
+    clean = run(load_config(TrainCLIPConfig, None, tiny_overrides(teacher, train, val, tmp_path / "clean", steps=24)))
+    ref = [loss for _, loss in clean["losses"]]
+    assert len(ref) == 24
+    exp = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "llm2clip_nemo.cli", "pretrain", *tiny_overrides(teacher, train, val, exp, steps=24)]
+    log = exp / "run" / "losses.jsonl"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 13:  # past the step-10 checkpoint
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(x) for x in log.read_text().splitlines()]
+    assert 10 < len(before) < 24, "the run was not killed mid-training"
+    resumed = run(load_config(TrainCLIPConfig, None, tiny_overrides(teacher, train, val, exp, steps=24)))
+    first_step = resumed["losses"][0][0]
+    assert first_step in (10, 15, 20) and first_step <= len(before)  # from its last checkpoint
+    per_step = {}
+    for rec in before + [{"step": s, "loss": v} for s, v in resumed["losses"]]:
+        per_step[rec["step"]] = rec["loss"]
+    assert [per_step[s] for s in range(24)] == ref
+
+
+def test_fingerprint_mismatch_is_refused_by_training(tiny, tmp_path):
+    from llm2clip_nemo.data.sidecar import SidecarMismatchError
+
+    teacher, train, val = tiny  # sidecars were extracted with pooling=mean
+    cfg = load_config(TrainCLIPConfig, None, tiny_overrides(teacher, train, val, tmp_path, steps=2,
+                                                            **{"model.teacher.pooling": "last_token",
+                                                               "model.num_workers": 0}))
+    with pytest.raises(SidecarMismatchError, match="has teacher fingerprint .* expected .* another teacher's embeddings"):
+        run(cfg)
+
+
+def test_bad_configs(tiny, tmp_path):
+    teacher, train, val = tiny
+    base = tiny_overrides(teacher, train, val, tmp_path, steps=2)
+    with pytest.raises(ValueError, match=r"vision.width.*vision.num_heads"):
+        load_config(TrainCLIPConfig, None, base + ["model.vision.width=33"])
+    with pytest.raises(ValueError, match=r"model.adapter.input_dim=100 does not match the teacher's embedding size 64"):
+        run(load_config(TrainCLIPConfig, None, base + ["model.adapter.input_dim=100"]))
+    with pytest.raises(ConfigError, match=r"model.global_batch_size=9 is not divisible by the 2 ranks: use a multiple of 2"):
+        per_rank_batch(9, 2)
+    assert per_rank_batch(32768, 4096) == 8
+    with pytest.raises(RuntimeError, match=r"vision.fp8=true but FP8 is unavailable on this machine"):
+        run(load_config(TrainCLIPConfig, None, base + ["model.vision.fp8=true"]))
