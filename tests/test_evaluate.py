@@ -53,7 +53,8 @@ def test_cli_numbers_match_reference_and_report_is_written(tiny, tmp_path, capsy
 
     out = tmp_path / "report"
     rc = main(["--model", str(tiny["run"]), "--data", str(tiny["test"]), "--caption-field", "txt,short_list",
-               "--labels-field", "group", "--out", str(out), "--batch-size", "5", "--name", "tiny"])
+               "--labels-field", "group", "--templates", "a photo of a {}.", "--out", str(out), "--batch-size", "5",
+               "--name", "tiny"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| model | i2t_R@1 | i2t_R@5 | i2t_R@10 | t2i_R@1" in printed and "| tiny |" in printed

@@ -285,7 +285,7 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
     model: an `LLM2CLIPModel`, an `LLM2CLIP` export, or a path (any layout). data: an `EvalData`
     or a spec for `load_eval_data`. tasks: None/'auto' (what the data supports) or a list/comma
     string of retrieval, long, cra, zeroshot. templates: a set name ('single', 'short',
-    'imagenet') or prompt strings with '{}'. Every rank must call this under torchrun; rank 0 writes.
+    'imagenet'), one prompt with '{}', or a list of prompts. Every rank must call this under torchrun; rank 0 writes.
     """
     import torch.distributed as dist
 
@@ -318,7 +318,10 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
     classnames, prompts = [], []
     if "zeroshot" in task_list:
         classnames, _ = es.label_indices()
-        tpl = get_templates(templates) if isinstance(templates, str) else tuple(templates)
+        if isinstance(templates, str):  # a set name, or one literal prompt such as "an emoji of {}"
+            tpl = (templates,) if "{}" in templates else get_templates(templates)
+        else:
+            tpl = tuple(templates)
         prompts = [t.format(c) for c in classnames for t in tpl]
     texts = list(dict.fromkeys([*es.captions, *(c for c in data.long_captions if c is not None), *prompts]))
     row = {t: i for i, t in enumerate(texts)}
@@ -424,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-field", default="long", help="json field of the long caption ('' = none)")
     p.add_argument("--labels-field", "--classnames-field", dest="labels_field", default=None,
                    help="json field holding each sample's class name (zero-shot); manifests use 'label'")
-    p.add_argument("--templates", default="single", help="prompt set: single, short, imagenet")
+    p.add_argument("--templates", default="single",
+                   help="zero-shot prompts: a set (single, short, imagenet) or one prompt with {} for the class name")
     p.add_argument("--out", default="eval_report", help="output directory for report.json/.md and plots")
     p.add_argument("--strict", action="store_true", help="missing/unreadable images are an error, not skipped")
     p.add_argument("--batch-size", type=int, default=64)
