@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads, the same for both "
                    "sides (default 1 on cpu: on a shared, loaded box more threads oversubscribe the cores "
                    "and the timings become noise; torch's default on cuda)")
+    p.add_argument("--clock", default=None, choices=["wall", "process"], help="what a step's time is: "
+                   "'wall' (perf_counter) or 'process' (this process's CPU time, valid with 1 thread: on a "
+                   "shared CPU it leaves out the time other tenants hold the cores). Default: process on cpu "
+                   "with 1 thread, wall otherwise. Both are printed.")
     p.add_argument("--recompute", action="store_true", help="activation checkpointing on both sides")
     return p.parse_args(argv)
 
@@ -109,17 +113,17 @@ def make_step(modules, loss_of, autocast):
     return step, sum(p.numel() for p in params)
 
 
-def timed(step, pixels, teacher, steps: int, device: str) -> float:
-    """Seconds per step over `steps` steps."""
+def timed(step, pixels, teacher, steps: int, device: str) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per step over `steps` steps."""
     if device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         loss = step(pixels, teacher)
     float(loss)  # forces completion of the last step on every device
     if device == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,25 +169,37 @@ def main(argv: list[str] | None = None) -> int:
     impl = ours_modules[0].impl + ("+fp8" if ours_modules[0].fp8 else "")
     for step, _ in sides.values():
         timed(step, pixels, teacher, args.warmup, args.device)
-    per_step = {name: [] for name in sides}
-    for _ in range(args.rounds):
-        for name, (step, _) in sides.items():
-            per_step[name].append(timed(step, pixels, teacher, steps, args.device))
+    wall = {name: [] for name in sides}
+    cpu = {name: [] for name in sides}
+    for r in range(args.rounds):
+        order = list(sides) if r % 2 == 0 else list(sides)[::-1]  # no side always goes first
+        for name in order:
+            w, c = timed(sides[name][0], pixels, teacher, steps, args.device)
+            wall[name].append(w)
+            cpu[name].append(c)
+    clock = args.clock or ("process" if not cuda and torch.get_num_threads() == 1 else "wall")
+    if clock == "process" and torch.get_num_threads() != 1:
+        print("--clock process needs --threads 1 (CPU time of several threads is not step time)", file=sys.stderr)
+        return 2
+    per_step = cpu if clock == "process" else wall
 
     # FLOPs per sample: vision forward x3 (forward + backward) plus the adapter's 6 x params
     flops = 3 * vit_cfg.forward_flops() + 6 * adapter_cfg.num_params()
     print(f"device={args.device} ({torch.cuda.get_device_name() if cuda else 'CPU'}, "
           f"{torch.get_num_threads()} threads) torch={torch.__version__} preset={preset} image={vit_cfg.image_size} "
           f"batch={batch} dtype={dtype} ours_impl={impl} steps={steps}x{args.rounds} rounds")
-    print(f"{'side':<10} {'params':>12} {'s/step (median)':>16} {'samples/s':>11} {'TFLOP/s':>9}"
-          + (f" {'MFU':>7}" if cuda else ""))
+    print(f"{'side':<10} {'params':>12} {'wall s/step':>12} {'cpu s/step':>11} {'samples/s':>11} {'TFLOP/s':>9}"
+          + (f" {'MFU':>7}" if cuda else "") + f"   (medians; samples/s from the {clock} clock)")
     rates = {}
     for name, (_, nparams) in sides.items():
         sec = statistics.median(per_step[name])
         rates[name] = batch / sec
         achieved = rates[name] * flops
         mfu = f" {100 * achieved / H100_BF16_PEAK:6.2f}%" if cuda else ""
-        print(f"{name:<10} {nparams:>12,} {sec:>16.4f} {rates[name]:>11.2f} {achieved / 1e12:>9.3f}{mfu}")
+        print(f"{name:<10} {nparams:>12,} {statistics.median(wall[name]):>12.4f} "
+              f"{statistics.median(cpu[name]):>11.4f} {rates[name]:>11.2f} {achieved / 1e12:>9.3f}{mfu}")
+    wall_ratio = statistics.median(wall["open_clip"]) / statistics.median(wall["ours"])
+    print(f"wall-clock ratio ours/open_clip: {wall_ratio:.3f}")
     ratio = rates["ours"] / rates["open_clip"]
     print(f"benchmark: train_throughput ours={rates['ours']:.2f} baseline={rates['open_clip']:.2f} "
           f"ratio={ratio:.3f} unit=samples/s")
