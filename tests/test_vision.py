@@ -136,3 +136,19 @@ def test_vit_stays_unsharded_beside_tp2_teacher(groups):
     for name, p in reference.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-5, msg=name)
     torch.testing.assert_close(results[1][2], out, atol=0, rtol=0)  # replicated on both ranks
+
+
+def test_te_layout_maps_onto_the_canonical_layout(groups):
+    # the TE spec fuses the input norms into linear_qkv / linear_fc1; checkpoints and HF conversion
+    # go through the canonical (local) names, so the rename must be exact both ways
+    from llm2clip_nemo.vision.specs import from_canonical_keys, to_canonical_keys
+
+    sd = VisionTransformer(SMALL, groups).canonical_state_dict()
+    te = from_canonical_keys(sd, "transformer_engine")
+    assert "decoder.layers.1.self_attention.linear_qkv.layer_norm_weight" in te
+    assert "decoder.layers.0.mlp.linear_fc1.layer_norm_bias" in te
+    assert not any("input_layernorm" in k or "pre_mlp_layernorm" in k for k in te)
+    te["decoder.layers.0.mlp.linear_fc1._extra_state"] = None  # FP8 metadata: not a weight
+    back = to_canonical_keys(te, "transformer_engine")
+    assert back.keys() == sd.keys()
+    assert all(back[k] is sd[k] for k in sd)
