@@ -141,7 +141,10 @@ def to_uint8_batch(arrays: list[np.ndarray]) -> torch.Tensor:
 
 
 def normalize_batch(x: torch.Tensor, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
-    """[B, 3, H, W] uint8 -> float32 normalised; contiguous for the model."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    return (x.float() - m).div_(s).contiguous()
+    """[B, 3, H, W] uint8 (any strides) -> contiguous float32, (x/255 - mean) / std.
+
+    Made contiguous while still uint8 (1/4 of the bytes), then one fused multiply-add in place."""
+    scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1)
+    shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
+    out = x.contiguous().to(torch.float32)
+    return out.mul_(scale).add_(shift)
