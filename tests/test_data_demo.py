@@ -103,3 +103,12 @@ def test_degrades_without_debian_sources(tmp_path):
     for _, _, m in rows:
         assert m["short"] and m["long"].startswith(m["short"][0].upper()) and m["group"] is None
     assert sum(bool(m["names"].get("fr")) for _, _, m in rows) > len(rows) // 2  # names from the emoji package
+
+
+def test_cli_demo_reports_the_built_dataset(demo, capsys):
+    from llm2clip_nemo.data.cli import main
+
+    r, _ = demo
+    assert main(["demo", "--out", r.out_dir, "--no-install"]) == 0
+    out = capsys.readouterr().out
+    assert f"{r.n_train} train / {r.n_test} test images" in out and r.train_urls in out and "CC-BY 4.0" in out

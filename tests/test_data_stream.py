@@ -174,3 +174,15 @@ def test_resume_when_workers_hold_unequal_shares(tmp_path, stop):
     second = ImageTextStream(cfg)
     second.load_state_dict(first.state_dict())
     assert before + _keys(second.loader(num_workers=2)) == full
+
+
+def test_config_validation_names_field_and_fix():
+    from llm2clip_nemo.config.loader import ConfigError, load_config
+    from llm2clip_nemo.data.config import StreamConfig
+
+    c = load_config(StreamConfig, None, ["urls=a/{0..3}.tar", "caption_fields.txt=0", "caption_fields.long=1", "epochs=2"])
+    assert c.caption_fields == {"txt": 0.0, "long": 1.0} and c.epochs == 2
+    with pytest.raises(ConfigError, match=r"data.output='tensors' must be one of \('captions', 'tokens', 'embeddings'\)"):
+        load_config(StreamConfig, None, ["output=tensors"])
+    with pytest.raises(ConfigError, match=r"transform.scale=\[0.0, 1.0\] must be \[lo, hi\] with 0 < lo <= hi <= 1"):
+        load_config(StreamConfig, None, ["transform.scale=[0,1]"])
