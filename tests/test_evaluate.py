@@ -169,3 +169,22 @@ def test_tasks_the_data_cannot_support_and_bad_models_are_clear_errors(tiny, tmp
     err = capsys.readouterr().err
     assert "unknown checkpoint layout:" in err and "is a directory holding nothing" in err
 
+
+
+def test_shard_captions_are_distinct_per_image_and_unlabelled_samples_skip_zeroshot(tiny, tmp_path):
+    from llm2clip_nemo import LLM2CLIP
+    from llm2clip_nemo.data.shards import ShardSample, write_shards
+    from llm2clip_nemo.recipes.evaluate import _cra_groups, evaluate, load_eval_data
+
+    samples = [ShardSample(f"k{i}", image_bytes(50 + i), "png", f"w{i} w{i + 1}",
+                           {"short_list": [f"w{i} w{i + 1}", f"w{i + 20}"], "long": f"w{i + 20}",
+                            **({"group": CLASSES[i % 2]} if i < 4 else {})}) for i in range(6)]
+    write_shards(samples, str(tmp_path / "s"), samples_per_shard=3)
+    data = load_eval_data(str(tmp_path / "s"), ["txt", "short_list"], labels_field="group")
+    # short_list repeats txt: each image keeps 2 distinct captions, in field order
+    assert data.set.captions[:2] == ["w0 w1", "w20"] and data.set.n_captions == 12
+    caps, ids = _cra_groups(data)  # the long caption equals a short one: not counted twice
+    assert len(caps) == 12 and ids[:2] == [0, 0]
+    assert data.set.labels[4:] == [None, None]
+    r = evaluate(LLM2CLIP.from_pretrained(tiny["export"]), data, tasks="zeroshot,cra")
+    assert r["zeroshot"]["n_images"] == 4 and r["zeroshot"]["n_classes"] == 2 and r["cra"]["n_captions"] == 12

@@ -74,8 +74,8 @@ def _is_shard_manifest(path: Path) -> bool:
 
 def _field_captions(name: str, members: dict, meta: dict) -> list[str]:
     if name == "txt":
-        raw = members.get("txt")
-        return [raw.decode("utf-8").strip()] if raw else []
+        text = (members.get("txt") or b"").decode("utf-8").strip()
+        return [text] if text else []
     value = meta.get(name)
     if isinstance(value, str):
         value = [value]
@@ -118,10 +118,11 @@ def load_shard_data(spec: str, caption_fields: Sequence[str] = ("txt",), long_fi
             idx = len(es.images)
             es.images.append(s.members[ext])
             es.keys.append(s.key)
-            for f in caption_fields:
-                caps = _field_captions(f, s.members, meta)
-                es.captions.extend(caps)
-                es.text_to_image.extend([idx] * len(caps))
+            # one caption once per image: the demo's short_list repeats txt, and a duplicate would be
+            # its own nearest neighbour (inflating CRA) and a free extra hit in retrieval
+            caps = list(dict.fromkeys(c for f in caption_fields for c in _field_captions(f, s.members, meta)))
+            es.captions.extend(caps)
+            es.text_to_image.extend([idx] * len(caps))
             long = _field_captions(long_field, s.members, meta) if long_field else []
             longs.append(long[0] if long else None)
             label = meta.get(labels_field) if labels_field else None
@@ -248,12 +249,11 @@ def _resolve_tasks(tasks, data: EvalData) -> list[str]:
 
 
 def _cra_groups(data: EvalData) -> tuple[list[str], list[int]] | None:
-    """All captions (retrieval + long) with their image ids, if some image has >= 2."""
-    caps, ids = list(data.set.captions), list(data.set.text_to_image)
-    for i, c in enumerate(data.long_captions):
-        if c is not None:
-            caps.append(c)
-            ids.append(i)
+    """All distinct captions of each image (retrieval + long) with image ids, if some image has >= 2
+    (an identical copy would be a caption's trivial nearest neighbour)."""
+    pairs = dict.fromkeys([*zip(data.set.text_to_image, data.set.captions),
+                           *((i, c) for i, c in enumerate(data.long_captions) if c is not None)])
+    ids, caps = [i for i, _ in pairs], [c for _, c in pairs]
     counts = torch.bincount(torch.tensor(ids, dtype=torch.long)) if ids else torch.zeros(0)
     return (caps, ids) if bool((counts >= 2).any()) else None
 
@@ -316,8 +316,9 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
 
     # 2. every distinct text once through the LLM (captions, long captions, class prompts)
     classnames, prompts = [], []
-    if "zeroshot" in task_list:
-        classnames, _ = es.label_indices()
+    if "zeroshot" in task_list:  # on the labelled images (a sample may lack the label field)
+        labelled = [i for i, x in enumerate(es.labels) if x is not None]
+        classnames = sorted({es.labels[i] for i in labelled})
         if isinstance(templates, str):  # a set name, or one literal prompt such as "an emoji of {}"
             tpl = (templates,) if "{}" in templates else get_templates(templates)
         else:
@@ -327,7 +328,9 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
     row = {t: i for i, t in enumerate(texts)}
     raw = F_.extract_features(texts, lambda b: enc.llm(b).float().cpu(), batch_size, group=enc.text_group).cpu() \
         if texts else torch.zeros(0, 1)
-    feats = enc.adapt(raw).float().cpu() if texts else raw
+    chunk = 16 * batch_size  # the adapter is cheap; chunks only bound its activation memory
+    feats = torch.cat([enc.adapt(raw[i:i + chunk]).float().cpu() for i in range(0, len(raw), chunk)]) \
+        if texts else raw
 
     def text_feats(strings, which=feats):
         return which[[row[s] for s in strings]]
@@ -356,10 +359,11 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
                          "llm": M.caption_retrieval_accuracy(text_feats(caps, raw), ids),
                          "n_captions": len(caps)}
     if "zeroshot" in task_list:
-        names, labels = es.label_indices(classnames)
-        cls = M.build_class_embeddings(names, tpl, lambda p: text_feats(p))
-        z = M.zeroshot_classification(img, cls, labels, ks=tuple(k for k in (1, 5) if k <= max(len(names), 1)) or (1,))
-        result["zeroshot"] = {**z, "n_classes": len(names), "n_templates": len(tpl)}
+        index = {c: k for k, c in enumerate(classnames)}
+        cls = M.build_class_embeddings(classnames, tpl, lambda p: text_feats(p))
+        ks_z = tuple(k for k in (1, 5) if k <= len(classnames)) or (1,)
+        z = M.zeroshot_classification(img[labelled], cls, [index[es.labels[i]] for i in labelled], ks=ks_z)
+        result["zeroshot"] = {**z, "n_classes": len(classnames), "n_templates": len(tpl)}
     result["seconds"] = round(time.time() - t0, 2)
     if out is not None and rank0:
         write_comparison_report({name: result}, out, title=f"LLM2CLIP evaluation: {name}")
