@@ -100,26 +100,32 @@ def test_exported_model_scores_equal_pre_export_and_compare_report(tiny, tmp_pat
 
 
 def _dp_worker(rank, world, export, data_spec):
+    from megatron.core import parallel_state as ps
+
     from llm2clip_nemo import LLM2CLIP
     from llm2clip_nemo.recipes.evaluate import evaluate
     from llm2clip_nemo.runtime import init_parallel
 
     init_parallel(1)
-    r = evaluate(LLM2CLIP.from_pretrained(export), data_spec, caption_fields=("txt", "short_list"),
-                 labels_field="group", batch_size=4, plots=False, name="dp")
-    return {k: r[k] for k in TASK_KEYS}
+    kw = dict(caption_fields=("txt", "short_list"), labels_field="group", batch_size=4, plots=False)
+    dp = evaluate(LLM2CLIP.from_pretrained(export), data_spec, name="dp", **kw)
+    # the same ranks as one tensor-parallel teacher group: both encode every caption (DP size 1)
+    ps.destroy_model_parallel()
+    tp = evaluate(LLM2CLIP.from_pretrained(export, tensor_parallel=2), data_spec, name="tp", **kw)
+    return {k: dp[k] for k in TASK_KEYS}, {k: tp[k] for k in TASK_KEYS}
 
 
-def test_data_parallel_evaluation_equals_one_process(tiny):
+def test_data_parallel_and_tensor_parallel_evaluation_equal_one_process(tiny):
     from llm2clip_nemo import LLM2CLIP
     from llm2clip_nemo.recipes.evaluate import evaluate
 
     single = evaluate(LLM2CLIP.from_pretrained(tiny["export"]), str(tiny["test"]), caption_fields=("txt", "short_list"),
                       labels_field="group", batch_size=64, name="one")
-    r0, r1 = run_workers(_dp_worker, 2, str(tiny["export"]), str(tiny["test"]))
-    assert r0 == r1
+    (dp0, tp0), (dp1, tp1) = run_workers(_dp_worker, 2, str(tiny["export"]), str(tiny["test"]))
+    assert dp0 == dp1 and tp0 == tp1
     for k in TASK_KEYS:
-        assert r0[k] == single[k], k
+        assert dp0[k] == single[k], k
+        assert tp0[k] == single[k], k
 
 
 # ---- bad input ------------------------------------------------------------------------------------
