@@ -1,0 +1,242 @@
+"""`make demo`: the whole LLM2CLIP pipeline on the embedded default, on CPU.
+
+    1. build the Twemoji demo shards (train / held-out concepts)
+    2. stage 1: caption-contrastive LoRA on SmolLM2-135M (CRA before / after)
+    3. `convert import-llm`: the merged CC-LLM into the Megatron teacher
+    4. `extract`: sidecar embeddings from the CC teacher and from the raw SmolLM2 (the control)
+    5. stage 2: the same tiny CLIP trained against each teacher (offline)
+    6. `evaluate` both on the held-out concepts (short-name and long-caption retrieval, CRA)
+    7. `convert export-hf`, reload with `LLM2CLIP.from_pretrained`, check the scores are unchanged
+    8. demo_out/report.md with plots, and a final table
+
+Every number in the report comes from this run. `--fast` (DEMO_FAST=1) shrinks each stage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    limit: int | None        # images in the demo dataset (None = all ~3.7k)
+    stage1_steps: int
+    stage2_steps: int
+    val_max_images: int
+
+
+FULL = DemoSize(limit=None, stage1_steps=60, stage2_steps=300, val_max_images=300)
+FAST = DemoSize(limit=700, stage1_steps=12, stage2_steps=60, val_max_images=150)
+
+
+def log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stage(title: str):
+    log("=" * 8 + f" {title} " + "=" * 8)
+
+
+def run(out: Path, size: DemoSize) -> dict:
+    from .config import load_config
+    from .convert.hf_export import export_hf
+    from .convert.llm import import_llm
+    from .data.demo_dataset import build_demo_dataset
+    from .hf_model import LLM2CLIP
+    from .recipes import caption_contrastive as cc
+    from .recipes.evaluate import evaluate, write_comparison_report
+    from .recipes.extract import ExtractConfig, format_summary
+    from .recipes.extract import run as extract
+    from .recipes.train_clip import TrainCLIPConfig
+    from .recipes.train_clip import run as train_clip
+    from .text.hf_io import embedded_llm_dir
+
+    t_start = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def timed(name, t0):
+        timings[name] = round(time.time() - t0, 1)
+        log(f"{name}: {timings[name]} s")
+
+    stage("1/8 demo dataset (Twemoji + Unicode captions)")
+    t0 = time.time()
+    ds = build_demo_dataset(str(out / "data"), limit=size.limit)
+    log(f"{ds.n_train} train images ({ds.n_concepts_train} concepts), {ds.n_test} held-out images "
+        f"({ds.n_concepts_test} concepts)")
+    for w in ds.warnings:
+        log(f"warning: {w}")
+    train_dir, test_dir = out / "data" / "train", out / "data" / "test"
+    timed("dataset", t0)
+
+    stage("2/8 stage 1: caption-contrastive LoRA on SmolLM2-135M")
+    t0 = time.time()
+    raw_llm = embedded_llm_dir()
+    s1 = cc.run(cc.load("caption_contrastive_tiny", [
+        f"model.data.train_path={train_dir}", f"model.data.val_path={test_dir}",
+        f"model.data.val_max_images={size.val_max_images}", f"trainer.max_steps={size.stage1_steps}",
+        f"trainer.val_check_interval={size.stage1_steps}", f"exp_manager.exp_dir={out / 'runs'}",
+        "exp_manager.name=caption_contrastive", "exp_manager.resume_if_exists=false",
+        f"exp_manager.checkpoint_every_n_steps={size.stage1_steps}"]))
+    log(f"CRA on held-out concepts: before {s1['cra_before']:.1f}, after {s1['cra_after']:.1f}")
+    timed("stage1", t0)
+
+    stage("3/8 convert import-llm: CC-LLM -> Megatron teacher")
+    t0 = time.time()
+    cc_teacher = out / "teachers" / "smollm2-cc-megatron"
+    if cc_teacher.exists():
+        shutil.rmtree(cc_teacher)
+    import_llm(s1["hf_merged"], cc_teacher, tp=1)
+    timed("import", t0)
+
+    stage("4/8 extract: sidecar embeddings from both teachers")
+    t0 = time.time()
+    teachers = {"cc": str(cc_teacher), "raw": str(raw_llm)}
+    for tag, path in teachers.items():
+        for split, d in (("train", train_dir), ("test", test_dir)):
+            r = extract(load_config(ExtractConfig, "extract_tiny", [
+                f"teacher.path={path}", f"data.urls={d}", f"data.sidecar_dir={out / 'sidecars' / tag / split}"]))
+            log(f"[{tag}/{split}] " + format_summary(r).splitlines()[2])
+    timed("extract", t0)
+
+    stage("5/8 stage 2: tiny CLIP against the CC teacher and against the raw teacher")
+    t0 = time.time()
+    runs = {}
+    for tag, path in teachers.items():
+        cfg = load_config(TrainCLIPConfig, "pretrain_tiny", [
+            f"model.teacher.path={path}", f"model.train_ds.urls={train_dir}",
+            f"model.train_ds.sidecar_dir={out / 'sidecars' / tag / 'train'}",
+            f"model.validation_ds.urls={test_dir}", f"model.validation_ds.sidecar_dir={out / 'sidecars' / tag / 'test'}",
+            f"model.validation_ds.every_n_steps={max(size.stage2_steps // 3, 1)}",
+            f"trainer.max_steps={size.stage2_steps}", f"exp_manager.exp_dir={out / 'runs'}",
+            f"exp_manager.name=clip_{tag}", "exp_manager.resume_if_exists=false",
+            f"exp_manager.checkpoint_every_n_steps={size.stage2_steps}"])
+        runs[tag] = train_clip(cfg)
+        v = runs[tag]["validation"][-1]
+        log(f"[{tag}] loss {runs[tag]['losses'][0][1]:.3f} -> {runs[tag]['losses'][-1][1]:.3f}; held-out long-caption "
+            f"R@1 i2t {v['i2t_R@1']:.1f} t2i {v['t2i_R@1']:.1f}")
+    timed("stage2", t0)
+
+    stage("6/8 evaluate both models on the held-out concepts")
+    t0 = time.time()
+    results = {}
+    names = {"cc": "LLM2CLIP (CC teacher)", "raw": "control (raw LLM teacher)"}
+    for tag in teachers:
+        results[names[tag]] = evaluate(runs[tag]["model"], str(test_dir), tasks="retrieval,long,cra",
+                                       out_dir=out / "eval" / tag, name=names[tag], caption_fields=("txt",),
+                                       long_field="long")
+    timed("evaluate", t0)
+
+    stage("7/8 export to Hugging Face and reload")
+    t0 = time.time()
+    export_dir = out / "export"
+    if export_dir.exists():
+        shutil.rmtree(export_dir)
+    export_hf(runs["cc"]["log_dir"], export_dir)
+    reloaded = LLM2CLIP.from_pretrained(export_dir)
+    exported = evaluate(reloaded, str(test_dir), tasks="retrieval,long", out_dir=out / "eval" / "export",
+                        name="export", caption_fields=("txt",), long_field="long", plots=False)
+    timed("export", t0)
+
+    stage("8/8 report")
+    summary = summarize(s1, runs, results, exported, names, ds)
+    write_report(out, s1, runs, results, summary, timings, ds, write_comparison_report)
+    summary["timings_s"] = timings
+    summary["total_s"] = round(time.time() - t_start, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print("\n" + summary_table(summary) + "\n", flush=True)
+    log(f"report: {out / 'report.md'} (total {summary['total_s']} s)")
+    return summary
+
+
+def _metric(res: dict, section: str, key: str):
+    return res.get(section, {}).get(key)
+
+
+def summarize(s1, runs, results, exported, names, ds) -> dict:
+    cc_name, raw_name = names["cc"], names["raw"]
+    rows = {}
+    for label, name in (("cc", cc_name), ("raw", raw_name)):
+        r = results[name]
+        rows[label] = {
+            "long_i2t_R@1": _metric(r, "long_retrieval", "i2t_R@1"), "long_t2i_R@1": _metric(r, "long_retrieval", "t2i_R@1"),
+            "long_i2t_R@5": _metric(r, "long_retrieval", "i2t_R@5"), "long_t2i_R@5": _metric(r, "long_retrieval", "t2i_R@5"),
+            "short_i2t_R@1": _metric(r, "retrieval", "i2t_R@1"), "short_t2i_R@1": _metric(r, "retrieval", "t2i_R@1"),
+            "final_loss": runs[label]["losses"][-1][1],
+        }
+    ex = exported
+    return {
+        "dataset": {"train_images": ds.n_train, "test_images": ds.n_test, "test_concepts": ds.n_concepts_test},
+        "cra_before": s1["cra_before"], "cra_after": s1["cra_after"], "clip": rows,
+        "chance_R@1": 100.0 / max(results[cc_name].get("long_retrieval", {}).get("n_images", ds.n_test) or 1, 1),
+        "export_equal": all(
+            abs((_metric(ex, "long_retrieval", k) or 0) - (_metric(results[cc_name], "long_retrieval", k) or 0)) < 1e-6
+            for k in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")),
+        "export_long_i2t_R@1": _metric(ex, "long_retrieval", "i2t_R@1"),
+    }
+
+
+def summary_table(s: dict) -> str:
+    def f(x):
+        return "n/a" if x is None else f"{x:.1f}"
+    cc, raw = s["clip"]["cc"], s["clip"]["raw"]
+    lines = [
+        "| result | LLM2CLIP (CC teacher) | control (raw LLM teacher) |",
+        "|---|---|---|",
+        f"| stage 1 CRA, held-out concepts (before -> after) | {f(s['cra_before'])} -> {f(s['cra_after'])} | {f(s['cra_before'])} |",
+        f"| long-caption retrieval R@1 image->text | {f(cc['long_i2t_R@1'])} | {f(raw['long_i2t_R@1'])} |",
+        f"| long-caption retrieval R@1 text->image | {f(cc['long_t2i_R@1'])} | {f(raw['long_t2i_R@1'])} |",
+        f"| long-caption retrieval R@5 image->text | {f(cc['long_i2t_R@5'])} | {f(raw['long_i2t_R@5'])} |",
+        f"| long-caption retrieval R@5 text->image | {f(cc['long_t2i_R@5'])} | {f(raw['long_t2i_R@5'])} |",
+        f"| short-name retrieval R@1 image->text | {f(cc['short_i2t_R@1'])} | {f(raw['short_i2t_R@1'])} |",
+        f"| short-name retrieval R@1 text->image | {f(cc['short_t2i_R@1'])} | {f(raw['short_t2i_R@1'])} |",
+        f"| final training loss | {cc['final_loss']:.3f} | {raw['final_loss']:.3f} |",
+        f"| chance R@1 | {f(s['chance_R@1'])} | {f(s['chance_R@1'])} |",
+        f"| HF export reloaded, same scores | {'yes' if s['export_equal'] else 'NO'} | |",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, s1, runs, results, summary, timings, ds, write_comparison_report) -> None:
+    from .eval import report
+
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    report.plot_lines({"stage 1 InfoNCE": s1["loss_curve"]}, plots / "stage1_loss.png", title="stage 1 loss",
+                      xlabel="step", ylabel="loss")
+    report.plot_lines({f"{k} teacher": v["losses"] for k, v in runs.items()}, plots / "stage2_loss.png",
+                      title="stage 2 CLIP loss", xlabel="step", ylabel="loss")
+    comp = write_comparison_report(results, out / "eval" / "comparison", title="held-out concepts")
+    md = ["# LLM2CLIP demo report", "",
+          "Every number below was measured by this run of `make demo` (see summary.json).", "",
+          f"Data: {ds.n_train} training images, {ds.n_test} held-out images of {ds.n_concepts_test} concepts never "
+          "seen in training (Twemoji + Unicode captions).", "",
+          summary_table(summary), "",
+          "## Plots", "", "![stage 1 loss](plots/stage1_loss.png)", "", "![stage 2 loss](plots/stage2_loss.png)", ""]
+    for key, p in comp.items():
+        if str(p).endswith(".png"):
+            md += [f"![{key}]({os.path.relpath(p, out)})", ""]
+    md += ["## Details", "", f"- full comparison: {os.path.relpath(comp['md'], out)}",
+           f"- stage timings (s): {json.dumps(timings)}", "", ds.credits, ""]
+    (out / "report.md").write_text("\n".join(md))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m llm2clip_nemo.demo")
+    ap.add_argument("--out", default="demo_out")
+    ap.add_argument("--fast", action="store_true", help="the < 5 minute variant (DEMO_FAST=1)")
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(os.cpu_count() or 1, 1))
+    run(Path(a.out), FAST if a.fast else FULL)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
