@@ -56,7 +56,7 @@ def test_unknown_pooling_is_named():
 
 
 def test_global_batch_not_divisible_by_ranks():
-    with pytest.raises(ConfigError, match=r"global_batch_size=16 is not divisible by the 3 data-parallel ranks"):
+    with pytest.raises(ConfigError, match=r"global_batch_size=8 is not divisible by the 3 data-parallel ranks"):
         _load(["trainer.devices=3"])
 
 

@@ -144,9 +144,14 @@ class StepLoader:
 
 
 def eval_captions(records: Sequence[CaptionRecord], max_images: int | None = None) -> tuple[list[str], list[int]]:
-    """(captions, image index per caption) of a held-out set for CRA: every caption of every image."""
+    """(captions, image index per caption) of a held-out set for CRA: every caption of every image.
+
+    `max_images` keeps an evenly spaced subset (shards are often ordered by category: a prefix
+    would hold one category only)."""
+    if max_images and max_images < len(records):
+        records = [records[i * len(records) // max_images] for i in range(max_images)]
     texts, ids = [], []
-    for gi, r in enumerate(records[:max_images] if max_images else records):
+    for gi, r in enumerate(records):
         for c in dict.fromkeys(r.short + r.long):
             texts.append(c)
             ids.append(gi)
