@@ -198,6 +198,23 @@ def test_transformer_engine_checkpoint_keys_load_into_local_layers(tiny):
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
+def test_export_from_a_megatron_teacher_dir_writes_the_same_llm(tiny, tmp_path):
+    """teacher.path at a `convert import-llm` dir (TP shards): llm/ is the HF model it came from."""
+    from safetensors.torch import load_file
+
+    from llm2clip_nemo.convert.hf_export import export_hf
+    from llm2clip_nemo.convert.llm import import_llm
+
+    megatron = import_llm(tiny["teacher"], tmp_path / "mg", tp=2)
+    out = export_hf(tiny["ckpt"], tmp_path / "export", teacher_path=megatron)
+    acfg = json.loads((out / "adapter" / "config.json").read_text())
+    ref = json.loads((tiny["export"] / "adapter" / "config.json").read_text())
+    assert acfg["teacher_fingerprint"] == ref["teacher_fingerprint"]
+    a, b = load_file(out / "llm" / "model.safetensors"), load_file(tiny["teacher"] / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "llm" / "tokenizer.json").is_file()
+
+
 # ---- bad input ------------------------------------------------------------------------------------
 
 def test_unknown_layout_names_what_was_found(tmp_path):
