@@ -194,3 +194,29 @@ def test_shard_captions_are_distinct_per_image_and_unlabelled_samples_skip_zeros
     assert data.set.labels[4:] == [None, None]
     r = evaluate(LLM2CLIP.from_pretrained(tiny["export"]), data, tasks="zeroshot,cra")
     assert r["zeroshot"]["n_images"] == 4 and r["zeroshot"]["n_classes"] == 2 and r["cra"]["n_captions"] == 12
+
+
+def test_shards_with_a_corrupt_image_are_skipped_and_counted_or_refused_with_strict(tmp_path):
+    from llm2clip_nemo.data.shards import ShardSample, write_shards
+    from llm2clip_nemo.recipes.evaluate import EvalDataError, load_eval_data
+
+    samples = [ShardSample(f"k{i}", image_bytes(i) if i != 1 else b"\x89PNG not really", "png", f"w{i}")
+               for i in range(3)]
+    write_shards(samples, str(tmp_path / "s"), samples_per_shard=3)
+    data = load_eval_data(str(tmp_path / "s"))
+    assert data.set.keys == ["k0", "k2"] and data.set.captions == ["w0", "w2"]
+    assert "skipped 1 images (0 missing, 1 unreadable; first: k1)" in data.summary()
+    with pytest.raises(EvalDataError, match=r"1 samples of .* are unusable \(first: .*sample k1 has an unreadable "
+                                            r"image\); fix the shards or run without --strict"):
+        load_eval_data(str(tmp_path / "s"), strict=True)
+
+
+def test_package_import_stays_light_and_exports_llm2clip():
+    import subprocess
+    import sys
+
+    code = ("import sys, llm2clip_nemo; assert 'torch' not in sys.modules, 'torch imported'; "
+            "from llm2clip_nemo import LLM2CLIP; print(LLM2CLIP.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "llm2clip_nemo.hf_model"
