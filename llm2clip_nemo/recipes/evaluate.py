@@ -114,7 +114,12 @@ def load_shard_data(spec: str, caption_fields: Sequence[str] = ("txt",), long_fi
                 (es.missing if ext is None else es.unreadable).append(s.key)
                 problems.append(f"{url}: sample {s.key} has {'no' if ext is None else 'an unreadable'} image")
                 continue
-            meta = json.loads(s.members["json"]) if "json" in s.members else {}
+            try:
+                meta = json.loads(s.members["json"]) if "json" in s.members else {}
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                es.unreadable.append(s.key)
+                problems.append(f"{url}: sample {s.key} has an unreadable json member")
+                continue
             idx = len(es.images)
             es.images.append(s.members[ext])
             es.keys.append(s.key)
@@ -126,7 +131,9 @@ def load_shard_data(spec: str, caption_fields: Sequence[str] = ("txt",), long_fi
             long = _field_captions(long_field, s.members, meta) if long_field else []
             longs.append(long[0] if long else None)
             label = meta.get(labels_field) if labels_field else None
-            labels.append(None if label is None else str(label[0] if isinstance(label, list) else label))
+            if isinstance(label, list):
+                label = label[0] if label else None
+            labels.append(None if label is None else str(label))
             if max_samples and len(es.images) >= max_samples:
                 break
         if max_samples and len(es.images) >= max_samples:
