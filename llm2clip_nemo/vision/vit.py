@@ -9,6 +9,9 @@ pixels [B, C, H, W] and return [B, dim].
 """
 from __future__ import annotations
 
+import copy
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -16,6 +19,9 @@ from torch.utils.checkpoint import checkpoint
 from llm2clip_nemo.runtime.parallel import ParallelGroups
 
 from .config import ViTConfig
+
+if TYPE_CHECKING:
+    from megatron.core.process_groups_config import ProcessGroupCollection
 from .specs import (
     from_canonical_keys,
     layer_spec,
@@ -25,7 +31,7 @@ from .specs import (
 )
 
 
-def vision_pg_collection(groups: ParallelGroups):
+def vision_pg_collection(groups: ParallelGroups) -> ProcessGroupCollection:
     """The megatron ProcessGroupCollection for the vision tower, which is never tensor-parallel.
 
     With the teacher at TP=1 this is `groups.pg_collection`. With a TP>1 teacher the collection's
@@ -36,8 +42,6 @@ def vision_pg_collection(groups: ParallelGroups):
     pgc = groups.pg_collection
     if groups.tp_size == 1:
         return pgc
-    import copy
-
     single = pgc.cp
     if single is None or single.size() != 1:
         raise RuntimeError(
