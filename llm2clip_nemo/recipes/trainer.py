@@ -44,6 +44,8 @@ class TrainerConfig:
     """TQDM bar with loss and samples/s."""
     deterministic: bool = False
     """torch deterministic algorithms."""
+    max_time: str | None = None
+    """Wall-clock budget "DD:HH:MM:SS" (stops cleanly, checkpoint included); None = no limit."""
 
     def validate(self) -> None:
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda"):
@@ -123,7 +125,8 @@ class SamplesPerSecond:
 
 def exp_manager_dict(ec: ExpManagerConfig) -> dict:
     return {
-        "exp_dir": ec.exp_dir, "name": ec.name, "explicit_log_dir": str(Path(ec.exp_dir) / ec.name),
+        # explicit_log_dir alone (NeMo logs an error when exp_dir is given too); name names checkpoints
+        "exp_dir": None, "name": ec.name, "explicit_log_dir": str(Path(ec.exp_dir) / ec.name),
         "use_datetime_version": False, "resume_if_exists": ec.resume_if_exists,
         "resume_ignore_no_checkpoint": True, "create_tensorboard_logger": ec.create_tensorboard_logger,
         "create_checkpoint_callback": True, "create_preemption_callback": False,
@@ -146,7 +149,7 @@ def build_trainer(cfg, callbacks=()) -> tuple:
     trainer = pl.Trainer(
         accelerator="gpu" if tc.accelerator == "cuda" else tc.accelerator, devices=tc.devices,
         num_nodes=tc.num_nodes, strategy=resolve_strategy(tc), precision=resolve_precision(tc.precision),
-        max_steps=tc.max_steps, max_epochs=-1, val_check_interval=tc.val_check_interval,
+        max_steps=tc.max_steps, max_epochs=-1, max_time=tc.max_time, val_check_interval=tc.val_check_interval,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=tc.log_every_n_steps,
         gradient_clip_val=tc.gradient_clip_val or None, accumulate_grad_batches=tc.accumulate_grad_batches,
         enable_progress_bar=tc.enable_progress_bar, deterministic=tc.deterministic,
