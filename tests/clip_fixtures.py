@@ -60,6 +60,7 @@ def tiny_overrides(teacher, train, val, exp_dir, steps=10, **extra):
     over = [f"model.teacher.path={teacher}", f"model.train_ds.urls={train}", "model.train_ds.output=embeddings",
             "model.train_ds.batch_size=8", "model.adapter.input_dim=64", "model.train_ds.shuffle_buffer=16",
             "model.train_ds.caption_fields={txt: 0.5, long: 0.5}", f"model.validation_ds.urls={val}",
+            "model.train_ds.sidecar_dir=null", "model.validation_ds.sidecar_dir=null",
             "model.validation_ds.every_n_steps=5", f"trainer.max_steps={steps}", f"exp_manager.exp_dir={exp_dir}",
             "exp_manager.checkpoint_every_n_steps=5", "trainer.enable_progress_bar=false", *TINY_VISION]
     return over + [f"{k}={v}" for k, v in extra.items()]

@@ -129,3 +129,22 @@ def test_failing_job_reports_traceback_last_line(slurm_cluster, tmp_path, capsys
     err = capsys.readouterr().err
     assert re.search(r"job \d+ failed \(\w+\): RuntimeError: item 2 is corrupt \(fail_at=2\)$", err.strip()), err
     assert (tmp_path / "work" / "processed.log").read_text().split() == ["0", "1"]
+
+
+def test_sbatch_pretrain_tiny_2_nodes_x_2_tasks_writes_a_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
+    """The real stage-2 recipe from `sbatch slurm/pretrain_tiny.sh`, 4 gloo ranks on 2 nodes (tiny data)."""
+    from clip_fixtures import tiny_offline_setup, tiny_overrides
+
+    teacher, train, val = tiny_offline_setup(tmp_path / "data", n_train=64, n_val=16)
+    exp = tmp_path / "runs"
+    args = tiny_overrides(teacher, train, val, exp, steps=4) + [
+        "model.num_workers=0", "exp_manager.checkpoint_every_n_steps=2",
+        "model.global_batch_size=16"]
+    text = _sbatch_and_wait("slurm/pretrain_tiny.sh", args, tmp_path / "job.out", timeout=600)
+    ckpts = sorted(p.name for p in (exp / "pretrain_tiny" / "checkpoints").glob("*.ckpt"))
+    assert "step=4-last.ckpt" in ckpts and "step=2.ckpt" in ckpts, (ckpts, text[-3000:])
+    import torch
+
+    ck = torch.load(exp / "pretrain_tiny" / "checkpoints" / "step=4-last.ckpt", weights_only=False, map_location="cpu")
+    assert ck["global_step"] == 4 and ck["llm2clip"]["stream_state"]["world_size"] == 4
+    assert not any(k.startswith("teacher") for k in ck["state_dict"])  # the teacher stays out of checkpoints

@@ -84,8 +84,8 @@ class ValidationConfig:
     """Validate every N optimizer steps (and at the end of training)."""
     image_size: int = 0
     """Eval resolution; 0 = model.vision.image_size."""
-    sidecar_dir: str = ""
-    """Offline teacher: sidecars of the held-out shards (empty = beside them)."""
+    sidecar_dir: str | None = None
+    """Offline teacher: sidecars of the held-out shards (null = beside them)."""
 
 
 @dataclass
