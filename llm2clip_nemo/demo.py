@@ -32,8 +32,8 @@ class DemoSize:
 
 # Sized for 2 CPU cores: a SmolLM2 forward costs ~0.27 GFLOP per token, so the caption budget
 # (stage-1 steps, CRA set, images x 2 caption fields x 2 teachers to extract) sets the run time.
-FULL = DemoSize(limit=600, stage1_steps=30, stage2_steps=250, val_max_images=150)
-FAST = DemoSize(limit=160, stage1_steps=4, stage2_steps=40, val_max_images=40)
+FULL = DemoSize(limit=400, stage1_steps=24, stage2_steps=250, val_max_images=100)
+FAST = DemoSize(limit=120, stage1_steps=3, stage2_steps=30, val_max_images=24)
 
 
 def log(msg: str) -> None:
