@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -106,15 +107,27 @@ def test_online_tp3_teacher_equals_offline_sidecars(smollm2_tp3, tmp_path):
         assert online == pytest.approx(offline, abs=2e-3)  # fp16 storage of the sidecar
 
 
+def _pretrain_cmd(overrides):
+    return [sys.executable, "-m", "llm2clip_nemo.cli", "pretrain", *overrides]
+
+
+def _losses(log):
+    return [json.loads(x) for x in log.read_text().splitlines()]
+
+
 def test_sigkill_then_resume_repeats_the_loss_sequence(tiny, tmp_path):
+    """Three CLI runs under the same process settings: uninterrupted; SIGKILLed after its step-10
+    checkpoint; resumed from that checkpoint. The per-step losses must be identical."""
     teacher, train, val = tiny
-    clean = run(load_config(TrainCLIPConfig, None, tiny_overrides(teacher, train, val, tmp_path / "clean", steps=24)))
-    ref = [loss for _, loss in clean["losses"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    subprocess.run(_pretrain_cmd(tiny_overrides(teacher, train, val, tmp_path / "clean", steps=24)), env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ref = [r["loss"] for r in _losses(tmp_path / "clean" / "run" / "losses.jsonl")]
     assert len(ref) == 24
     exp = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "llm2clip_nemo.cli", "pretrain", *tiny_overrides(teacher, train, val, exp, steps=24)]
     log = exp / "run" / "losses.jsonl"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_pretrain_cmd(tiny_overrides(teacher, train, val, exp, steps=24)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if log.exists() and len(log.read_text().splitlines()) >= 13:  # past the step-10 checkpoint
@@ -122,14 +135,13 @@ def test_sigkill_then_resume_repeats_the_loss_sequence(tiny, tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = [json.loads(x) for x in log.read_text().splitlines()]
+    before = _losses(log)
     assert 10 < len(before) < 24, "the run was not killed mid-training"
-    resumed = run(load_config(TrainCLIPConfig, None, tiny_overrides(teacher, train, val, exp, steps=24)))
-    first_step = resumed["losses"][0][0]
-    assert first_step in (10, 15, 20) and first_step <= len(before)  # from its last checkpoint
-    per_step = {}
-    for rec in before + [{"step": s, "loss": v} for s, v in resumed["losses"]]:
-        per_step[rec["step"]] = rec["loss"]
+    subprocess.run(_pretrain_cmd(tiny_overrides(teacher, train, val, exp, steps=24)), env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = _losses(log)  # exp_manager moves the killed run's log files aside on resume
+    assert after[0]["step"] in (10, 15, 20) and after[0]["step"] <= len(before)  # from its last checkpoint
+    per_step = {r["step"]: r["loss"] for r in before + after}  # the resumed run's value wins for repeated steps
     assert [per_step[s] for s in range(24)] == ref
 
 
