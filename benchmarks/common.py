@@ -1,8 +1,11 @@
 """Shared benchmark helpers: caption corpora of mixed lengths, peak RSS, the final line format."""
 from __future__ import annotations
 
+import json
 import random
 import resource
+import subprocess
+import sys
 
 WORDS = ("a the red small old young happy dog cat bird tree house car street river mountain city "
          "woman man child playing running sitting holding wearing blue green yellow bright dark "
@@ -27,3 +30,14 @@ def peak_rss_mb() -> float:
 
 def benchmark_line(name: str, ours: float, baseline: float, unit: str) -> str:
     return f"benchmark: {name} ours={ours:.2f} baseline={baseline:.2f} ratio={ours / baseline:.2f} unit={unit}"
+
+
+def run_sides(script: str, args: list[str], extra: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """Run `script --side baseline|ours ARGS` in turn, each in its own process (so peak RSS is per
+    side); return the JSON each printed last."""
+    res = {}
+    for side in ("baseline", "ours"):
+        cmd = [sys.executable, script, "--side", side, *args, *((extra or {}).get(side, []))]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        res[side] = json.loads(out.stdout.strip().splitlines()[-1])
+    return res

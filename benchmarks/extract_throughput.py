@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_line, mixed_length_captions, peak_rss_mb  # noqa: E402
+from common import benchmark_line, mixed_length_captions, peak_rss_mb, run_sides  # noqa: E402
 
 
 def make_shards(root: Path, n: int) -> Path:
@@ -79,12 +78,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         shards = make_shards(Path(tmp), a.samples)
-        res = {}
-        for side in ("baseline", "ours"):
-            out = subprocess.run([sys.executable, __file__, "--side", side, "--shards", str(shards), "--out",
-                                  str(Path(tmp) / f"sc-{side}"), "--batch", str(a.batch), "--threads", str(a.threads)],
-                                 capture_output=True, text=True, check=True)
-            res[side] = json.loads(out.stdout.strip().splitlines()[-1])
+        res = run_sides(__file__, ["--shards", str(shards), "--batch", str(a.batch), "--threads", str(a.threads)],
+                        extra={side: ["--out", str(Path(tmp) / f"sc-{side}")] for side in ("baseline", "ours")})
     print(f"{'side':<10} {'captions/s':>12} {'captions':>9} {'peak RSS MB':>12}")
     for side, r in res.items():
         print(f"{side:<10} {r['captions_per_s']:>12.1f} {r['captions']:>9} {r['peak_rss_mb']:>12.0f}")

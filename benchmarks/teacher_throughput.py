@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_line, mixed_length_captions, peak_rss_mb  # noqa: E402
+from common import benchmark_line, mixed_length_captions, peak_rss_mb, run_sides  # noqa: E402
 
 
 def run_side(side: str, n: int, batch: int, threads: int) -> dict:
@@ -60,11 +59,7 @@ def main() -> None:
     if a.side:
         print(json.dumps(run_side(a.side, a.n, a.batch, a.threads)))
         return
-    res = {}
-    for side in ("baseline", "ours"):
-        out = subprocess.run([sys.executable, __file__, "--side", side, "--n", str(a.n), "--batch", str(a.batch),
-                              "--threads", str(a.threads)], capture_output=True, text=True, check=True)
-        res[side] = json.loads(out.stdout.strip().splitlines()[-1])
+    res = run_sides(__file__, ["--n", str(a.n), "--batch", str(a.batch), "--threads", str(a.threads)])
     print(f"{'side':<10} {'captions/s':>12} {'seconds':>9} {'peak RSS MB':>12}")
     for side, r in res.items():
         print(f"{side:<10} {r['captions_per_s']:>12.1f} {r['seconds']:>9.1f} {r['peak_rss_mb']:>12.0f}")
