@@ -131,8 +131,8 @@ def test_failing_job_reports_traceback_last_line(slurm_cluster, tmp_path, capsys
     assert (tmp_path / "work" / "processed.log").read_text().split() == ["0", "1"]
 
 
-def test_sbatch_pretrain_tiny_2_nodes_x_2_tasks_writes_a_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
-    """The real stage-2 recipe from `sbatch slurm/pretrain_tiny.sh`, 4 gloo ranks on 2 nodes (tiny data)."""
+def _pretrain_tiny_args(tmp_path: Path) -> tuple[list[str], Path]:
+    """Overrides for the real stage-2 recipe on tiny data: 4 steps, checkpoints at 2 and 4."""
     from clip_fixtures import tiny_offline_setup, tiny_overrides
 
     teacher, train, val = tiny_offline_setup(tmp_path / "data", n_train=64, n_val=16)
@@ -140,11 +140,59 @@ def test_sbatch_pretrain_tiny_2_nodes_x_2_tasks_writes_a_checkpoint(slurm_cluste
     args = tiny_overrides(teacher, train, val, exp, steps=4) + [
         "model.num_workers=0", "exp_manager.checkpoint_every_n_steps=2",
         "model.global_batch_size=16"]
-    text = _sbatch_and_wait("slurm/pretrain_tiny.sh", args, tmp_path / "job.out", timeout=600)
-    ckpts = sorted(p.name for p in (exp / "pretrain_tiny" / "checkpoints").glob("*.ckpt"))
-    assert "step=4-last.ckpt" in ckpts and "step=2.ckpt" in ckpts, (ckpts, text[-3000:])
+    return args, exp / "pretrain_tiny" / "checkpoints"
+
+
+def check_pretrain_tiny_checkpoints(ckpt_dir: Path, log_text: str) -> None:
+    """Step checkpoints at 2 and 4, written by a 4-rank run, holding the data position, not the teacher."""
     import torch
 
-    ck = torch.load(exp / "pretrain_tiny" / "checkpoints" / "step=4-last.ckpt", weights_only=False, map_location="cpu")
+    ckpts = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
+    assert "step=4-last.ckpt" in ckpts and "step=2.ckpt" in ckpts, (ckpts, log_text[-3000:])
+    ck = torch.load(ckpt_dir / "step=4-last.ckpt", weights_only=False, map_location="cpu")
     assert ck["global_step"] == 4 and ck["llm2clip"]["stream_state"]["world_size"] == 4
     assert not any(k.startswith("teacher") for k in ck["state_dict"])  # the teacher stays out of checkpoints
+
+
+def test_sbatch_pretrain_tiny_2_nodes_x_2_tasks_writes_a_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
+    """The real stage-2 recipe from `sbatch slurm/pretrain_tiny.sh`, 4 gloo ranks on 2 nodes (tiny data)."""
+    args, ckpt_dir = _pretrain_tiny_args(tmp_path)
+    text = _sbatch_and_wait("slurm/pretrain_tiny.sh", args, tmp_path / "job.out", timeout=600)
+    check_pretrain_tiny_checkpoints(ckpt_dir, text)
+
+
+def test_launch_pretrain_tiny_2_nodes_x_2_tasks_writes_a_checkpoint(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    """The same run through `llm2clip-nemo launch pretrain --config-name pretrain_tiny` (submitit)."""
+    args, ckpt_dir = _pretrain_tiny_args(tmp_path)
+    argv = ["pretrain", "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "2", "--cpus-per-task", "1",
+            "--time", "20", "--folder", str(tmp_path / "jobs"), "--wait", "--config-name", "pretrain_tiny", *args]
+    rc = launch_cli.main(argv)
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "4 task(s) succeeded" in printed.out
+    folder = Path(re.search(r"job folder (\S+)", printed.out).group(1))
+    job_id = re.search(r"as job (\d+)", printed.out).group(1)
+    check_pretrain_tiny_checkpoints(ckpt_dir, (folder / f"{job_id}_0_log.err").read_text())
+    # --dry-run prints exactly what was submitted
+    parsed, _ = launch_cli.parse_args(argv)
+    assert render_sbatch(launch_cli.spec_from_args(parsed), folder) == (folder / f"{job_id}_submission.sh").read_text()
+
+
+def test_time_limit_requeues_and_resumes_without_loss_or_repeat(slurm_cluster, tmp_path):  # noqa: F811
+    """A job that outlives its 1-minute limit: SLURM signals it `signal_delay_s` before the limit, submitit
+    counts that as a time-out (bounded by max_requeues) and requeues it with the resume argument."""
+    out, items = tmp_path / "work", 30
+    spec = LaunchSpec(cluster="slurm", folder=str(tmp_path / "runs"), time_min=1, signal_delay_s=40,
+                      max_requeues=4, setup=[WORKLOAD_SETUP])
+    job, folder = submit("slurm_workload", [f"out={out}", f"items={items}", "sleep=1.5"], spec,
+                         resume_args=["resume=true"])
+    outcome = wait(job, timeout_s=420)
+    assert outcome.returncode == 0, outcome
+    log, attempts = out / "processed.log", out / "attempts.log"
+    assert [int(x) for x in _lines(log)] == list(range(items)), "lost or repeated items"
+    runs = attempts.read_text().splitlines()
+    assert len(runs) >= 2, runs  # 45 s of work cannot fit between the start and the signal
+    starts = [int(re.search(r"start=(\d+)", r).group(1)) for r in runs]
+    assert starts[0] == 0 and starts == sorted(starts) and starts[-1] < items, starts
+    assert all(r.endswith("resume=true") for r in runs[1:]), runs
+    assert "this job is timed-out" in (folder / f"{job.job_id}_0_log.err").read_text()
