@@ -71,6 +71,21 @@ def test_missing_lora_target_lists_available(tiny_dir):
         CaptionEncoder(EncoderConfig(llm_path=str(tiny_dir), lora=LoRAConfig(target_modules=["q_proj", "wq", "mlp_in"])))
 
 
+def test_lora_on_the_top_layers_only(tiny_dir):
+    full = CaptionEncoder(EncoderConfig(llm_path=str(tiny_dir), lora=LoRAConfig(dropout=0.0)))
+    top = CaptionEncoder(EncoderConfig(llm_path=str(tiny_dir), lora=LoRAConfig(dropout=0.0, top_layers=1)))
+    names = list(top.lora_parameters())
+    assert names and all(".layers.1." in n for n in names), names
+    assert sorted(names) == sorted(n for n in full.lora_parameters() if ".layers.1." in n)
+    batch = collate_triples(top.tokenizer, TripleSchedule(word_records(8), 4, PAIRS).batch(0), 24)
+    for p in top.lora_parameters().values():  # non-zero B so that every LoRA weight gets a gradient
+        torch.nn.init.normal_(p, std=0.05)
+    top.contrastive_loss(batch).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top.lora_parameters().values())
+    with pytest.raises(ConfigError, match=r"model.lora.top_layers=3 but the model has 2 decoder layers: use at most 2"):
+        CaptionEncoder(EncoderConfig(llm_path=str(tiny_dir), lora=LoRAConfig(top_layers=3)))
+
+
 def test_fsdp_on_cpu_is_refused():
     from llm2clip_nemo.recipes.trainer import TrainerConfig, resolve_strategy
 
@@ -221,6 +236,10 @@ def test_merged_through_megatron_teacher_equals_hf(merged, tmp_path):
     hf = HFEncoder.from_pretrained(out, pooling="mean", bidirectional=True)
     ref = hf.encode(*hf.tokenize(texts))
     assert F.cosine_similarity(ours, ref).min() >= 0.9999
+    # the attention mode stage 1 trained with travels through import-llm; the teacher refuses another
+    with pytest.raises(ConfigError, match=r"was caption-contrastive trained with bidirectional=True but is asked to "
+                                          r"embed with bidirectional=False: set teacher.bidirectional=True"):
+        Teacher.load(mdir, init_parallel(1), EncoderOptions(bidirectional=False, pooling="mean"))
 
 
 # ---- MNTP -----------------------------------------------------------------------------------

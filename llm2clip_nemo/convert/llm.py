@@ -24,7 +24,8 @@ from .llama_keymap import hf_to_megatron, megatron_to_hf, to_te_names
 
 FORMAT = "llm2clip_nemo.teacher/1"
 HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "vocab.json", "merges.txt")
+                 "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "vocab.json", "merges.txt",
+                 "llm2clip_cc.json")
 
 
 # ---- reading a HF checkpoint ---------------------------------------------------------------------

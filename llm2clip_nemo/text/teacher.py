@@ -8,12 +8,14 @@
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from ..config import ConfigError
 from ..runtime import ParallelGroups
 from .hf_encoder import tokenize
 from .megatron_encoder import EncoderOptions, MegatronLlamaEncoder
@@ -55,6 +57,20 @@ def tp_gather_rows(x: torch.Tensor, groups: ParallelGroups, pad_value=0) -> tupl
     return torch.cat([g[:n] for g, n in zip(gathered, rows)], dim=0), rows
 
 
+def check_cc_options(path: Path, options: EncoderOptions) -> None:
+    """A caption-contrastive LLM embeds well only the way it was trained (attention mask, pooling):
+    refuse other settings. Stage 1 records them in llm2clip_cc.json; `import-llm` carries it along."""
+    for f in (path / "llm2clip_cc.json", path / "hf" / "llm2clip_cc.json"):
+        if f.is_file():
+            cc = json.loads(f.read_text())
+            for key in ("bidirectional", "pooling"):
+                if key in cc and cc[key] != getattr(options, key):
+                    raise ConfigError(
+                        f"teacher {path} was caption-contrastive trained with {key}={cc[key]} but is asked to "
+                        f"embed with {key}={getattr(options, key)}: set teacher.{key}={cc[key]} (see {f}).")
+            return
+
+
 class Teacher:
     """Frozen Megatron LLM encoder + tokenizer + fingerprint."""
 
@@ -84,6 +100,7 @@ class Teacher:
         from .hf_io import _find_gguf
 
         path = Path(path)
+        check_cc_options(path, options)
         spec, shard, meta = teacher_shard_for(path, groups.tp_size, groups.tp_rank)
         encoder = MegatronLlamaEncoder(spec, groups, options)
         load_teacher_weights(encoder, shard)
