@@ -68,6 +68,11 @@ def run(out: Path, size: DemoSize) -> dict:
 
     stage("1/8 demo dataset (Twemoji + Unicode captions)")
     t0 = time.time()
+    stale = out / "data" / "demo_info.json"
+    if stale.is_file() and json.loads(stale.read_text()).get("params", {}).get("limit") != size.limit:
+        log(f"{out} holds the dataset of another demo size: rebuilding it and its sidecars")
+        for sub in ("data", "sidecars"):
+            shutil.rmtree(out / sub, ignore_errors=True)
     ds = build_demo_dataset(str(out / "data"), limit=size.limit)
     log(f"{ds.n_train} train images ({ds.n_concepts_train} concepts), {ds.n_test} held-out images "
         f"({ds.n_concepts_test} concepts)")

@@ -70,8 +70,9 @@ def write_shards(samples: Iterable[ShardSample], out_dir: str, prefix: str = "sh
             have = _existing_keys(path)
             if have != keys:
                 raise DataSourceError(
-                    f"{path} exists but holds other samples than this input puts there (first keys {have[:2]} vs "
-                    f"{keys[:2]}): it is from another build; write to an empty --out directory or delete it"
+                    f"{path} exists but holds other samples than this input puts there ({len(have)} samples, first "
+                    f"keys {have[:2]}, vs {len(keys)}, first keys {keys[:2]}): it is from another build; write to an "
+                    "empty --out directory or delete it"
                 )
             resumed += 1
         else:
