@@ -8,7 +8,8 @@ A step is zero_grad -> forward -> loss -> backward -> AdamW step.
 - baseline: open_clip's `VisionTransformer` of the same size + the same adapter (open_clip has
   none; a plain torch module, identical on both sides) + open_clip's `ClipLoss` with a learnable
   logit scale, normalised features as open_clip's CLIP does.
-Timing alternates the two sides round by round (fair under a noisy shared CPU) and reports medians.
+Timing alternates the two sides round by round (on CPU every single step: fair under a noisy shared
+CPU) and reports medians.
 
 open_clip needs torchvision, which the project's CPU venv lacks; run in a separate venv:
   python3 -m venv /tmp/oc_venv && /tmp/oc_venv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
@@ -43,8 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fp8", action="store_true", help="ours in FP8 (TE, H100); the baseline stays bf16")
     p.add_argument("--batch", type=int, default=None, help="default 32 on cpu, 128 on cuda")
     p.add_argument("--teacher-dim", type=int, default=576, help="teacher embedding size (SmolLM2: 576)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5 cpu, 20 cuda)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 1 cpu, 20 cuda)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating timing rounds (default 41 cpu, 5 cuda): "
+                   "on a shared CPU, alternating every step keeps both sides under the same background load")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads, the same for both "
                    "sides (default 1 on cpu: on a shared, loaded box more threads oversubscribe the cores "
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("B/16" if cuda else "tiny")
     dtype = args.dtype or ("bf16" if cuda else "fp32")
     batch = args.batch or (128 if cuda else 32)
-    steps = args.steps or (20 if cuda else 5)
+    steps = args.steps or (20 if cuda else 1)
+    args.rounds = args.rounds or (5 if cuda else 41)
     warnings.filterwarnings("ignore")  # megatron's deprecation chatter would drown the table
 
     groups = init_parallel(1)

@@ -152,3 +152,37 @@ def test_te_layout_maps_onto_the_canonical_layout(groups):
     back = to_canonical_keys(te, "transformer_engine")
     assert back.keys() == sd.keys()
     assert all(back[k] is sd[k] for k in sd)
+
+
+@pytest.mark.parametrize("kind,skip_bias_add", [("column", True), ("column", False), ("row", True), ("row", False)])
+def test_single_rank_linear_equals_megatrons(groups, kind, skip_bias_add):
+    """The local spec's one-rank linears: same output (bias folded in) and same gradients as megatron's."""
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    from llm2clip_nemo.vision.specs import single_rank_linears, transformer_config
+
+    col, row = single_rank_linears()
+    ours_cls, ref_cls = (col, ColumnParallelLinear) if kind == "column" else (row, RowParallelLinear)
+    tcfg = transformer_config(SMALL)
+    kw = dict(config=tcfg, init_method=torch.nn.init.normal_, bias=True, skip_bias_add=skip_bias_add,
+              tp_group=groups.pg_collection.tp)
+    kw.update(gather_output=False) if kind == "column" else kw.update(input_is_parallel=True)
+    torch.manual_seed(0)
+    ref = ref_cls(48, 40, **kw)
+    ours = ours_cls(48, 40, **kw)
+    ours.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        ref.bias.normal_()
+        ours.bias.copy_(ref.bias)
+    x = torch.randn(7, 3, 48)
+    y_ref, b_ref = ref(x)
+    if b_ref is not None:
+        y_ref = y_ref + b_ref
+    y, b = ours(x)
+    assert b is None
+    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    g = torch.randn_like(y)
+    y_ref.backward(g)
+    y.backward(g)
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(getattr(ours, name).grad, getattr(ref, name).grad, rtol=1e-5, atol=1e-6)

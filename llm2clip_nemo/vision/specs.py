@@ -11,6 +11,7 @@ map onto one canonical (local) state dict with `to_canonical_keys` / `from_canon
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import TYPE_CHECKING
 
@@ -137,13 +138,42 @@ class SDPACoreAttention(torch.nn.Module):
         return out.permute(2, 0, 1, 3).reshape(s, b, h * d)
 
 
+@functools.cache
+def single_rank_linears() -> tuple[type, type]:
+    """(column, row) subclasses of megatron's parallel linears with a one-rank fast path.
+
+    megatron's TP linears run their GEMMs through a custom autograd function built to overlap TP
+    communication, and with `skip_bias_add` add the bias in a separate pass. On one rank (the ViT
+    is never tensor-parallel) neither buys anything on CPU: the fast path computes
+    `F.linear(x, W, b)` (one fused addmm, torch's own autograd) and returns `(y, None)`, bias
+    already added, a contract megatron's MLP and bias-dropout-add accept. Parameters, state-dict
+    keys and initialisation stay megatron's; with a TP group of more than one rank, or sequence
+    parallelism, megatron's forward runs unchanged. (Measured: benchmarks/train_throughput.py.)
+    """
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    def one_rank(layer) -> bool:
+        group = getattr(layer, "tp_group", None)
+        return (group is None or group.size() == 1) and not getattr(layer, "sequence_parallel", False)
+
+    class SingleRankColumnLinear(ColumnParallelLinear):
+        def forward(self, input_, weight=None, runtime_gather_output=None):
+            if not one_rank(self):
+                return super().forward(input_, weight=weight, runtime_gather_output=runtime_gather_output)
+            return F.linear(input_, self.weight if weight is None else weight, self.bias), None
+
+    class SingleRankRowLinear(RowParallelLinear):
+        def forward(self, input_):
+            if not one_rank(self):
+                return super().forward(input_)
+            return F.linear(input_, self.weight, self.bias), None
+
+    return SingleRankColumnLinear, SingleRankRowLinear
+
+
 def local_layer_spec() -> ModuleSpec:
     """Pre-LN block from megatron's local (torch) layers, with bidirectional SDPA attention."""
     from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-    from megatron.core.tensor_parallel.layers import (
-        ColumnParallelLinear,
-        RowParallelLinear,
-    )
     from megatron.core.transformer.attention import (
         SelfAttention,
         SelfAttentionSubmodules,
@@ -157,6 +187,7 @@ def local_layer_spec() -> ModuleSpec:
         TransformerLayerSubmodules,
     )
 
+    column_linear, row_linear = single_rank_linears()
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -165,15 +196,15 @@ def local_layer_spec() -> ModuleSpec:
                 module=SelfAttention,
                 params={"attn_mask_type": AttnMaskType.no_mask},
                 submodules=SelfAttentionSubmodules(
-                    linear_qkv=ColumnParallelLinear,
+                    linear_qkv=column_linear,
                     core_attention=SDPACoreAttention,
-                    linear_proj=RowParallelLinear,
+                    linear_proj=row_linear,
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=WrappedTorchNorm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
-                                                                linear_fc2=RowParallelLinear)),
+            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=column_linear,
+                                                                linear_fc2=row_linear)),
             mlp_bda=get_bias_dropout_add,
         ),
     )
