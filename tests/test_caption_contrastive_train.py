@@ -39,7 +39,7 @@ def data(tmp_path_factory):
 def overrides(d, exp, **kw):
     o = {"model.llm_path": d / "llm", "model.data.train_path": d / "train.jsonl", "model.data.val_path": d / "val.jsonl",
          "model.data.global_batch_size": 8, "model.data.max_length": 32, "model.data.instruction": "w7 w8",
-         "model.lora.dropout": 0.0, "model.optim.warmup_steps": 1, "trainer.max_steps": 5,
+         "model.lora.dropout": 0.0, "model.lora.top_layers": 1, "model.optim.warmup_steps": 1, "trainer.max_steps": 5,
          "trainer.val_check_interval": 2, "trainer.enable_progress_bar": False,
          "exp_manager.checkpoint_every_n_steps": 2, "exp_manager.exp_dir": exp, **kw}
     return [f"{k}={v}" for k, v in o.items()]
