@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = args.dtype or ("bf16" if cuda else "fp32")
     batch = args.batch or (128 if cuda else 32)
     steps = args.steps or (20 if cuda else 1)
-    args.rounds = args.rounds or (5 if cuda else 41)
+    rounds = args.rounds or (5 if cuda else 41)
     warnings.filterwarnings("ignore")  # megatron's deprecation chatter would drown the table
 
     groups = init_parallel(1)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         timed(step, pixels, teacher, args.warmup, args.device)
     wall = {name: [] for name in sides}
     cpu = {name: [] for name in sides}
-    for r in range(args.rounds):
+    for r in range(rounds):
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]  # no side always goes first
         for name in order:
             w, c = timed(sides[name][0], pixels, teacher, steps, args.device)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = 3 * vit_cfg.forward_flops() + 6 * adapter_cfg.num_params()
     print(f"device={args.device} ({torch.cuda.get_device_name() if cuda else 'CPU'}, "
           f"{torch.get_num_threads()} threads) torch={torch.__version__} preset={preset} image={vit_cfg.image_size} "
-          f"batch={batch} dtype={dtype} ours_impl={impl} steps={steps}x{args.rounds} rounds")
+          f"batch={batch} dtype={dtype} ours_impl={impl} steps={steps}x{rounds} rounds")
     print(f"{'side':<10} {'params':>12} {'wall s/step':>12} {'cpu s/step':>11} {'samples/s':>11} {'TFLOP/s':>9}"
           + (f" {'MFU':>7}" if cuda else "") + f"   (medians; samples/s from the {clock} clock)")
     rates = {}

@@ -12,6 +12,9 @@ from llm2clip_nemo.data.shards import ShardSample, write_shards
 from llm2clip_nemo.recipes.extract import ExtractConfig
 from llm2clip_nemo.recipes.extract import run as extract
 
+# The teacher's attention mode as the *_tiny configs set it; it is part of the teacher fingerprint, so
+# sidecars and training must agree on it.
+TINY_TEACHER_BIDIRECTIONAL = "false"
 TINY_VISION = ["model.vision.image_size=16", "model.vision.patch_size=8", "model.vision.width=32",
                "model.vision.num_layers=2", "model.vision.num_heads=2", "model.vision.mlp_dim=64",
                "model.vision.embed_dim=32", "model.adapter.joint_dim=32", "model.train_ds.transform.image_size=16"]
@@ -51,9 +54,9 @@ def tiny_offline_setup(root, n_train=64, n_val=16):
     teacher = write_tiny_llama(root / "teacher")
     train = word_shards(root / "train", n_train, 16, seed=1)
     val = word_shards(root / "val", n_val, 16, seed=2)
-    for d in (train, val):  # the teacher's attention mode as the *_tiny configs set it (it is in the fingerprint)
+    for d in (train, val):
         extract(load_config(ExtractConfig, None, [f"data.urls={d}", f"teacher.path={teacher}", "progress=false",
-                                                  "teacher.bidirectional=false"]))
+                                                  f"teacher.bidirectional={TINY_TEACHER_BIDIRECTIONAL}"]))
     return teacher, train, val
 
 
@@ -61,7 +64,7 @@ def tiny_overrides(teacher, train, val, exp_dir, steps=10, **extra):
     over = [f"model.teacher.path={teacher}", f"model.train_ds.urls={train}", "model.train_ds.output=embeddings",
             "model.train_ds.batch_size=8", "model.adapter.input_dim=64", "model.train_ds.shuffle_buffer=16",
             "model.train_ds.caption_fields={txt: 0.5, long: 0.5}", f"model.validation_ds.urls={val}",
-            "model.train_ds.sidecar_dir=null", "model.validation_ds.sidecar_dir=null", "model.teacher.bidirectional=false",
+            "model.train_ds.sidecar_dir=null", "model.validation_ds.sidecar_dir=null", f"model.teacher.bidirectional={TINY_TEACHER_BIDIRECTIONAL}",
             "model.validation_ds.every_n_steps=5", f"trainer.max_steps={steps}", f"exp_manager.exp_dir={exp_dir}",
             "exp_manager.checkpoint_every_n_steps=5", "trainer.enable_progress_bar=false", *TINY_VISION]
     return over + [f"{k}={v}" for k, v in extra.items()]

@@ -49,8 +49,8 @@ def _sbatch_and_wait(script: str, args: list[str], out: Path, timeout: float = 2
     return out.read_text()
 
 
-# (script, args, checker): the CPU sbatch scripts across 2 nodes x 2 tasks over gloo.
-# When the pretrain recipe exists: ("slurm/pretrain_tiny.sh", [...], check_checkpoint_written).
+# (script, args, checker): the CPU sbatch scripts across 2 nodes x 2 tasks over gloo (pretrain_tiny,
+# which needs data made first, has its own test below).
 SBATCH_CASES = [("slurm/doctor.sh", [], check_doctor_2x2)]
 
 
@@ -59,24 +59,31 @@ def test_sbatch_script_2_nodes_x_2_tasks(slurm_cluster, tmp_path, script, args, 
     check(_sbatch_and_wait(script, args, tmp_path / "job.out"))
 
 
+def _launch_2x2_and_wait(verb: str, args: list[str], folder: Path, capsys, minutes: int = 10) -> tuple[Path, str]:
+    """`llm2clip-nemo launch VERB --nodes 2 --tasks-per-node 2 --wait ARGS`: succeeds on all 4 tasks, and
+    `--dry-run` would have printed exactly the submitted script. Returns (job folder, job id)."""
+    argv = [verb, "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "2", "--cpus-per-task", "1",
+            "--time", str(minutes), "--folder", str(folder), "--wait", *args]
+    rc = launch_cli.main(argv)
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "4 task(s) succeeded" in printed.out
+    job_folder = Path(re.search(r"job folder (\S+)", printed.out).group(1))
+    job_id = re.search(r"as job (\d+)", printed.out).group(1)
+    parsed, _ = launch_cli.parse_args(argv)
+    assert render_sbatch(launch_cli.spec_from_args(parsed), job_folder) == (
+        job_folder / f"{job_id}_submission.sh").read_text()
+    return job_folder, job_id
+
+
 # (verb, verb args, checker): the same through `llm2clip-nemo launch --nodes 2 --tasks-per-node 2 --wait`.
-# When the pretrain recipe exists: ("pretrain", ["--config-name", "pretrain_tiny"], check_checkpoint_written).
 LAUNCH_CASES = [("doctor", [], check_doctor_2x2)]
 
 
 @pytest.mark.parametrize("verb,args,check", LAUNCH_CASES, ids=[c[0] for c in LAUNCH_CASES])
 def test_launch_2_nodes_x_2_tasks(slurm_cluster, tmp_path, capsys, verb, args, check):  # noqa: F811
-    argv = [verb, "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "2", "--cpus-per-task", "1",
-            "--time", "10", "--folder", str(tmp_path), "--wait", *args]
-    assert launch_cli.main(argv) == 0
-    printed = capsys.readouterr().out
-    folder = Path(re.search(r"job folder (\S+)", printed).group(1))
-    job_id = re.search(r"as job (\d+)", printed).group(1)
-    assert "4 task(s) succeeded" in printed
+    folder, job_id = _launch_2x2_and_wait(verb, args, tmp_path, capsys)
     check("".join((folder / f"{job_id}_{t}_log.out").read_text() for t in range(4)))
-    # --dry-run prints exactly what was submitted
-    parsed, _ = launch_cli.parse_args(argv)
-    assert render_sbatch(launch_cli.spec_from_args(parsed), folder) == (folder / f"{job_id}_submission.sh").read_text()
 
 
 def test_sbatch_refusal_reaches_the_caller(slurm_cluster, tmp_path, capsys):  # noqa: F811
@@ -164,18 +171,9 @@ def test_sbatch_pretrain_tiny_2_nodes_x_2_tasks_writes_a_checkpoint(slurm_cluste
 def test_launch_pretrain_tiny_2_nodes_x_2_tasks_writes_a_checkpoint(slurm_cluster, tmp_path, capsys):  # noqa: F811
     """The same run through `llm2clip-nemo launch pretrain --config-name pretrain_tiny` (submitit)."""
     args, ckpt_dir = _pretrain_tiny_args(tmp_path)
-    argv = ["pretrain", "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "2", "--cpus-per-task", "1",
-            "--time", "20", "--folder", str(tmp_path / "jobs"), "--wait", "--config-name", "pretrain_tiny", *args]
-    rc = launch_cli.main(argv)
-    printed = capsys.readouterr()
-    assert rc == 0, printed.err
-    assert "4 task(s) succeeded" in printed.out
-    folder = Path(re.search(r"job folder (\S+)", printed.out).group(1))
-    job_id = re.search(r"as job (\d+)", printed.out).group(1)
+    folder, job_id = _launch_2x2_and_wait("pretrain", ["--config-name", "pretrain_tiny", *args], tmp_path / "jobs",
+                                          capsys, minutes=20)
     check_pretrain_tiny_checkpoints(ckpt_dir, (folder / f"{job_id}_0_log.err").read_text())
-    # --dry-run prints exactly what was submitted
-    parsed, _ = launch_cli.parse_args(argv)
-    assert render_sbatch(launch_cli.spec_from_args(parsed), folder) == (folder / f"{job_id}_submission.sh").read_text()
 
 
 def test_time_limit_requeues_and_resumes_without_loss_or_repeat(slurm_cluster, tmp_path):  # noqa: F811

@@ -36,7 +36,7 @@ class LoRAConfig:
     """Leaf module names to adapt (HF Llama names: q_proj ... down_proj)."""
     top_layers: int = 0
     """Adapt only the last N decoder layers (0 = all). The backward then stops at the lowest adapted
-    layer: on CPU, N=8 of SmolLM2's 30 layers cuts a step's time by about a third."""
+    layer: on 2 CPU cores, N=8 of SmolLM2's 30 layers took a stage-1 step from 7.2 s to 4.0 s."""
 
     def validate(self) -> None:
         if self.top_layers < 0:
