@@ -86,7 +86,7 @@ def test_reshard_on_load_equals_direct(tmp_path):
 
 def test_import_refuses_tp_that_does_not_divide(smollm2_dir, tmp_path, capsys):
     rc = cli_main(["convert", "import-llm", "--hf", str(smollm2_dir), "--out", str(tmp_path / "x"), "--tp", "2"])
-    assert rc == 1
+    assert rc == 2
     err = capsys.readouterr().err
     assert "--tp=2 does not divide num_attention_heads=9" in err and "Use one of [1, 3]" in err
     assert not (tmp_path / "x").exists()
@@ -97,7 +97,7 @@ def test_unsupported_architecture(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
     (d / "model.safetensors").write_bytes(b"")
-    with pytest.raises(UnsupportedModelError, match=r"architecture \['GPT2LMHeadModel'\] is not supported; the teacher supports the Llama family"):
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'gpt2' \(architectures \['GPT2LMHeadModel'\]\) is not supported; supported families: llama"):
         read_hf_checkpoint(d)
 
 

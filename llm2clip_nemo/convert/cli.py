@@ -8,8 +8,12 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm2clip-nemo convert", description="Checkpoint conversion.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("import-llm", help="HF Llama-family dir or GGUF -> Megatron teacher dir (TP shards)")
-    a.add_argument("--hf", required=True, help="HF model directory (safetensors) or a .gguf file")
+    a = sub.add_parser("import-llm", help="HF Llama/Mistral/Qwen2/Qwen3 dir or GGUF -> Megatron teacher dir (TP shards)")
+    a.add_argument("--hf", required=True, help="HF model directory (causal LM, bare decoder, sharded, or a PEFT "
+                   "LoRA adapter) or a .gguf file")
+    a.add_argument("--base", action="append", default=[], metavar="DIR",
+                   help="base model directory of a PEFT adapter (default: its base_model_name_or_path); repeat for "
+                        "an adapter over an adapter (llm2vec: supervised, then MNTP), outermost first")
     a.add_argument("--out", required=True, help="output directory (must not exist)")
     a.add_argument("--tp", type=int, default=1, help="tensor-parallel size; must divide heads and KV groups")
     b = sub.add_parser("export-llm", help="Megatron teacher dir -> HF causal-LM dir (stock transformers loads it)")
@@ -27,7 +31,7 @@ def main(argv: list[str]) -> int:
         if args.cmd == "import-llm":
             from .llm import import_llm, read_teacher_meta
 
-            out = import_llm(args.hf, args.out, args.tp)
+            out = import_llm(args.hf, args.out, args.tp, bases=args.base)
             meta = read_teacher_meta(out)
             print(f"wrote Megatron teacher tp={meta['tp']} to {out} (weights sha256 {meta['weights_digest'][:16]}…)")
         elif args.cmd == "export-llm":
@@ -39,6 +43,8 @@ def main(argv: list[str]) -> int:
 
             print(f"wrote Hugging Face export {export_hf(args.model, args.out)}")
     except (ValueError, KeyError, FileExistsError, FileNotFoundError) as e:
-        print(f"llm2clip-nemo convert {args.cmd}: error: {e}", file=sys.stderr)
-        return 1
+        # bad input (unsupported model, missing base, wrong --tp, existing --out): one line, exit 2
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"llm2clip-nemo convert {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
     return 0

@@ -1,4 +1,5 @@
-"""Declarative key maps between Hugging Face Llama and our Megatron teacher, with TP split/merge.
+"""Declarative key maps between Hugging Face Llama-family models and our Megatron teacher, with TP
+split/merge. HF names are the causal-LM ones (`model.` prefix); `convert.llm` maps other layouts to them.
 
 One table per direction is derived from `LAYER_MAP`/`GLOBAL_MAP`: each row names the HF key(s),
 the Megatron key and how the tensor is laid out across tensor-parallel ranks:
@@ -44,15 +45,32 @@ TE_RENAMES = {
 }
 
 
-def key_table(spec: LlamaSpec) -> list[tuple[tuple[str, ...], str, str]]:
-    """The full (hf keys, megatron key, layout) table for this model."""
+# Per family: Qwen2's q/k/v biases fuse like the weight; Qwen3's per-head norms are replicated
+# (megatron's q_layernorm/k_layernorm normalise over head_dim, as HF's q_norm/k_norm do).
+QKV_BIAS_MAP = [
+    (("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+     "self_attention.linear_qkv.bias", "qkv"),
+]
+QK_NORM_MAP = [
+    (("self_attn.q_norm.weight",), "self_attention.q_layernorm.weight", "replicate"),
+    (("self_attn.k_norm.weight",), "self_attention.k_layernorm.weight", "replicate"),
+]
+LM_HEAD = "lm_head.weight"
+
+
+def key_table(spec: LlamaSpec, lm_head: bool = True) -> list[tuple[tuple[str, ...], str, str]]:
+    """The full (hf keys, megatron key, layout) table for this model.
+
+    `lm_head=False` for checkpoints without one (a bare encoder `LlamaModel`); tied models never list it.
+    """
     rows = []
     for hf, mg, layout in GLOBAL_MAP:
-        if hf == ("lm_head.weight",) and spec.tie_word_embeddings:
+        if hf == (LM_HEAD,) and (spec.tie_word_embeddings or not lm_head):
             continue
         rows.append((hf, mg, layout))
+    layer_map = LAYER_MAP + (QKV_BIAS_MAP if spec.qkv_bias else []) + (QK_NORM_MAP if spec.qk_norm else [])
     for i in range(spec.num_layers):
-        for hf, mg, layout in LAYER_MAP:
+        for hf, mg, layout in layer_map:
             rows.append((tuple(HF_LAYER.format(i=i) + k for k in hf), MG_LAYER.format(i=i) + mg, layout))
     return rows
 
@@ -85,19 +103,20 @@ def from_te_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # ---- split: full HF tensors -> TP shards -------------------------------------------------------
 
 def _split_qkv(q, k, v, spec: LlamaSpec, tp: int) -> list[torch.Tensor]:
-    g, hd, hidden = spec.num_kv_heads, spec.head_dim, q.shape[1]
+    """Weights [rows, hidden] or biases [rows]: the same per-group interleave along dim 0."""
+    g, hd, rest = spec.num_kv_heads, spec.head_dim, tuple(q.shape[1:])
     qpg = spec.num_heads // g  # query heads per group
-    fused = torch.cat([q.view(g, qpg * hd, hidden), k.view(g, hd, hidden), v.view(g, hd, hidden)], dim=1)
-    return [c.reshape(-1, hidden).contiguous() for c in fused.chunk(tp, dim=0)]
+    fused = torch.cat([q.view(g, qpg * hd, *rest), k.view(g, hd, *rest), v.view(g, hd, *rest)], dim=1)
+    return [c.reshape(-1, *rest).contiguous() for c in fused.chunk(tp, dim=0)]
 
 
 def _merge_qkv(shards: list[torch.Tensor], spec: LlamaSpec):
     g, hd = spec.num_kv_heads, spec.head_dim
     qpg = spec.num_heads // g
-    hidden = shards[0].shape[1]
-    fused = torch.cat(shards, dim=0).view(g, (qpg + 2) * hd, hidden)
+    rest = tuple(shards[0].shape[1:])
+    fused = torch.cat(shards, dim=0).view(g, (qpg + 2) * hd, *rest)
     q, k, v = fused.split([qpg * hd, hd, hd], dim=1)
-    return q.reshape(-1, hidden).contiguous(), k.reshape(-1, hidden).contiguous(), v.reshape(-1, hidden).contiguous()
+    return tuple(t.reshape(-1, *rest).contiguous() for t in (q, k, v))
 
 
 def _pad_vocab(t: torch.Tensor, spec: LlamaSpec, tp: int) -> torch.Tensor:
@@ -145,10 +164,10 @@ def hf_to_megatron(hf_sd: dict[str, torch.Tensor], spec: LlamaSpec, tp: int) -> 
     """Full HF state dict -> one Megatron (local-spec names) state dict per TP rank."""
     spec.check_tp(tp, "--tp")
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
-    for hf_keys, mg_key, layout in key_table(spec):
+    for hf_keys, mg_key, layout in key_table(spec, lm_head=LM_HEAD in hf_sd):
         missing = [k for k in hf_keys if k not in hf_sd]
         if missing:
-            raise KeyError(f"checkpoint lacks {missing[0]} (needed for {mg_key}); is it a complete Llama-family model?")
+            raise KeyError(f"checkpoint lacks {missing[0]} (needed for {mg_key}); is it a complete {spec.family} model?")
         for r, t in enumerate(split_tensor(tuple(hf_sd[k] for k in hf_keys), layout, spec, tp)):
             shards[r][mg_key] = t
     return shards
@@ -158,7 +177,7 @@ def megatron_to_hf(shards: list[dict[str, torch.Tensor]], spec: LlamaSpec) -> di
     """One Megatron state dict per TP rank (local or TE names) -> the full HF state dict."""
     shards = [from_te_names(s) for s in shards]
     out: dict[str, torch.Tensor] = {}
-    for hf_keys, mg_key, layout in key_table(spec):
+    for hf_keys, mg_key, layout in key_table(spec, lm_head="output_layer.weight" in shards[0]):
         if mg_key not in shards[0]:
             raise KeyError(f"Megatron checkpoint lacks {mg_key}; was it written by `convert import-llm`?")
         for k, t in zip(hf_keys, merge_tensor([s[mg_key] for s in shards], layout, spec)):

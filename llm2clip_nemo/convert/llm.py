@@ -1,8 +1,9 @@
-"""HF Llama-family directory <-> Megatron teacher directory, and loading the teacher at any TP.
+"""HF Llama-family checkpoint (any layout of `text.hf_layouts`, or GGUF) <-> Megatron teacher
+directory, and loading the teacher at any TP.
 
 Megatron teacher directory layout (written atomically: a temp dir renamed at the end):
 
-    teacher.json              format version, LlamaSpec, tp, weights digest, source
+    teacher.json              format version, LlamaSpec, tp, weights digest, source, hf_layout, adapters
     hf/                       the source's config.json, generation_config.json, tokenizer files
     mp_rank_00/model.safetensors ... mp_rank_{tp-1}/model.safetensors   (local-spec key names)
 """
@@ -18,7 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..text.hf_io import CheckpointError, _find_gguf, check_hf_dir, check_safetensors_file, load_hf_causal_lm
+from ..text.hf_io import CheckpointError, _find_gguf, check_safetensors_file, load_hf_causal_lm
+from ..text.hf_layouts import HFSource, from_canonical, read_hf_source
 from ..text.llama_spec import LlamaSpec
 from .llama_keymap import hf_to_megatron, megatron_to_hf, to_te_names
 
@@ -30,26 +32,28 @@ HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
 
 # ---- reading a HF checkpoint ---------------------------------------------------------------------
 
-def read_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaSpec, dict[str, torch.Tensor], dict]:
-    """(spec, full state dict with the stored bytes, config dict). GGUF goes through transformers."""
+def read_hf(path: str | os.PathLike, bases: list | None = None) -> tuple[LlamaSpec, HFSource]:
+    """(spec, source) of any layout `text.hf_layouts` reads, or a GGUF file (through transformers).
+
+    The source's state dict has causal-LM keys and the stored bytes (adapters merged)."""
     path = Path(path)
     directory, gguf = _find_gguf(path)
     if gguf:
         model, _ = load_hf_causal_lm(path)
         sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        cfg = model.config.to_dict()
+        src = HFSource(sd, model.config.to_dict(), "causal", directory)
     else:
-        if (directory / "config.json").is_file():  # an unsupported architecture is the first thing to say
-            LlamaSpec.from_hf_config(json.loads((directory / "config.json").read_text()))
-        check_hf_dir(directory)
-        cfg = json.loads((directory / "config.json").read_text())
-        sd = {}
-        for f in sorted(directory.glob("*.safetensors")):
-            sd.update(load_file(f))
-    spec = LlamaSpec.from_hf_config(cfg)
+        src = read_hf_source(directory, bases)
+    spec = LlamaSpec.from_hf_config(src.cfg)
     if spec.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)
-    return spec, sd, cfg
+        src.sd.pop("lm_head.weight", None)
+    return spec, src
+
+
+def read_hf_checkpoint(path: str | os.PathLike, bases: list | None = None) -> tuple[LlamaSpec, dict[str, torch.Tensor], dict]:
+    """(spec, full state dict with causal-LM keys and the stored bytes, config dict)."""
+    spec, src = read_hf(path, bases)
+    return spec, src.sd, src.cfg
 
 
 _DIGESTS: dict[tuple, str] = {}
@@ -90,10 +94,15 @@ def _atomic_dir(out: Path):
     return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
 
 
-def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1) -> Path:
-    """HF directory (safetensors or GGUF) -> Megatron teacher directory split for `tp` ranks."""
+def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1, bases: list | None = None) -> Path:
+    """HF directory of any supported layout, or GGUF -> Megatron teacher directory split for `tp` ranks.
+
+    `bases`: base model directories for a PEFT adapter (outermost first); see `read_hf_source`."""
     hf_path, out = Path(hf_path), Path(out)
-    spec, sd, cfg = read_hf_checkpoint(hf_path)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists: choose a new --out or remove it.")
+    spec, src = read_hf(hf_path, bases)
+    sd, cfg = src.sd, src.cfg
     shards = hf_to_megatron(sd, spec, tp)
     tmp = _atomic_dir(out)
     try:
@@ -108,12 +117,14 @@ def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1) 
 
             AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf).save_pretrained(side)
             (side / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-        else:
-            for name in HF_SIDE_FILES:
-                if (src_dir / name).is_file():
-                    shutil.copy2(src_dir / name, side / name)
+        else:  # the model's config; tokenizer files from the outermost directory that has them
+            for d in (src.model_dir, src.tokenizer_dir):
+                for name in HF_SIDE_FILES:
+                    if (d / name).is_file() and not (d != src.model_dir and name == "config.json"):
+                        shutil.copy2(d / name, side / name)
         meta = {"format": FORMAT, "spec": spec.to_dict(), "tp": tp, "weights_digest": weights_digest(sd),
-                "dtypes": sorted({str(t.dtype) for t in sd.values()}), "source": str(hf_path)}
+                "dtypes": sorted({str(t.dtype) for t in sd.values()}), "source": str(hf_path),
+                "hf_layout": src.layout, "adapters": [str(a) for a in src.adapters]}
         (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
         os.replace(tmp, out)
     except BaseException:
@@ -147,9 +158,10 @@ def read_megatron_shards(path: str | os.PathLike) -> tuple[LlamaSpec, list[dict[
 
 
 def export_llm(megatron_path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Megatron teacher directory -> a HF causal-LM directory that stock transformers loads."""
+    """Megatron teacher directory -> a HF directory in the source's layout (causal LM, or a bare
+    decoder for a bare source) that stock transformers loads; adapters stay merged."""
     spec, shards, meta = read_megatron_shards(megatron_path)
-    sd = megatron_to_hf(shards, spec)
+    sd = from_canonical(megatron_to_hf(shards, spec), meta.get("hf_layout", "causal"))
     tmp = _atomic_dir(Path(out))
     try:
         side = Path(megatron_path) / "hf"

@@ -1,4 +1,5 @@
-"""The Llama-family architecture, read from a Hugging Face config and checked once.
+"""The Llama-family architecture (Llama 1-3.x, Mistral, Qwen2/2.5, Qwen3), read from a Hugging Face
+config and checked once.
 
 Both teacher backends and the converters take a `LlamaSpec`, so "which model is this" has one
 answer and one set of error messages.
@@ -9,7 +10,21 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+# model_type -> (family name for messages, architectures transformers saves for it)
+FAMILIES = {
+    "llama": ("Llama 1-3.x", ("LlamaForCausalLM", "LlamaModel")),
+    "mistral": ("Mistral", ("MistralForCausalLM", "MistralModel")),
+    "qwen2": ("Qwen2/Qwen2.5", ("Qwen2ForCausalLM", "Qwen2Model")),
+    "qwen3": ("Qwen3", ("Qwen3ForCausalLM", "Qwen3Model")),
+}
+SUPPORTED_ARCHITECTURES = tuple(a for _, archs in FAMILIES.values() for a in archs)
+ROPE_TYPES = ("default", "linear", "llama3")
+"""RoPE scalings megatron-core's RotaryEmbedding reproduces: none, linear position interpolation
+(`seq_len_interpolation_factor`) and Llama-3.x's frequency-band scaling (`_apply_scaling`)."""
+
+
+def supported_families() -> str:
+    return ", ".join(f"{t} ({name})" for t, (name, _) in FAMILIES.items())
 
 
 class UnsupportedModelError(ValueError):
@@ -18,7 +33,8 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True)
 class LlamaSpec:
-    """Shape and numerics of a Llama-family decoder (RMSNorm, SwiGLU, RoPE, GQA)."""
+    """Shape and numerics of a Llama-family decoder (RMSNorm, SwiGLU, RoPE, GQA), plus what the
+    supported families add to it (Qwen2 q/k/v biases, Qwen3 q/k norms, RoPE scaling, head_dim)."""
 
     vocab_size: int
     """Rows of the token embedding."""
@@ -41,7 +57,27 @@ class LlamaSpec:
     max_position_embeddings: int = 2048
     """Longest sequence the model was trained for."""
     head_dim: int = 0
-    """Per-head width; 0 means hidden_size // num_heads."""
+    """Per-head width; 0 means hidden_size // num_heads (Mistral/Qwen3 may set it explicitly:
+    megatron's `kv_channels`)."""
+    family: str = "llama"
+    """HF `model_type`: llama | mistral | qwen2 | qwen3 (see FAMILIES)."""
+    qkv_bias: bool = False
+    """q/k/v projections carry biases (Qwen2): megatron `add_qkv_bias`."""
+    qk_norm: bool = False
+    """Per-head RMSNorm on q and k before RoPE (Qwen3): megatron `qk_layernorm`."""
+    rope_type: str = "default"
+    """One of ROPE_TYPES."""
+    rope_factor: float = 1.0
+    """Scaling factor of `linear` and `llama3` RoPE."""
+    rope_low_freq_factor: float = 1.0
+    """llama3 RoPE: wavelengths above original_max_position / low_freq_factor are divided by factor."""
+    rope_high_freq_factor: float = 4.0
+    """llama3 RoPE: wavelengths below original_max_position / high_freq_factor are kept."""
+    rope_original_max_position: int = 8192
+    """llama3 RoPE: the context length the model was pre-trained with."""
+    sliding_window: int = 0
+    """Sliding-window attention span in tokens (Mistral v0.1); 0 = none. Sequences up to this length
+    attend fully, so the teacher refuses longer ones instead of reproducing the window."""
 
     def __post_init__(self):
         if self.head_dim == 0:
@@ -65,30 +101,46 @@ class LlamaSpec:
 
     @classmethod
     def from_hf_config(cls, cfg) -> LlamaSpec:
-        """From a transformers PretrainedConfig (or its dict)."""
+        """From a transformers PretrainedConfig (or its dict); the family comes from `model_type`
+        (never from `architectures`/`auto_map`, which may name remote code).
+
+        Raises UnsupportedModelError naming the field and what is supported.
+        """
         d = cfg if isinstance(cfg, dict) else cfg.to_dict()
         archs = d.get("architectures") or []
-        model_type = d.get("model_type")
-        if model_type not in ("llama", "mistral") and not set(archs) & set(SUPPORTED_ARCHITECTURES):
+        family = d.get("model_type")
+        if family not in FAMILIES:
             raise UnsupportedModelError(
-                f"architecture {archs or model_type!r} is not supported; the teacher supports the Llama family "
-                f"({', '.join(SUPPORTED_ARCHITECTURES)}): RMSNorm, SwiGLU, RoPE, grouped-query attention."
-            )
-        if d.get("attention_bias") or d.get("mlp_bias"):
-            raise UnsupportedModelError("attention_bias/mlp_bias=True is not supported (Llama has no linear biases).")
+                f"model_type {family!r} (architectures {archs}) is not supported; supported families: "
+                f"{supported_families()}. Use a checkpoint of one of these families.")
+        name = FAMILIES[family][0]
         if d.get("hidden_act", "silu") != "silu":
-            raise UnsupportedModelError(f"hidden_act={d.get('hidden_act')!r} is not supported; Llama uses silu (SwiGLU).")
-        rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
-        if rope_type not in ("default", None):
+            raise UnsupportedModelError(f"hidden_act={d.get('hidden_act')!r} is not supported; {name} uses silu (SwiGLU).")
+        if d.get("mlp_bias"):
+            raise UnsupportedModelError(f"mlp_bias=True is not supported: {name} teachers have no MLP biases.")
+        if family != "qwen2" and d.get("attention_bias"):
+            raise UnsupportedModelError(f"attention_bias=True is not supported for {family}: only Qwen2's q/k/v "
+                                        "biases are (o_proj has none there).")
+        rope = dict(d.get("rope_parameters") or {})
+        rope.update(d.get("rope_scaling") or {})
+        rope_type = rope.get("rope_type", rope.get("type")) or "default"
+        if rope_type not in ROPE_TYPES:
             raise UnsupportedModelError(
-                f"rope_scaling type {rope_type!r} is not supported yet; only plain RoPE (rope_scaling null)."
-            )
-        theta = d.get("rope_theta")
-        if theta is None:
-            theta = (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-        if d.get("sliding_window"):
-            raise UnsupportedModelError("sliding-window attention is not supported by the teacher.")
+                f"rope_scaling rope_type {rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)} "
+                "(what megatron-core's RotaryEmbedding implements). Use a checkpoint with one of these.")
+        theta = d.get("rope_theta") or rope.get("rope_theta") or 10000.0
+        window = d.get("sliding_window") or 0
+        if family in ("qwen2", "qwen3"):  # the window applies only when switched on
+            layer_types = d.get("layer_types") or []
+            if not (d.get("use_sliding_window") or "sliding_attention" in layer_types):
+                window = 0
+        extra = {}
+        if rope_type in ("linear", "llama3"):
+            extra["rope_factor"] = float(rope["factor"])
+        if rope_type == "llama3":
+            extra.update(rope_low_freq_factor=float(rope["low_freq_factor"]),
+                         rope_high_freq_factor=float(rope["high_freq_factor"]),
+                         rope_original_max_position=int(rope["original_max_position_embeddings"]))
         return cls(
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
@@ -101,6 +153,12 @@ class LlamaSpec:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
             head_dim=int(d.get("head_dim") or 0),
+            family=family,
+            qkv_bias=family == "qwen2",
+            qk_norm=family == "qwen3",
+            rope_type=rope_type,
+            sliding_window=int(window),
+            **extra,
         )
 
     def to_dict(self) -> dict:

@@ -2,6 +2,9 @@
 
     embedding (vocab-parallel) -> RoPE -> TransformerBlock (RMSNorm, SwiGLU, GQA, final RMSNorm) -> pool
 
+Families (LlamaSpec.family): Llama/Mistral as above; Qwen2 adds q/k/v biases (`add_qkv_bias`), Qwen3
+per-head q/k RMSNorm (`qk_layernorm`); RoPE may be linear- or llama3-scaled (`rotary_embedding`).
+
 No LM head: the teacher only needs the last hidden states. The layer spec is Transformer
 Engine's when TE is usable (GPU), megatron-core's local spec otherwise (CPU), chosen here and
 nowhere else. Megatron's [seq, batch, hidden] layout stays inside `forward`; the boundary is
@@ -40,14 +43,17 @@ def padded_vocab_size(vocab: int, tp: int) -> int:
     return -(-vocab // tp) * tp
 
 
-def _layer_spec(use_te: bool, bidirectional: bool):
+def _layer_spec(use_te: bool, bidirectional: bool, qk_norm: bool = False):
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
     from megatron.core.transformer.enums import AttnMaskType
 
-    spec = get_gpt_layer_with_transformer_engine_spec() if use_te else get_gpt_layer_local_spec(normalization="RMSNorm")
+    if use_te:
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_norm)
+    else:
+        spec = get_gpt_layer_local_spec(qk_layernorm=qk_norm, normalization="RMSNorm")
     spec = copy.deepcopy(spec)
     # The local softmax only builds a causal mask when none is given, so on the local spec we
     # always pass the full [B,1,S,S] mask (padding, plus causal when asked) and declare 'padding'.
@@ -82,7 +88,8 @@ def transformer_config(spec: LlamaSpec, tp: int, params_dtype: torch.dtype):
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=False,
+        add_qkv_bias=spec.qkv_bias,
+        qk_layernorm=spec.qk_norm,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         tensor_model_parallel_size=tp,
@@ -100,13 +107,32 @@ def transformer_config(spec: LlamaSpec, tp: int, params_dtype: torch.dtype):
     )
 
 
+def rotary_embedding(spec: LlamaSpec):
+    """megatron-core's RotaryEmbedding with the checkpoint's RoPE scaling.
+
+    linear: positions divided by `factor` (`seq_len_interpolation_factor`; HF divides inv_freq,
+    the same angles). llama3: megatron-core's `_apply_scaling` with all four of the config's
+    parameters (its constructor only forwards `factor`), as in transformers' `_compute_llama3_parameters`.
+    """
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    rope = RotaryEmbedding(kv_channels=spec.head_dim, rotary_percent=1.0, rotary_base=spec.rope_theta,
+                           use_cpu_initialization=True,
+                           seq_len_interpolation_factor=spec.rope_factor if spec.rope_type == "linear" else None)
+    if spec.rope_type == "llama3":
+        rope.inv_freq = rope._apply_scaling(rope.inv_freq, factor=spec.rope_factor,
+                                            low_freq_factor=spec.rope_low_freq_factor,
+                                            high_freq_factor=spec.rope_high_freq_factor,
+                                            original_max_position_embeddings=spec.rope_original_max_position)
+    return rope
+
+
 class MegatronLlamaEncoder(nn.Module):
     """A frozen, tensor-parallel Llama encoder. Build, then `load_state_dict` a TP shard."""
 
     def __init__(self, spec: LlamaSpec, groups: ParallelGroups, options: EncoderOptions = EncoderOptions()):
         super().__init__()
         from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
-        from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
         from megatron.core.transformer.transformer_block import TransformerBlock
 
         spec.check_tp(groups.tp_size, "teacher.tensor_parallel")
@@ -119,9 +145,8 @@ class MegatronLlamaEncoder(nn.Module):
             max_sequence_length=spec.max_position_embeddings, position_embedding_type="rope",
             tp_group=groups.tp_group,
         )
-        self.rotary = RotaryEmbedding(kv_channels=spec.head_dim, rotary_percent=1.0, rotary_base=spec.rope_theta,
-                                      use_cpu_initialization=True)
-        self.decoder = TransformerBlock(self.config, spec=_layer_spec(self.use_te, options.bidirectional),
+        self.rotary = rotary_embedding(spec)
+        self.decoder = TransformerBlock(self.config, spec=_layer_spec(self.use_te, options.bidirectional, spec.qk_norm),
                                         post_layer_norm=True, pre_process=True, post_process=True,
                                         pg_collection=groups.pg_collection)
         self.requires_grad_(False)
@@ -146,6 +171,9 @@ class MegatronLlamaEncoder(nn.Module):
         if s > self.spec.max_position_embeddings:
             raise ValueError(f"sequence length {s} exceeds max_position_embeddings={self.spec.max_position_embeddings}; "
                              "lower the tokenizer max_length.")
+        if self.spec.sliding_window and s > self.spec.sliding_window:
+            raise ValueError(f"sequence length {s} exceeds the model's sliding_window={self.spec.sliding_window}, which "
+                             "the teacher does not reproduce; lower the tokenizer max_length.")
         position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
         x = self.embedding(input_ids=input_ids, position_ids=position_ids)  # [S, B, H]
         rope = self.rotary(s)
