@@ -123,7 +123,7 @@ def load_reference(path: Path, layout: str):
         return PeftModel.from_pretrained(base, path).merge_and_unload().eval()
     if layout == "bare":
         cfg = AutoConfig.from_pretrained(path)
-        cfg.auto_map = None
+        cfg.auto_map = {}  # never run remote code
         return AutoModel.from_pretrained(path, config=cfg).eval()
     return AutoModelForCausalLM.from_pretrained(path).eval()
 
