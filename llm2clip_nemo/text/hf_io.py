@@ -73,24 +73,38 @@ def check_safetensors_file(f: Path) -> None:
 
 
 def load_hf_causal_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32, attn: str = "sdpa"):
-    """(model, tokenizer) from a HF directory or a GGUF file (dequantised to `dtype`)."""
+    """(model, tokenizer) from a HF directory of any layout `hf_layouts` reads, or a GGUF file
+    (dequantised to `dtype`). A bare decoder directory loads into the family's *ForCausalLM (its
+    lm_head, absent there, stays at transformers' init and is never used to embed); an `auto_map` is
+    dropped, never run; a PEFT adapter is merged into its base (`read_hf_source`).
+    Raises CheckpointError / UnsupportedModelError."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from .hf_layouts import is_adapter_dir, note_auto_map
     from .llama_spec import LlamaSpec
 
     path = Path(path)
     directory, gguf = _find_gguf(path)
     kw = {"gguf_file": gguf} if gguf else {}
+    tok_dir, model = directory, None
     if gguf:
         gsize = (directory / gguf).stat().st_size
         if gsize < 1024:
             raise CheckpointError(f"{directory / gguf} is {gsize} bytes: truncated; re-download it.")
+    elif is_adapter_dir(directory):
+        model, tok_dir = _merged_adapter_model(directory, dtype, attn)
     else:
         check_hf_dir(directory)
-        LlamaSpec.from_hf_config(AutoConfig.from_pretrained(directory))  # architecture check first
+        config = AutoConfig.from_pretrained(directory)
+        LlamaSpec.from_hf_config(config)  # architecture check first
+        note_auto_map(config.to_dict(), directory)
+        config.auto_map = {}
+        kw["config"] = config
     try:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=attn, **kw)
-        tok = AutoTokenizer.from_pretrained(directory, **kw)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=attn, **kw)
+        kw.pop("config", None)
+        tok = AutoTokenizer.from_pretrained(tok_dir, **kw)
     except (OSError, ValueError, EOFError) as e:
         if isinstance(e, CheckpointError):
             raise
@@ -103,6 +117,23 @@ def load_hf_causal_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float3
     tok.padding_side = "right"
     model.eval()
     return model, tok
+
+
+def _merged_adapter_model(directory: Path, dtype: torch.dtype, attn: str):
+    """(the family's *ForCausalLM holding base + merged LoRA weights, tokenizer directory)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .hf_layouts import read_hf_source
+
+    src = read_hf_source(directory)
+    config = AutoConfig.from_pretrained(src.model_dir)
+    config.auto_map = {}
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in src.sd.items()}, strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise CheckpointError(f"{directory}: merged weights do not fit {type(model).__name__}: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}.")
+    return model, src.tokenizer_dir
 
 
 def embedded_gguf() -> Path:
