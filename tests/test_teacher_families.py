@@ -205,3 +205,16 @@ def test_missing_adapter_base_exits_2(tmp_path, capsys):
     # the same adapter imports once its base is given
     assert cli_main(["convert", "import-llm", "--hf", str(adapter), "--out", str(tmp_path / "ok"),
                      "--base", str(tmp_path / "lora-base")]) == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_param_count_equals_transformers(family):
+    """LlamaSpec.param_count (for the planner) counts what transformers' decoder holds."""
+    from family_fixtures import causal_model
+
+    from llm2clip_nemo.text.llama_spec import LlamaSpec
+
+    model = causal_model(family)
+    spec = LlamaSpec.from_hf_config(model.config)
+    assert spec.param_count() == sum(p.numel() for p in model.model.parameters())
+    assert spec.param_count(lm_head=True) == sum(p.numel() for p in model.parameters())

@@ -193,9 +193,11 @@ def teacher_shard_for(path: str | os.PathLike, tp: int, tp_rank: int) -> tuple[L
         spec, shards, meta = read_megatron_shards(path)
         hf_sd = megatron_to_hf(shards, spec)
         return spec, hf_to_megatron(hf_sd, spec, tp)[tp_rank], meta
-    spec, hf_sd, _ = read_hf_checkpoint(path)
+    spec, src = read_hf(path)
+    hf_sd = src.sd
     spec.check_tp(tp, "teacher.tensor_parallel")
-    meta = {"weights_digest": cached_digest(path, hf_sd), "source": str(path), "tp": None}
+    meta = {"weights_digest": cached_digest(path, hf_sd), "source": str(path), "tp": None,
+            "tokenizer_dir": str(src.tokenizer_dir)}
     return spec, hf_to_megatron(hf_sd, spec, tp)[tp_rank], meta
 
 

@@ -161,6 +161,17 @@ class LlamaSpec:
             **extra,
         )
 
+    def param_count(self, lm_head: bool = False) -> int:
+        """Parameters of the decoder (embedding, layers, final norm), plus an untied LM head when
+        `lm_head`. Counts what the family adds: head_dim != hidden/heads, Qwen2's q/k/v biases,
+        Qwen3's q/k norms. Equals the numel of transformers' `*Model` (tested per family)."""
+        h, hd, f = self.hidden_size, self.head_dim, self.ffn_hidden_size
+        q, kv = self.num_heads * hd, self.num_kv_heads * hd
+        attn = h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0) + (2 * hd if self.qk_norm else 0)
+        per_layer = attn + 3 * h * f + 2 * h
+        head = self.vocab_size * h if lm_head and not self.tie_word_embeddings else 0
+        return self.vocab_size * h + self.num_layers * per_layer + h + head
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -109,6 +109,7 @@ class Teacher:
             tok = AutoTokenizer.from_pretrained(path / "hf")
         else:
             d, gguf = _find_gguf(path)
+            d = Path(meta.get("tokenizer_dir") or d)  # an adapter's tokenizer may live in its base
             tok = AutoTokenizer.from_pretrained(d, **({"gguf_file": gguf} if gguf else {}))
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
