@@ -218,3 +218,51 @@ def test_param_count_equals_transformers(family):
     spec = LlamaSpec.from_hf_config(model.config)
     assert spec.param_count() == sum(p.numel() for p in model.model.parameters())
     assert spec.param_count(lm_head=True) == sum(p.numel() for p in model.parameters())
+
+
+def test_adapter_exports_merged_in_base_layout(zoo, tmp_path):
+    """`export-hf`'s llm/ for an adapter teacher: the LoRA merged (bit-exact with peft) into a bare
+    decoder directory that the HF encoder loads."""
+    from llm2clip_nemo.convert.llm import export_merged_adapter
+
+    src = zoo["qwen2", "adapter"][0]
+    out = export_merged_adapter(src, tmp_path / "merged")
+    got, want = load_file(out / "model.safetensors"), _source_tensors(src, "adapter")
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2"
+    caps, ref = zoo["qwen2", "adapter"][3][10]
+    enc = HFEncoder.from_pretrained(out, pooling="mean", bidirectional=True)
+    assert F.cosine_similarity(enc.encode(*enc.tokenize(caps)), ref).min().item() >= 0.9999
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"attention_bias": True},
+     "attention_bias=True is not supported for llama: only Qwen2's q/k/v biases are (o_proj has none there)."),
+    ({"mlp_bias": True}, "mlp_bias=True is not supported: Llama 1-3.x teachers have no MLP biases."),
+    ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported; Llama 1-3.x uses silu (SwiGLU)."),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+     "rope_scaling rope_type 'yarn' is not supported; supported: default, linear, llama3 (what megatron-core's "
+     "RotaryEmbedding implements). Use a checkpoint with one of these."),
+])
+def test_config_fields_outside_the_family_are_named(change, message):
+    from family_fixtures import causal_model
+
+    from llm2clip_nemo.text.llama_spec import LlamaSpec, UnsupportedModelError
+
+    cfg = {**causal_model("llama").config.to_dict(), **change}
+    with pytest.raises(UnsupportedModelError) as e:
+        LlamaSpec.from_hf_config(cfg)
+    assert str(e.value) == message
+
+
+def test_sequence_beyond_sliding_window_is_refused(groups):
+    from llm2clip_nemo.text.llama_spec import LlamaSpec
+    from llm2clip_nemo.text.megatron_encoder import MegatronLlamaEncoder
+
+    spec = LlamaSpec(vocab_size=16, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2, ffn_hidden_size=8,
+                     family="mistral", sliding_window=8)
+    enc = MegatronLlamaEncoder(spec, groups, EncoderOptions(use_te=False))
+    with pytest.raises(ValueError) as e:
+        enc.hidden_states(torch.ones(1, 9, dtype=torch.long), torch.ones(1, 9, dtype=torch.long))
+    assert str(e.value) == ("sequence length 9 exceeds the model's sliding_window=8, which the teacher does not "
+                            "reproduce; lower the tokenizer max_length.")

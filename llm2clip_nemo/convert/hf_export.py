@@ -46,8 +46,14 @@ def _export_llm(teacher_path: Path, out: Path) -> None:
         export_llm(teacher_path, out)
         return
     from ..text.hf_io import _find_gguf, load_hf_causal_lm
+    from ..text.hf_layouts import is_adapter_dir
 
     directory, gguf = _find_gguf(teacher_path)
+    if not gguf and is_adapter_dir(directory):  # a self-contained llm/: the LoRA merged into its base
+        from .llm import export_merged_adapter
+
+        export_merged_adapter(directory, out)
+        return
     if gguf:  # dequantised once, written as a plain safetensors checkpoint
         model, tok = load_hf_causal_lm(teacher_path)
         model.save_pretrained(out, safe_serialization=True)

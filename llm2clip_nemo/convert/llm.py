@@ -94,6 +94,30 @@ def _atomic_dir(out: Path):
     return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
 
 
+def copy_side_files(src: HFSource, dest: Path) -> None:
+    """The model's config and generation config; tokenizer files from the outermost directory that
+    has them (an adapter's own tokenizer wins over its base's)."""
+    for d in (src.model_dir, src.tokenizer_dir):
+        for name in HF_SIDE_FILES:
+            if (d / name).is_file() and not (d != src.model_dir and name == "config.json"):
+                shutil.copy2(d / name, dest / name)
+
+
+def export_merged_adapter(adapter_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """A PEFT adapter directory -> a plain HF directory (the base's layout) with the LoRA merged."""
+    spec, src = read_hf(adapter_dir)
+    out = Path(out)
+    tmp = _atomic_dir(out)
+    try:
+        save_file(from_canonical(src.sd, src.layout), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        copy_side_files(src, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1, bases: list | None = None) -> Path:
     """HF directory of any supported layout, or GGUF -> Megatron teacher directory split for `tp` ranks.
 
@@ -117,11 +141,8 @@ def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1, 
 
             AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf).save_pretrained(side)
             (side / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-        else:  # the model's config; tokenizer files from the outermost directory that has them
-            for d in (src.model_dir, src.tokenizer_dir):
-                for name in HF_SIDE_FILES:
-                    if (d / name).is_file() and not (d != src.model_dir and name == "config.json"):
-                        shutil.copy2(d / name, side / name)
+        else:
+            copy_side_files(src, side)
         meta = {"format": FORMAT, "spec": spec.to_dict(), "tp": tp, "weights_digest": weights_digest(sd),
                 "dtypes": sorted({str(t.dtype) for t in sd.values()}), "source": str(hf_path),
                 "hf_layout": src.layout, "adapters": [str(a) for a in src.adapters]}
