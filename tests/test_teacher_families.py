@@ -266,3 +266,10 @@ def test_sequence_beyond_sliding_window_is_refused(groups):
         enc.hidden_states(torch.ones(1, 9, dtype=torch.long), torch.ones(1, 9, dtype=torch.long))
     assert str(e.value) == ("sequence length 9 exceeds the model's sliding_window=8, which the teacher does not "
                             "reproduce; lower the tokenizer max_length.")
+
+
+def test_base_without_adapter_exits_2(tmp_path, capsys):
+    d = write_family(tmp_path / "plain", "qwen3")
+    assert _import_fails(capsys, d, tmp_path / "out", "--base", str(d)) == (
+        f"llm2clip-nemo convert import-llm: error: --base {d} is left over: {d} is not a PEFT adapter directory (no "
+        "adapter_config.json); pass one --base per adapter, outermost first.")

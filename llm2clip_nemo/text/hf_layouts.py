@@ -175,6 +175,9 @@ def read_hf_source(path: Path, bases: list[Path] | None = None) -> HFSource:
     """
     path = Path(path)
     if not is_adapter_dir(path):
+        if bases:
+            raise CheckpointError(f"--base {bases[0]} is left over: {path} is not a PEFT adapter directory (no "
+                                  f"{ADAPTER_CONFIG}); pass one --base per adapter, outermost first.")
         return read_model_dir(path)
     base, rest = resolve_base(path, list(bases or []))
     src = read_hf_source(base, rest)
