@@ -231,7 +231,7 @@ def test_unknown_layout_names_what_was_found(tmp_path):
         load_llm2clip(bogus)
     with pytest.raises(UnknownLayoutError, match=r"suffix '.txt'"):
         load_llm2clip(tmp_path / "notes.txt")
-    assert convert_main(["export-hf", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert convert_main(["export-hf", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
 
 
