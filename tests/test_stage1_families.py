@@ -43,3 +43,25 @@ def test_two_lora_steps_move_weights_with_finite_loss(tmp_path, family, layout):
     assert all(math.isfinite(v) and v > 0 for v in losses), losses
     moved = [n for n, p in lora.items() if not torch.equal(p.detach(), before[n])]
     assert sorted(moved) == sorted(lora)  # every LoRA A and B moved (B starts at zero, A gets grad by step 2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_transformers_attention_is_bidirectional_for_every_family(tmp_path, family):
+    """`set_bidirectional` works for each family in transformers 5.24: changing the last token moves
+    the first token's state only when bidirectional (so no family needs refusing)."""
+    from family_fixtures import causal_model
+
+    from llm2clip_nemo.text.hf_encoder import HFEncoder, set_bidirectional
+
+    enc = HFEncoder(causal_model(family), pooling="mean", bidirectional=True)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 8, 10]])
+    mask = torch.ones_like(ids)
+
+    def first_token_shift():
+        with torch.no_grad():
+            h = enc.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return (h[0, 0] - h[1, 0]).abs().max().item()
+
+    assert first_token_shift() > 1e-4
+    set_bidirectional(enc.model, False)
+    assert first_token_shift() == 0.0
