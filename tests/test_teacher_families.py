@@ -240,6 +240,9 @@ def test_adapter_exports_merged_in_base_layout(zoo, tmp_path):
      "attention_bias=True is not supported for llama: only Qwen2's q/k/v biases are (o_proj has none there)."),
     ({"mlp_bias": True}, "mlp_bias=True is not supported: Llama 1-3.x teachers have no MLP biases."),
     ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported; Llama 1-3.x uses silu (SwiGLU)."),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+     "rope_scaling rope_type 'llama3' lacks ['low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings']: "
+     "complete config.json's rope_scaling from the model's original release."),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
      "rope_scaling rope_type 'yarn' is not supported; supported: default, linear, llama3 (what megatron-core's "
      "RotaryEmbedding implements). Use a checkpoint with one of these."),

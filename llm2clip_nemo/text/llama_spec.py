@@ -134,6 +134,12 @@ class LlamaSpec:
             layer_types = d.get("layer_types") or []
             if not (d.get("use_sliding_window") or "sliding_attention" in layer_types):
                 window = 0
+        needs = {"linear": ["factor"], "llama3": ["factor", "low_freq_factor", "high_freq_factor",
+                                                   "original_max_position_embeddings"]}.get(rope_type, [])
+        missing = [k for k in needs if rope.get(k) is None]
+        if missing:
+            raise UnsupportedModelError(f"rope_scaling rope_type {rope_type!r} lacks {missing}: complete config.json's "
+                                        "rope_scaling from the model's original release.")
         extra = {}
         if rope_type in ("linear", "llama3"):
             extra["rope_factor"] = float(rope["factor"])
