@@ -104,7 +104,7 @@ def test_tp2_every_family_and_layout_matches_transformers(zoo):
                 assert F.cosine_similarity(rank_out[key][n], ref).min().item() >= 0.9999, (key, n)
 
 
-def test_llm2vec_two_stage_adapters_merge_in_order(tmp_path, groups):
+def test_llm2vec_two_stage_adapters_merge_in_order(tmp_path, groups, capsys):
     """llm2vec: an MNTP adapter (shipped with config.json, as its repos do) over the LLM, then a
     supervised adapter over the MNTP-merged model; the hub names in adapter_config.json are not
     local, so the bases come from --base, outermost first."""
@@ -124,6 +124,9 @@ def test_llm2vec_two_stage_adapters_merge_in_order(tmp_path, groups):
     out = tmp_path / "mg"
     assert cli_main(["convert", "import-llm", "--hf", str(sup), "--out", str(out),
                      "--base", str(mntp), "--base", str(base)]) == 0
+    assert f"wrote Megatron teacher tp=1 to {out} (llama, bare layout, 2 adapter(s) merged; weights sha256" in \
+        capsys.readouterr().out
+    assert json.loads((out / "teacher.json").read_text())["adapters"] == [str(sup), str(mntp)]
     ref_model = PeftModel.from_pretrained(load_reference(tmp_path / "mntp-merged", "bare"), sup).merge_and_unload()
     ref = HFEncoder(ref_model, AutoTokenizer.from_pretrained(base), "mean", bidirectional=True)
     caps = captions("llama3", 300, 3)
@@ -276,3 +279,14 @@ def test_base_without_adapter_exits_2(tmp_path, capsys):
     assert _import_fails(capsys, d, tmp_path / "out", "--base", str(d)) == (
         f"llm2clip-nemo convert import-llm: error: --base {d} is left over: {d} is not a PEFT adapter directory (no "
         "adapter_config.json); pass one --base per adapter, outermost first.")
+
+
+@pytest.mark.parametrize("family,layout", [("mistral", "bare"), ("qwen3", "adapter"), ("qwen2", "sharded")])
+def test_teacher_path_may_be_the_hf_dir_itself(zoo, groups, family, layout):
+    """`teacher.path` pointing at the HF directory (converted in memory) embeds the same and carries
+    the same fingerprint as its `import-llm` copy (the digest is over canonical keys)."""
+    src, tp1, _, refs = zoo[family, layout]
+    direct, imported = Teacher.load(src, groups), Teacher.load(tp1, groups)
+    assert direct.fingerprint == imported.fingerprint
+    caps, ref = refs[300]
+    assert F.cosine_similarity(direct.encode_texts(caps), ref).min().item() >= 0.9999

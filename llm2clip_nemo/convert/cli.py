@@ -33,7 +33,9 @@ def main(argv: list[str]) -> int:
 
             out = import_llm(args.hf, args.out, args.tp, bases=args.base)
             meta = read_teacher_meta(out)
-            print(f"wrote Megatron teacher tp={meta['tp']} to {out} (weights sha256 {meta['weights_digest'][:16]}…)")
+            merged = f", {len(meta['adapters'])} adapter(s) merged" if meta.get("adapters") else ""
+            print(f"wrote Megatron teacher tp={meta['tp']} to {out} ({meta['spec']['family']}, {meta['hf_layout']} layout"
+                  f"{merged}; weights sha256 {meta['weights_digest'][:16]}…)")
         elif args.cmd == "export-llm":
             from .llm import export_llm
 
