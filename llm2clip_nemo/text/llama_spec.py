@@ -10,21 +10,16 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-# model_type -> (family name for messages, architectures transformers saves for it)
-FAMILIES = {
-    "llama": ("Llama 1-3.x", ("LlamaForCausalLM", "LlamaModel")),
-    "mistral": ("Mistral", ("MistralForCausalLM", "MistralModel")),
-    "qwen2": ("Qwen2/Qwen2.5", ("Qwen2ForCausalLM", "Qwen2Model")),
-    "qwen3": ("Qwen3", ("Qwen3ForCausalLM", "Qwen3Model")),
-}
-SUPPORTED_ARCHITECTURES = tuple(a for _, archs in FAMILIES.values() for a in archs)
+# model_type -> family name for messages. The family is read from model_type only: `architectures`
+# may name a remote-code class (llm2vec's LlamaEncoderModel).
+FAMILIES = {"llama": "Llama 1-3.x", "mistral": "Mistral", "qwen2": "Qwen2/Qwen2.5", "qwen3": "Qwen3"}
 ROPE_TYPES = ("default", "linear", "llama3")
 """RoPE scalings megatron-core's RotaryEmbedding reproduces: none, linear position interpolation
 (`seq_len_interpolation_factor`) and Llama-3.x's frequency-band scaling (`_apply_scaling`)."""
 
 
 def supported_families() -> str:
-    return ", ".join(f"{t} ({name})" for t, (name, _) in FAMILIES.items())
+    return ", ".join(f"{t} ({name})" for t, name in FAMILIES.items())
 
 
 class UnsupportedModelError(ValueError):
@@ -113,7 +108,7 @@ class LlamaSpec:
             raise UnsupportedModelError(
                 f"model_type {family!r} (architectures {archs}) is not supported; supported families: "
                 f"{supported_families()}. Use a checkpoint of one of these families.")
-        name = FAMILIES[family][0]
+        name = FAMILIES[family]
         if d.get("hidden_act", "silu") != "silu":
             raise UnsupportedModelError(f"hidden_act={d.get('hidden_act')!r} is not supported; {name} uses silu (SwiGLU).")
         if d.get("mlp_bias"):
