@@ -15,12 +15,15 @@ from pathlib import Path
 
 import torch
 
+QK_SCALE = 8.0
 FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3")
 LAYOUTS = ("causal", "sharded", "bare", "adapter")
 WORD_VOCAB = 101  # Llama/Mistral: a word-level tokenizer over w0..w97
 BYTE_VOCAB = 257  # Qwen: byte-level BPE alphabet + <|endoftext|>
+# Llama-3.2's factors with a 64-token original context (theirs: 8192), so captions of ~300 tokens
+# reach the rescaled frequency bands: with 8192, skipping the scaling changed nothing measurable here.
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
+               "original_max_position_embeddings": 64, "rope_theta": 500000.0}
 
 
 def _config(family: str):
@@ -67,7 +70,9 @@ def _tokenizer(family: str):
 
 
 def causal_model(family: str, seed: int = 0):
-    """A random *ForCausalLM with norms and biases perturbed (so their mapping is tested)."""
+    """A random *ForCausalLM with norms and biases perturbed (so their mapping is tested) and q/k
+    scaled up: at init (std 0.02) attention is near-uniform and position-blind, so a wrong RoPE
+    would go unnoticed; sharper attention makes positions (and their scaling) matter."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -76,6 +81,8 @@ def causal_model(family: str, seed: int = 0):
         for n, p in model.named_parameters():
             if "norm" in n or n.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.1)
+            if n.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(QK_SCALE)
     return model
 
 
