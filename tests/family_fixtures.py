@@ -36,6 +36,9 @@ def _config(family: str):
     if family == "llama3":
         return LlamaConfig(vocab_size=WORD_VOCAB, pad_token_id=0, eos_token_id=1, bos_token_id=2,
                            rope_parameters=dict(LLAMA3_ROPE), **common)
+    if family == "llama_linear":  # linear RoPE scaling (position interpolation), outside FAMILIES
+        return LlamaConfig(vocab_size=WORD_VOCAB, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                           rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}, **common)
     if family == "mistral":  # head_dim 32 != 64 / 4
         return MistralConfig(vocab_size=WORD_VOCAB, pad_token_id=0, eos_token_id=1, bos_token_id=2, head_dim=32,
                              sliding_window=4096, **common)
@@ -48,7 +51,7 @@ def _config(family: str):
 
 
 def model_type(family: str) -> str:
-    return "llama" if family == "llama3" else family
+    return "llama" if family.startswith("llama") else family
 
 
 def _tokenizer(family: str):

@@ -139,6 +139,19 @@ def test_llm2vec_two_stage_adapters_merge_in_order(tmp_path, groups, capsys):
     assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_linear_rope_matches_transformers(tmp_path, groups):
+    """rope_type linear (factor 4) through megatron-core's seq_len_interpolation_factor."""
+    from transformers import AutoTokenizer
+
+    src = write_family(tmp_path / "lin", "llama_linear", "causal")
+    mg = import_llm(src, tmp_path / "mg", tp=1)
+    assert json.loads((mg / "teacher.json").read_text())["spec"]["rope_type"] == "linear"
+    ref = HFEncoder(load_reference(src, "causal"), AutoTokenizer.from_pretrained(src), "mean", bidirectional=True)
+    caps = captions("llama_linear", 300, 3)
+    ours = Teacher.load(mg, groups).encode_texts(caps)
+    assert F.cosine_similarity(ours, ref.encode(*ref.tokenize(caps))).min().item() >= 0.9999
+
+
 def test_bare_encoder_auto_map_is_noted_and_ignored(tmp_path, caplog):
     src = write_family(tmp_path / "bare", "llama", "bare")
     with caplog.at_level(logging.WARNING):
