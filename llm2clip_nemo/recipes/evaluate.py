@@ -229,12 +229,10 @@ def encoders_for(model) -> Encoders:
 # ---- evaluation -----------------------------------------------------------------------------------
 
 def _decode(item):
-    from PIL import Image
+    from ..data.images import decode_image
+    from ..hf_model import image_source
 
-    from ..data.transforms import to_rgb
-    from ..hf_model import to_image_bytes
-
-    return to_rgb(Image.open(io.BytesIO(to_image_bytes(item))))
+    return decode_image(image_source(item)).image
 
 
 def _resolve_tasks(tasks, data: EvalData) -> list[str]:
