@@ -78,6 +78,8 @@ def test_alpha_palette_and_cmyk_are_composited_and_converted():
     assert tuple(np.asarray(decode_image(encode(la)).image)[0, 0]) == (127, 127, 127)
     rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     assert tuple(np.asarray(decode_image(encode(rgba)).image)[0, 0]) == (255, 255, 255)
+    # premultiplied grey 100 at alpha 128 is straight grey 199; over white: 199*128/255 + 255*127/255 = 227
+    assert decode_image(Image.new("La", (4, 4), (100, 128))).image.getpixel((0, 0)) == (227, 227, 227)
     cyan = np.asarray(decode_image(cmyk_jpeg((255, 0, 0, 0))).image).astype(int)
     assert np.abs(cyan - np.array([0, 255, 255])).max() <= 3
 

@@ -76,7 +76,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         a = np.clip(np.nan_to_num(np.asarray(img, dtype=np.float32)), 0.0, 1.0)
         img = Image.fromarray(np.round(a * 255).astype(np.uint8), "L")
     if img.mode in _ALPHA or "transparency" in img.info:
-        rgba = img.convert("RGBA")
+        # premultiplied La has no direct RGBA conversion in Pillow: un-premultiply through LA first
+        rgba = (img.convert("LA") if img.mode == "La" else img).convert("RGBA")
         out = Image.new("RGB", rgba.size, BACKGROUND)
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out

@@ -322,11 +322,11 @@ def from_samples(samples: Iterable[dict], image_keys: str | Sequence[str] = IMAG
     The image is the first of `image_keys` present (PIL image, array or tensor; webdataset's
     decoded `jpg`/`png`/`webp` included). Captions: `captions_fn(sample)` when given (e.g. to read
     a long re-caption from the sample's json), else `captions_key` (a list), else the first of
-    `caption_keys` (a string). A sample without an image is skipped and counted in `missing` by
-    its `__key__`.
+    `caption_keys` (a string). A sample without an image is skipped as `missing_image` by its
+    `__key__`; captions that are null, blank or not strings are dropped as `bad_caption`.
     """
     image_keys = [image_keys] if isinstance(image_keys, str) else list(image_keys)
-    entries, missing = [], []
+    entries, missing, bad = [], [], []
     for n, s in enumerate(samples):
         key = str(s.get("__key__", n))
         image = next((s[k] for k in image_keys if s.get(k) is not None), None)
@@ -339,10 +339,13 @@ def from_samples(samples: Iterable[dict], image_keys: str | Sequence[str] = IMAG
             caps = s.get(captions_key)
             if caps is None:
                 caps = [s[k] for k in caption_keys if s.get(k)][:1]
-        if isinstance(caps, str):
-            caps = [caps]
-        entries.append(_Entry(key, image, [str(c) for c in caps], s.get(label_key)))
+        caps, n_bad = _clean_captions(list(caps) if isinstance(caps, (list, tuple)) else [caps])
+        if n_bad:
+            bad.append(key)
+        entries.append(_Entry(key, image, caps, s.get(label_key)))
     es = _assemble(entries, EvalSet(images=[], captions=[], text_to_image=[], keys=[], source=source))
     for key in missing:
         es.add_problem("missing_image", key, fatal=True)
+    for key in bad:
+        es.add_problem("bad_caption", key, fatal=False)
     return es
