@@ -73,7 +73,8 @@ def test_img2dataset_truncated_or_list_json_is_counted_and_the_shard_written(tmp
 
 
 def test_captions_file_with_numbers_lists_and_non_objects_is_counted(tmp_path, capsys):
-    """Issue 14.6: a caption that is a number or a list, or a row that is not an object: AttributeError."""
+    """Issue 14.6: a caption that is a number or a list, or a row that is not an object: AttributeError.
+    A cut or non-UTF-8 line is counted the same way (it stopped the build before)."""
     img = tmp_path / "imgs"
     img.mkdir()
     for i in range(4):
@@ -81,13 +82,14 @@ def test_captions_file_with_numbers_lists_and_non_objects_is_counted(tmp_path, c
     rows = [{"image": "p0.jpg", "caption": "fine"}, {"image": "p1.jpg", "caption": 42},
             {"image": "p2.jpg", "caption": ["a", "b"]}, ["p3.jpg", "not an object"], "text",
             {"image": "p3.jpg", "caption": 7, "long": "a long caption"}]
-    (tmp_path / "caps.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    lines = [json.dumps(r).encode() for r in rows] + [b'{"image": "p0.jpg", "capt', b'{"image": "p0.jpg", "caption": "\xff"}']
+    (tmp_path / "caps.jsonl").write_bytes(b"\n".join(lines))  # + a cut line and a non-UTF-8 one
     out = tmp_path / "o"
     assert main(["build", "--images", str(img), "--captions", str(tmp_path / "caps.jsonl"), "--out", str(out),
                  "--caption-fields", "txt,long"]) == 0
     printed = capsys.readouterr().out
     assert "wrote 2 samples" in printed
-    assert "skipped: {'bad_caption': 3, 'bad_row': 2, 'missing_caption': 2}" in printed
+    assert "skipped: {'bad_caption': 3, 'bad_row': 4, 'missing_caption': 2}" in printed
     got = [(s.key, s.members.get("txt"), json.loads(s.members["json"]).get("long"))
            for s in iter_tar_samples(str(out / "shard-000000.tar"))]
     assert got == [("000000000", b"fine", None), ("000000005", None, "a long caption")]
@@ -106,3 +108,14 @@ def test_inspect_counts_an_empty_txt_as_the_stream_does(tmp_path):
     assert [k for b in s for k in b["key"]] == ["a"]
     assert t["problems"] == s.summary()["skipped"] == {"missing_caption": 3}
     assert (t["samples"], t["valid"]) == (4, 1)
+
+
+def test_csv_row_with_non_utf8_bytes_is_counted_not_fatal(tmp_path, capsys):
+    img = tmp_path / "imgs"
+    img.mkdir()
+    for i in range(2):
+        (img / f"p{i}.jpg").write_bytes(jpeg(i))
+    (tmp_path / "caps.csv").write_bytes(b"image,caption\np0.jpg,caf\xe9 latin-1\np1.jpg,fine\n")
+    assert main(["build", "--images", str(img), "--captions", str(tmp_path / "caps.csv"), "--out", str(tmp_path / "o")]) == 0
+    assert "wrote 1 samples" in (out := capsys.readouterr().out) and "skipped: {'bad_row': 1}" in out
+    assert _keys(tmp_path / "o") == ["000000001"]

@@ -147,21 +147,37 @@ class _Skips:
                 log.warning("data build: %s: %s%s", where, r, "; further ones only counted" if n == 3 else "")
 
 
+_BAD_ROW = object()  # a row that is not JSON or not UTF-8: skipped and counted as bad_row
+
+
 def _caption_rows(captions_file: str) -> Iterator[tuple[int, object]]:
+    """(line number, row) in file order; a row that cannot be read is `(n, _BAD_ROW)`."""
     if captions_file.endswith((".jsonl", ".json")):
-        with open(captions_file, encoding="utf-8") as f:
+        with open(captions_file, "rb") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        yield n, json.loads(line)
-                    except ValueError as e:
-                        raise DataSourceError(f"{captions_file}:{n} is not valid JSON ({e}); one object per line") from None
+                        yield n, json.loads(line.decode("utf-8"))
+                    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                        yield n, _BAD_ROW
     elif captions_file.endswith((".csv", ".tsv")):
-        with open(captions_file, encoding="utf-8", newline="") as f:
+        # surrogateescape: a non-UTF-8 cell is found per row (bad_row) instead of failing the file
+        with open(captions_file, encoding="utf-8", errors="surrogateescape", newline="") as f:
             for n, row in enumerate(csv.DictReader(f, delimiter="\t" if captions_file.endswith(".tsv") else ","), 2):
-                yield n, row
+                yield n, row if _utf8(row) else _BAD_ROW
     else:
         raise DataSourceError(f"captions file {captions_file!r}: use .jsonl (one object per line) or .csv/.tsv with a header")
+
+
+def _utf8(row: dict) -> bool:
+    try:
+        for k, v in row.items():
+            for x in (k, *(v if isinstance(v, list) else [v])):
+                if isinstance(x, str):
+                    x.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _checked(raw: RawSample, caption_fields, skips: _Skips, where: str) -> ShardSample | None:
@@ -186,13 +202,14 @@ def samples_from_folder(images_dir: str, captions_file: str, skipped: dict | Non
 
     Keys are the row index, zero-padded (`000000042`), like img2dataset's. Every sample goes through
     `data.samples.check_sample` (image decoded; no caption in `caption_fields` = `missing_caption`);
-    a row that is not an object is `bad_row`, a caption that is not a string `bad_caption` (dropped);
-    each is skipped and counted in `skipped` by reason."""
+    a row that is not valid JSON, not UTF-8 or not an object is `bad_row`, a caption that is not a
+    string `bad_caption` (dropped); each is skipped and counted in `skipped` by reason."""
     skips = _Skips(skipped if skipped is not None else {})
     for i, (n, row) in enumerate(_caption_rows(captions_file)):
         where = f"{captions_file}:{n}"
-        if not isinstance(row, dict):
-            skips.add(["bad_row"], f"{where} is a JSON {type(row).__name__}, not an object")
+        if row is _BAD_ROW or not isinstance(row, dict):
+            what = "not valid UTF-8 JSON / CSV" if row is _BAD_ROW else f"a JSON {type(row).__name__}, not an object"
+            skips.add(["bad_row"], f"{where} is {what}")
             continue
         img_col = next((c for c in _IMAGE_COLS if isinstance(row.get(c), str) and row[c]), None)
         if img_col is None:
