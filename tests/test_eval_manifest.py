@@ -169,3 +169,19 @@ def test_null_blank_and_non_string_captions_are_dropped_and_named_by_entry(tmp_p
     with pytest.raises(ManifestError, match=r"m\.json: entry 0 \(im0\.png\): bad_caption \(1 caption\(s\) null, "
                                             r"blank or not a string\); fix the entry"):
         load_manifest(p, image_root=images, strict=True)
+
+
+def test_bomb_and_truncated_images_are_counted_at_load_not_mid_run(tmp_path, images):
+    """Issue 14.3: a bomb header crashed before the model loaded; a truncated JPEG passed the header
+    check and crashed mid-run. Both are decoded at load and counted by the stream's reason names."""
+    from fault_images import bomb_png, truncated_jpeg
+
+    (images / "bomb.png").write_bytes(bomb_png())
+    (images / "cut.jpg").write_bytes(truncated_jpeg())
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps([{"image": n, "caption": "x"} for n in ("im0.png", "bomb.png", "cut.jpg")]))
+    es = load_manifest(p, image_root=images)
+    assert es.keys == ["im0.png"]
+    assert es.skipped == {"image_too_large": ["entry 1 (bomb.png)"], "truncated_image": ["entry 2 (cut.jpg)"]}
+    with pytest.raises(ManifestError, match=r"entry 1 \(bomb\.png\): image_too_large \(.*10000000000 pixels"):
+        load_manifest(p, image_root=images, strict=True)
