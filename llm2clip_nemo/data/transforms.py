@@ -1,8 +1,10 @@
 """Image transforms with PIL + torch only (no torchvision on the CPU path).
 
-Each transform maps encoded image bytes to a uint8 HWC array of the output size; normalisation
-runs once per batch (`normalize_batch`), which is cheaper than per image. Randomness comes from a
-`random.Random` the caller seeds per sample, so a resumed stream draws the same crops.
+Each transform maps encoded image bytes (decoded by `data.images.decode_image`: upright, RGB,
+16-bit scaled, alpha over white) to a uint8 HWC array of the output size; crop boxes are drawn
+on the upright full-resolution picture. Normalisation runs once per batch (`normalize_batch`),
+which is cheaper than per image. Randomness comes from a `random.Random` the caller seeds per
+sample, so a resumed stream draws the same crops.
 """
 from __future__ import annotations
 
