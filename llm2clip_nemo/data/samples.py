@@ -8,8 +8,9 @@ name, at every stage. Checks run cheapest first and stop at the first fatal one:
      not UTF-8), `bad_json` (the `.json` is not JSON, or is not an object, e.g. a list);
   3. `missing_image`: no `jpg|jpeg|png|webp` member (fatal);
   4. `missing_caption`: none of the caption fields holds text (fatal);
-  5. with `decode=True`, the image reasons of `data.images.IMAGE_REASONS` (fatal); the training
-     stream decodes in its transform instead and counts the same reasons.
+  5. with `decode=True`, the image reasons of `data.images.IMAGE_REASONS` (fatal, by
+     `data.images.check_image`); the training stream decodes in its transform instead and counts
+     the same reasons.
 Captions (`field_captions`): field `txt` is the alt-text member, any other name a key of the
 sample's json; a string counts when it is not blank after stripping, a list contributes its
 non-blank strings; null, numbers and nested objects are not captions.
@@ -20,7 +21,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .images import IMAGE_REASONS, ImageDecodeError, decode_image
+from .images import IMAGE_REASONS, ImageDecodeError, check_image
 from .tario import IMAGE_EXTS, RawSample
 
 MEMBER_REASONS = ("pickle_member", "bad_text", "bad_json")
@@ -116,7 +117,7 @@ def check_sample(raw: RawSample, caption_fields: Sequence[str] | None, decode: b
         return Checked(None, [*reasons, "missing_caption"], f"no text in caption fields {list(caption_fields)}")
     if decode:
         try:
-            decode_image(m[ext])
+            check_image(m[ext])
         except ImageDecodeError as e:
             return Checked(None, [*reasons, e.reason], e.detail)
     return Checked(Sample(raw.key, raw.url, raw.index, ext, m[ext], txt, meta, m), reasons)

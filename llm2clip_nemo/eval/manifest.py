@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data.images import IMAGE_REASONS, ImageDecodeError, decode_image
+from ..data.images import IMAGE_REASONS, ImageDecodeError, check_image, decode_image
 
 
 class ManifestError(ValueError):
@@ -237,7 +237,7 @@ def _image_problem(path: Path) -> tuple[str, str] | None:
     if not path.is_file():
         return "missing_image", f"{path} does not exist"
     try:
-        decode_image(path.read_bytes())
+        check_image(path.read_bytes())
     except ImageDecodeError as e:
         return e.reason, e.detail
     return None
