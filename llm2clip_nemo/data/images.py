@@ -6,8 +6,8 @@ So one image is valid, or skipped for one reason, everywhere. Steps, in order:
   1. open the header; refuse images over `max_pixels` (decompression bombs) before any pixel
      is decoded;
   2. let the caller ask libjpeg for a reduced-scale decode (`draft`), sized in upright pixels;
-  3. decode; a file that ends early is `truncated_image` (Pillow's LOAD_TRUNCATED_IMAGES is
-     never consulted: a half-grey picture is not a training sample);
+  3. decode; a file that ends early is `truncated_image` (we never set Pillow's
+     LOAD_TRUNCATED_IMAGES: a half-grey picture is not a training sample);
   4. apply the EXIF Orientation tag (as stock `transformers.image_utils.load_image` does with
      `PIL.ImageOps.exif_transpose`), so crop boxes are drawn on the upright picture;
   5. convert to RGB by scaling, never clipping: 16-bit integer modes (`I;16*`, and `I`, which
