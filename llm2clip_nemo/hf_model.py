@@ -13,7 +13,6 @@ training-time evaluation (resize + centre crop + CLIP normalisation).
 """
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,30 +22,31 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def to_image_bytes(image) -> bytes:
-    """Encoded image bytes from bytes, a file path or a PIL image (PNG: lossless)."""
+def image_source(image):
+    """What the one decoder (`data.images.decode_image`) takes: bytes as given, a file path read to
+    bytes, a PIL image as is (never re-encoded, so 16-bit and float modes keep their range)."""
     if isinstance(image, (bytes, bytearray)):
         return bytes(image)
     if isinstance(image, (str, Path)):
         return Path(image).read_bytes()
     if hasattr(image, "save") and hasattr(image, "mode"):
-        if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16"):
-            image = image.convert("RGB")
-        b = io.BytesIO()
-        image.save(b, "PNG")
-        return b.getvalue()
+        return image
     raise TypeError(f"cannot read an image from {type(image).__name__}: pass PIL images, file paths or bytes.")
 
 
 def preprocess_images(images: Sequence, image_size: int, mean, std) -> torch.Tensor:
-    """Images (PIL, paths or encoded bytes) -> [N, 3, S, S] float pixels, our eval transform."""
+    """Images (PIL, paths or encoded bytes) -> [N, 3, S, S] float pixels, our eval transform.
+
+    Decoding is `data.images.decode_image` (EXIF orientation applied, as stock `transformers`
+    `load_image` does; 16-bit scaled; alpha over white); an unusable image raises
+    `ImageDecodeError` naming its reason."""
     import random
 
     from .data.transforms import ImageTransform, TransformConfig, normalize_batch, to_uint8_batch
 
     tf = ImageTransform(TransformConfig(image_size=image_size, train=False, mean=list(mean), std=list(std)))
     rng = random.Random(0)  # unused by the eval transform; the signature wants one
-    arrays = [tf(to_image_bytes(im), rng) for im in images]
+    arrays = [tf(image_source(im), rng) for im in images]
     return normalize_batch(to_uint8_batch(arrays), mean, std)
 
 

@@ -69,10 +69,13 @@ def test_planted_faults_are_counted_exactly_and_pickle_never_loaded(tmp_path, ca
     with caplog.at_level(logging.WARNING, logger="llm2clip_nemo.data"):
         keys = [k for b in s for k in b["key"]]
     summ = s.summary()
-    assert summ["skipped"] == {"corrupt_image": N_CORRUPT, "missing_caption": 1, "pickle_member": 1, "truncated_tar": 1}
+    # the 60-byte JPEG prefix is a truncated image, the other two are not images at all
+    assert summ["skipped"] == {"corrupt_image": N_CORRUPT - 1, "missing_caption": 1, "pickle_member": 1,
+                               "truncated_image": 1, "truncated_tar": 1}
     assert summ["valid"] == [N_GOOD + 1] and len(keys) == N_GOOD + 1
     assert not os.path.exists(marker)  # ...but the stream never unpickled it
-    assert "skipped: {'corrupt_image': 3, 'missing_caption': 1, 'pickle_member': 1, 'truncated_tar': 1}" in s.summary_text()
+    assert ("skipped: {'corrupt_image': 2, 'missing_caption': 1, 'pickle_member': 1, 'truncated_image': 1, "
+            "'truncated_tar': 1}") in s.summary_text()
     # Bounded logging: log_first=1 -> one line per reason, not one per skip.
     lines = [r.getMessage() for r in caplog.records if "skipped sample (corrupt_image)" in r.getMessage()]
     assert len(lines) == 1 and "further skips of this kind are only counted" in lines[0]

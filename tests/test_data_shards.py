@@ -69,7 +69,10 @@ def test_cli_build_from_folder_jsonl_and_csv_then_inspect(tmp_path, capsys):
     (tmp_path / "caps.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     assert main(["build", "--images", str(img), "--captions", str(tmp_path / "caps.jsonl"), "--out", str(tmp_path / "o1"),
                  "--samples-per-shard", "2"]) == 0
-    assert "wrote 5 samples in 3 shards" in capsys.readouterr().out
+    # build checks every sample with the stream's checker: the corrupt image is skipped and counted there
+    # (it used to be written into the shards and found only by the training stream)
+    assert "wrote 4 samples in 2 shards" in (out := capsys.readouterr().out)
+    assert "skipped: {'corrupt_image': 1, 'missing_image': 1}" in out
     with open(tmp_path / "caps.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["image", "caption", "short_list"])
         w.writeheader()
@@ -79,8 +82,8 @@ def test_cli_build_from_folder_jsonl_and_csv_then_inspect(tmp_path, capsys):
     s = next(iter_tar_samples(str(tmp_path / "o2" / "shard-000000.tar")))
     assert s.members["txt"] == b"alt 0" and json.loads(s.members["json"])["short_list"] == ["s0", "t"]
     t = inspect_shards(str(tmp_path / "o1"), decode=True)
-    assert t["samples"] == 5 and t["problems"] == {"corrupt_image": 1}
-    assert t["json_fields"] == {"long": 5, "source_path": 5}
+    assert t["samples"] == 4 and t["valid"] == 4 and t["problems"] == {}
+    assert t["json_fields"] == {"long": 4, "source_path": 4}
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "nowhere-{0..1}.tar")]) == 2
     assert "does not exist or is not readable" in capsys.readouterr().err

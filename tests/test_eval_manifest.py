@@ -45,12 +45,15 @@ def test_simple_format_with_missing_and_unreadable(tmp_path, images):
     assert es.captions == ["red", "a red square", "green", "blue", "b", "c"]
     assert es.text_to_image == [0, 0, 1, 2, 2, 2]
     assert es.labels == [None, None, "blue"]
-    assert es.missing == [str(images / "gone.png")] and es.unreadable == [str(images / "broken.png")]
+    # problems name the manifest entry, by the stream's reason names (was: bare paths, missing/unreadable)
+    assert es.missing == ["entry 1 (gone.png)"] and es.unreadable == ["entry 3 (broken.png)"]
+    assert es.skipped == {"missing_image": ["entry 1 (gone.png)"], "corrupt_image": ["entry 3 (broken.png)"]}
     assert es.n_skipped == 2
-    assert "3 images, 6 captions; skipped 2 images (1 missing, 1 unreadable; first: " in es.summary()
+    assert es.summary().endswith("3 images, 6 captions; skipped 2 samples (corrupt_image: 1, missing_image: 1; "
+                                 "first: entry 1 (gone.png))")
     assert es.load_image(1).getpixel((0, 0)) == (0, 255, 0)
-    with pytest.raises(ManifestError, match=r"2 of 5 images in .*m\.json are missing or unreadable "
-                                            r"\(first: .*gone\.png, missing\); fix image_root"):
+    with pytest.raises(ManifestError, match=r"m\.json: entry 1 \(gone\.png\): missing_image \(.*gone\.png does not "
+                                            r"exist\); fix the entry or image_root \(now .*imgs\), or run without strict"):
         load_manifest(p, image_root=images, strict=True)
 
 
@@ -148,3 +151,37 @@ def test_webdataset_style_samples_and_labels():
         es.label_indices(["dark"])
     with pytest.raises(ManifestError, match="1 of 2 images have no 'label'"):
         from_samples([samples[0], {"png": img, "txt": "x"}]).label_indices()
+
+
+def test_null_blank_and_non_string_captions_are_dropped_and_named_by_entry(tmp_path, images):
+    """Issue 14.8: null became the caption "None"; blank ones failed naming internal list positions."""
+    man = [{"image": "im0.png", "captions": ["red", None]},
+           {"image": "im1.png", "captions": ["  ", None]},
+           {"image": "im2.png", "caption": 5},
+           {"image": "im2.png", "captions": [" blue "], "key": "again"}]
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(man))
+    es = load_manifest(p, image_root=images)
+    assert es.keys == ["im0.png", "again"] and es.captions == ["red", "blue"] and "None" not in es.captions
+    assert es.skipped == {"missing_caption": ["entry 1 (im1.png)", "entry 2 (im2.png)"]}
+    assert es.dropped == {"bad_caption": ["entry 0 (im0.png)", "entry 1 (im1.png)", "entry 2 (im2.png)"]}
+    assert es.reason_counts() == {"bad_caption": 3, "missing_caption": 2}
+    with pytest.raises(ManifestError, match=r"m\.json: entry 0 \(im0\.png\): bad_caption \(1 caption\(s\) null, "
+                                            r"blank or not a string\); fix the entry"):
+        load_manifest(p, image_root=images, strict=True)
+
+
+def test_bomb_and_truncated_images_are_counted_at_load_not_mid_run(tmp_path, images):
+    """Issue 14.3: a bomb header crashed before the model loaded; a truncated JPEG passed the header
+    check and crashed mid-run. Both are decoded at load and counted by the stream's reason names."""
+    from fault_images import bomb_png, truncated_jpeg
+
+    (images / "bomb.png").write_bytes(bomb_png())
+    (images / "cut.jpg").write_bytes(truncated_jpeg())
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps([{"image": n, "caption": "x"} for n in ("im0.png", "bomb.png", "cut.jpg")]))
+    es = load_manifest(p, image_root=images)
+    assert es.keys == ["im0.png"]
+    assert es.skipped == {"image_too_large": ["entry 1 (bomb.png)"], "truncated_image": ["entry 2 (cut.jpg)"]}
+    with pytest.raises(ManifestError, match=r"entry 1 \(bomb\.png\): image_too_large \(.*10000000000 pixels"):
+        load_manifest(p, image_root=images, strict=True)

@@ -150,14 +150,14 @@ def test_manifest_missing_images_are_skipped_and_counted_or_refused_with_strict(
     assert main(["--model", str(tiny["export"]), "--data", str(man), "--out", str(out), "--no-plots"]) == 0
     r = next(iter(json.loads((out / "report.json").read_text())["results"].values()))
     assert r["n_images"] == 3 and r["n_captions"] == 6 and r["skipped"] == 1
-    assert "skipped 1 images (1 missing, 0 unreadable; first: " in r["data_summary"]
-    assert r["data_summary"].endswith("missing.png)")
+    assert r["skipped_by_reason"] == {"missing_image": 1}
+    assert r["data_summary"].endswith("skipped 1 samples (missing_image: 1; first: entry 3 (missing.png))")
     assert r["tasks"] == ["retrieval", "cra", "zeroshot"]
     capsys.readouterr()
     assert main(["--model", str(tiny["export"]), "--data", str(man), "--out", str(out), "--strict"]) == 2
-    err = capsys.readouterr().err
-    assert "error: 1 of 4 images in " in err and "are missing or unreadable (first: " in err
-    assert "missing.png, missing)" in err and "run without strict" in err
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("llm2clip-nemo evaluate: error: ")
+    assert "eval.json: entry 3 (missing.png): missing_image (" in err and "run without strict" in err
 
 
 def test_tasks_the_data_cannot_support_and_bad_models_are_clear_errors(tiny, tmp_path, capsys):
@@ -205,9 +205,10 @@ def test_shards_with_a_corrupt_image_are_skipped_and_counted_or_refused_with_str
     write_shards(samples, str(tmp_path / "s"), samples_per_shard=3)
     data = load_eval_data(str(tmp_path / "s"))
     assert data.set.keys == ["k0", "k2"] and data.set.captions == ["w0", "w2"]
-    assert "skipped 1 images (0 missing, 1 unreadable; first: k1)" in data.summary()
-    with pytest.raises(EvalDataError, match=r"1 samples of .* are unusable \(first: .*sample k1 has an unreadable "
-                                            r"image\); fix the shards or run without --strict"):
+    assert data.set.skipped == {"corrupt_image": [f"{tmp_path / 's' / 'shard-000000.tar'}:k1"]}
+    assert "skipped 1 samples (corrupt_image: 1; first: " in data.summary()
+    with pytest.raises(EvalDataError, match=r"shard-000000\.tar: sample k1: corrupt_image \(.*\); fix the shard or "
+                                            r"run without --strict"):
         load_eval_data(str(tmp_path / "s"), strict=True)
 
 

@@ -2,14 +2,18 @@
 pairs and the Twemoji demo dataset. Public names are re-exported here."""
 from .captions import CaptionChoice, CaptionPolicy
 from .config import StreamConfig
+from .images import IMAGE_REASONS, DecodedImage, ImageDecodeError, decode_image
 from .pairs import CaptionPairDataset, CaptionRecord, CaptionTriple, PairConfig, make_triples, read_caption_records
-from .shards import ShardSample, samples_from_folder, samples_from_img2dataset, write_shards
+from .samples import SAMPLE_REASONS, Checked, Sample, check_sample, field_captions
+from .shards import ShardSample, safe_key, samples_from_folder, samples_from_img2dataset, write_shards
 from .sidecar import SidecarMeta, SidecarMismatchError, SidecarReader, SidecarWriter, sidecar_path
 from .spec import DataSourceError, parse_sources
 from .stream import ImageTextStream, NoValidSamplesError, TrackedLoader, decode_member
 from .transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageTransform, TransformConfig, normalize_batch
 
 __all__ = [
+    "IMAGE_REASONS", "SAMPLE_REASONS", "Checked", "DecodedImage", "ImageDecodeError", "Sample", "check_sample",
+    "decode_image", "field_captions", "safe_key",
     "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "CaptionChoice", "CaptionPairDataset", "CaptionPolicy", "CaptionRecord",
     "CaptionTriple", "DataSourceError", "ImageTextStream", "ImageTransform", "NoValidSamplesError", "PairConfig",
     "ShardSample", "SidecarMeta", "SidecarMismatchError", "SidecarReader", "SidecarWriter", "StreamConfig",

@@ -2,12 +2,14 @@
 
 Field names: `txt` is the alt text member; any other name is looked up in the sample's json
 (`long`, `short`, ...). A json value that is a list (e.g. `short_list`) contributes one element
-drawn at random. Fields absent or empty in a sample are left out and the weights renormalised.
+drawn at random. Captions are stripped; fields absent or blank in a sample are left out and the weights renormalised.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+from .samples import field_captions
 
 
 @dataclass(frozen=True)
@@ -28,15 +30,8 @@ class CaptionPolicy:
 
     @staticmethod
     def candidates(field: str, txt: str | None, meta: dict | None) -> list[str]:
-        if field == "txt":
-            v = txt
-        else:
-            v = meta.get(field) if isinstance(meta, dict) else None
-        if isinstance(v, str):
-            return [v] if v.strip() else []
-        if isinstance(v, list):
-            return [x for x in v if isinstance(x, str) and x.strip()]
-        return []
+        """The field's captions by the one extraction rule (`data.samples.field_captions`)."""
+        return field_captions(field, txt, meta)
 
     def choose(self, txt: str | None, meta: dict | None, rng: random.Random) -> CaptionChoice | None:
         """One caption, or None when no weighted field has text (the caller counts a skip)."""

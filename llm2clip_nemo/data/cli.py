@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from collections import Counter
 
+from .samples import check_sample, decode_json
 from .spec import DataSourceError, parse_sources
-from .tario import IMAGE_EXTS, iter_tar_samples
+from .tario import iter_tar_samples
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--img2dataset", help="img2dataset output directory (files layout or tars) to re-shard")
     b.add_argument("--samples-per-shard", type=int, default=1000)
     b.add_argument("--prefix", default="shard")
+    b.add_argument("--caption-fields", default="txt",
+                   help="comma list: samples with no text in any of these fields are skipped (missing_caption); "
+                        "txt = the alt text, other names = json fields (e.g. txt,long)")
     d = sub.add_parser("demo", help="build the Twemoji demo dataset (train/test shards)")
     d.add_argument("--out", required=True)
     d.add_argument("--test-fraction", type=float, default=0.2)
@@ -31,43 +34,45 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("urls", help="shard spec: brace pattern, directory or manifest.json; '::' joins sources")
     i.add_argument("--decode", action="store_true", help="also decode every image (finds corrupt ones)")
     i.add_argument("--json", action="store_true", help="print the totals as JSON")
+    i.add_argument("--caption-fields", default="txt", help="comma list of the fields a caption may come from "
+                                                           "(as data.caption_fields): txt, json keys such as long")
     return p
 
 
-def inspect_shards(urls: str, decode: bool = False) -> dict:
-    """Per-shard and total counts: samples, member extensions, json fields, problems by reason."""
-    from PIL import Image
+def _fields(spec: str) -> list[str]:
+    fields = [f.strip() for f in spec.split(",") if f.strip()]
+    if not fields:
+        raise DataSourceError(f"--caption-fields {spec!r} names no field; use e.g. txt or txt,long")
+    return fields
 
-    total = {"samples": 0, "members": Counter(), "json_fields": Counter(), "problems": Counter(), "shards": {}}
+
+def inspect_shards(urls: str, decode: bool = False, caption_fields: list[str] | None = None) -> dict:
+    """Per-shard and total counts: samples, valid samples, member extensions, json fields, problems by reason.
+
+    Every sample goes through `data.samples.check_sample`, the checker the stream, extract and
+    evaluate use, so the problem counts are theirs (image reasons only with decode=True).
+    caption_fields: where a caption may come from (default ["txt"], the stream's default)."""
+    fields = caption_fields or ["txt"]
+    total = {"samples": 0, "valid": 0, "members": Counter(), "json_fields": Counter(), "problems": Counter(),
+             "shards": {}}
     for src in parse_sources(urls):
         for u in src.urls:
-            n, probs = 0, Counter()
-            for s in iter_tar_samples(u):
-                if s.error:
-                    probs[s.error.split(":")[0]] += 1
+            n, valid, probs = 0, 0, Counter()
+            for raw in iter_tar_samples(u):
+                c = check_sample(raw, fields, decode=decode)
+                probs.update(c.reasons)
+                if raw.error:
                     continue
                 n += 1
-                probs.update(s.skipped)
-                total["members"].update(list(s.members))
-                if "json" in s.members:
-                    try:
-                        total["json_fields"].update(list(json.loads(s.members["json"])))
-                    except ValueError:
-                        probs["bad_json"] += 1
-                img = next((e for e in IMAGE_EXTS if e in s.members), None)
-                if img is None:
-                    probs["missing_image"] += 1
-                elif decode:
-                    try:
-                        Image.open(io.BytesIO(s.members[img])).load()
-                    except Exception:  # noqa: BLE001  any PIL failure means a corrupt image
-                        probs["corrupt_image"] += 1
-                if "txt" not in s.members and "json" not in s.members:
-                    probs["missing_caption"] += 1
-            total["shards"][u] = {"samples": n, "problems": dict(probs)}
+                total["members"].update(list(raw.members))
+                meta, _ = decode_json(raw.members.get("json"))
+                total["json_fields"].update(list(meta or {}))
+                valid += c.sample is not None
+            total["shards"][u] = {"samples": n, "valid": valid, "problems": dict(sorted(probs.items()))}
             total["samples"] += n
+            total["valid"] += valid
             total["problems"].update(probs)
-    return {k: dict(v) if isinstance(v, Counter) else v for k, v in total.items()}
+    return {k: dict(sorted(v.items())) if isinstance(v, Counter) else v for k, v in total.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  warning: {w}")
             print(f"  credits: {r.credits}")
             return 0
-        t = inspect_shards(args.urls, decode=args.decode)
+        t = inspect_shards(args.urls, decode=args.decode, caption_fields=_fields(args.caption_fields))
         if args.json:
             print(json.dumps(t, indent=1, ensure_ascii=False))
             return 0
         for u, s in t["shards"].items():
             print(f"{s['samples']:>8}  {u}" + (f"  problems: {s['problems']}" if s["problems"] else ""))
-        print(f"{t['samples']:>8}  samples in {len(t['shards'])} shards")
+        print(f"{t['samples']:>8}  samples in {len(t['shards'])} shards, {t['valid']} valid")
         print(f"members: {t['members']}\njson fields: {t['json_fields']}\nproblems: {t['problems'] or 'none'}")
         return 0
     except DataSourceError as e:
@@ -104,16 +109,19 @@ def _build(args) -> int:
     from .shards import samples_from_folder, samples_from_img2dataset, write_shards
 
     skipped: dict = {}
+    fields = _fields(args.caption_fields)
     if args.img2dataset:
-        samples = samples_from_img2dataset(args.img2dataset, skipped)
+        samples = samples_from_img2dataset(args.img2dataset, skipped, fields)
     elif args.images and args.captions:
-        samples = samples_from_folder(args.images, args.captions, skipped)
+        samples = samples_from_folder(args.images, args.captions, skipped, fields)
     else:
         raise DataSourceError("give --images DIR --captions FILE, or --img2dataset DIR")
     man = write_shards(samples, args.out, prefix=args.prefix, samples_per_shard=args.samples_per_shard)
     print(f"wrote {man['total']} samples in {len(man['shards'])} shards to {args.out} "
           f"({man['resumed_shards']} already there, kept); fields: {', '.join(man['fields'])}"
-          + (f"; skipped: {skipped}" if skipped else ""))
+          + (f"; skipped: {dict(sorted(skipped.items()))}" if skipped else "")
+          + (f"; {len(man['key_map'])} keys holding '.' or '%' written escaped (manifest.json key_map)"
+             if man.get("key_map") else ""))
     return 0
 
 

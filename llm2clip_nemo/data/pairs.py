@@ -8,13 +8,13 @@ otherwise from any other image. Deterministic by (seed, epoch, record index).
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 
 from torch.utils.data import Dataset
 
 from .captions import CaptionPolicy
+from .samples import check_sample
 from .spec import parse_sources
 from .tario import iter_tar_samples
 
@@ -71,22 +71,19 @@ def _collect(fields: list[str], txt: str | None, meta: dict | None) -> tuple[str
 
 
 def read_caption_records(urls: str, cfg: PairConfig) -> list[CaptionRecord]:
-    """Captions of every sample in the shards (image bytes are read past, not decoded)."""
+    """Captions of every sample `data.samples.check_sample` accepts (image bytes read past, not decoded)."""
     cfg.validate()
     recs = []
     for src in parse_sources(urls):
         for u in src.urls:
-            for s in iter_tar_samples(u):
-                if s.error:
+            for raw in iter_tar_samples(u):
+                # the one sample checker (images not decoded: stage 1 reads captions only)
+                s = check_sample(raw, [*cfg.short_fields, *cfg.long_fields]).sample
+                if s is None:
                     continue
-                txt = s.members["txt"].decode("utf-8", "replace") if "txt" in s.members else None
-                try:
-                    meta = json.loads(s.members["json"]) if "json" in s.members else None
-                except ValueError:
-                    meta = None
-                group = meta.get(cfg.negative_group_field) if cfg.negative_group_field and isinstance(meta, dict) else None
-                recs.append(CaptionRecord(s.key, _collect(cfg.short_fields, txt, meta),
-                                          _collect(cfg.long_fields, txt, meta), group if isinstance(group, str) else None))
+                group = s.meta.get(cfg.negative_group_field) if cfg.negative_group_field and s.meta else None
+                recs.append(CaptionRecord(s.key, _collect(cfg.short_fields, s.txt, s.meta),
+                                          _collect(cfg.long_fields, s.txt, s.meta), group if isinstance(group, str) else None))
     return recs
 
 

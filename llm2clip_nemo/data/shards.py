@@ -13,11 +13,12 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from .samples import check_sample, decode_json
 from .spec import DataSourceError
-from .tario import IMAGE_EXTS, add_member, atomic_tar, commit_tar, iter_tar_samples
+from .tario import IMAGE_EXTS, RawSample, add_member, atomic_tar, commit_tar, iter_tar_samples
 
 log = logging.getLogger("llm2clip_nemo.data")
 MANIFEST_FORMAT = "llm2clip-shards/1"
@@ -45,25 +46,36 @@ def _chunks(it: Iterable[ShardSample], n: int) -> Iterator[list[ShardSample]]:
         yield buf
 
 
+def safe_key(key: str) -> str:
+    """A key webdataset readers keep whole: they split a member name at the first dot of its
+    basename, so `.` becomes `%2E` (and `%` becomes `%25`, which keeps the mapping one-to-one)."""
+    return key.replace("%", "%25").replace(".", "%2E")
+
+
 def _existing_keys(path: str) -> list[str]:
     return [s.key for s in iter_tar_samples(path, keys_only=True) if s.error is None]
 
 
 def write_shards(samples: Iterable[ShardSample], out_dir: str, prefix: str = "shard",
                  samples_per_shard: int = 1000) -> dict:
-    """Write `samples` as shards under `out_dir`; returns the manifest (also saved as manifest.json)."""
+    """Write `samples` as shards under `out_dir`; returns the manifest (also saved as manifest.json).
+
+    Keys a webdataset reader would split (a `.` in them) are written as `safe_key(key)`; the
+    manifest's `key_map` maps each such written key back to the input's."""
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard={samples_per_shard} must be >= 1")
     os.makedirs(out_dir, exist_ok=True)
-    entries, fields, resumed, seen = [], {"txt"}, 0, set()
+    entries, fields, resumed, seen, key_map = [], {"txt"}, 0, set(), {}
     for i, chunk in enumerate(_chunks(samples, samples_per_shard)):
         name = f"{prefix}-{i:06d}.tar"
         path = os.path.join(out_dir, name)
-        keys = [s.key for s in chunk]
-        for s in chunk:
+        keys = [safe_key(s.key) for s in chunk]
+        for s, k in zip(chunk, keys):
             if s.key in seen:
                 raise DataSourceError(f"sample key {s.key!r} occurs twice in the input; keys must be unique")
             seen.add(s.key)
+            if k != s.key:
+                key_map[k] = s.key
             if s.meta:
                 fields.update(s.meta)
         if os.path.exists(path):
@@ -78,15 +90,15 @@ def write_shards(samples: Iterable[ShardSample], out_dir: str, prefix: str = "sh
         else:
             tmp, tf = atomic_tar(path)
             try:
-                for s in chunk:
+                for s, key in zip(chunk, keys):
                     ext = s.image_ext.lower().lstrip(".").replace("jpeg", "jpg")
                     if ext not in IMAGE_EXTS:
                         raise DataSourceError(f"sample {s.key!r}: image extension {s.image_ext!r} is not one of {IMAGE_EXTS}")
-                    add_member(tf, f"{s.key}.{ext}", s.image() if callable(s.image) else s.image)
+                    add_member(tf, f"{key}.{ext}", s.image() if callable(s.image) else s.image)
                     if s.txt is not None:
-                        add_member(tf, f"{s.key}.txt", s.txt.encode("utf-8"))
+                        add_member(tf, f"{key}.txt", s.txt.encode("utf-8"))
                     if s.meta is not None:
-                        add_member(tf, f"{s.key}.json", json.dumps(s.meta, sort_keys=True, ensure_ascii=False).encode())
+                        add_member(tf, f"{key}.json", json.dumps(s.meta, sort_keys=True, ensure_ascii=False).encode())
             except BaseException:
                 tf.close()
                 os.remove(tmp)
@@ -97,6 +109,8 @@ def write_shards(samples: Iterable[ShardSample], out_dir: str, prefix: str = "sh
         raise DataSourceError(f"no samples to write into {out_dir}: the input is empty")
     manifest = {"format": MANIFEST_FORMAT, "samples_per_shard": samples_per_shard, "total": sum(e["count"] for e in entries),
                 "fields": sorted(fields), "shards": entries}
+    if key_map:
+        manifest["key_map"] = dict(sorted(key_map.items()))
     _write_json(os.path.join(out_dir, "manifest.json"), manifest)
     _write_json(os.path.join(out_dir, "sizes.json"), {e["name"]: e["count"] for e in entries})
     return {**manifest, "resumed_shards": resumed}
@@ -120,46 +134,112 @@ _IMAGE_COLS = ("image", "file", "path", "filename")
 _CAPTION_COLS = ("caption", "txt", "text")
 
 
-def _caption_rows(captions_file: str) -> Iterator[tuple[int, dict]]:
+class _Skips:
+    """Counts of samples and parts left out, by reason; the first few of each reason logged with their place."""
+
+    def __init__(self, counts: dict):
+        self.counts = counts
+
+    def add(self, reasons, where: str) -> None:
+        for r in reasons:
+            n = self.counts[r] = self.counts.get(r, 0) + 1
+            if n <= 3:
+                log.warning("data build: %s: %s%s", where, r, "; further ones only counted" if n == 3 else "")
+
+
+_BAD_ROW = object()  # a row that is not JSON or not UTF-8: skipped and counted as bad_row
+
+
+def _caption_rows(captions_file: str) -> Iterator[tuple[int, object]]:
+    """(line number, row) in file order; a row that cannot be read is `(n, _BAD_ROW)`."""
     if captions_file.endswith((".jsonl", ".json")):
-        with open(captions_file, encoding="utf-8") as f:
+        with open(captions_file, "rb") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        yield n, json.loads(line)
-                    except ValueError as e:
-                        raise DataSourceError(f"{captions_file}:{n} is not valid JSON ({e}); one object per line") from None
+                        yield n, json.loads(line.decode("utf-8"))
+                    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                        yield n, _BAD_ROW
     elif captions_file.endswith((".csv", ".tsv")):
-        with open(captions_file, encoding="utf-8", newline="") as f:
+        # surrogateescape: a non-UTF-8 cell is found per row (bad_row) instead of failing the file
+        with open(captions_file, encoding="utf-8", errors="surrogateescape", newline="") as f:
             for n, row in enumerate(csv.DictReader(f, delimiter="\t" if captions_file.endswith(".tsv") else ","), 2):
-                yield n, row
+                yield n, row if _utf8(row) else _BAD_ROW
     else:
         raise DataSourceError(f"captions file {captions_file!r}: use .jsonl (one object per line) or .csv/.tsv with a header")
 
 
-def samples_from_folder(images_dir: str, captions_file: str, skipped: dict | None = None) -> Iterator[ShardSample]:
+def _utf8(row: dict) -> bool:
+    try:
+        for k, v in row.items():
+            for x in (k, *(v if isinstance(v, list) else [v])):
+                if isinstance(x, str):
+                    x.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _checked(raw: RawSample, caption_fields, skips: _Skips, where: str) -> ShardSample | None:
+    """The one sample checker (image decoded); the written sample keeps what passed (bad members dropped).
+
+    img2dataset marks samples it failed to fetch with json status != "success": `failed_download`."""
+    meta, _ = decode_json(raw.members.get("json"))
+    if raw.error is None and meta and meta.get("status", "success") != "success":
+        skips.add(["failed_download"], where)
+        return None
+    c = check_sample(raw, caption_fields, decode=True)
+    skips.add(c.reasons, where)
+    s = c.sample
+    if s is None:
+        return None
+    return ShardSample(key=s.key, image=s.image, image_ext=s.image_ext, txt=s.txt, meta=s.meta)
+
+
+def samples_from_folder(images_dir: str, captions_file: str, skipped: dict | None = None,
+                        caption_fields: Sequence[str] | None = ("txt",)) -> Iterator[ShardSample]:
     """Rows of {"image": relative path, "caption": alt text, other fields -> json} in file order.
 
-    Keys are the row index, zero-padded (`000000042`), like img2dataset's. Rows whose image is missing
-    are skipped and counted in `skipped["missing_image"]`."""
-    skipped = skipped if skipped is not None else {}
+    Keys are the row index, zero-padded (`000000042`), like img2dataset's. Every sample goes through
+    `data.samples.check_sample` (image decoded; no caption in `caption_fields` = `missing_caption`);
+    a row that is not valid JSON, not UTF-8 or not an object is `bad_row`, a caption that is not a
+    string `bad_caption` (dropped); each is skipped and counted in `skipped` by reason."""
+    skips = _Skips(skipped if skipped is not None else {})
     for i, (n, row) in enumerate(_caption_rows(captions_file)):
-        img_col = next((c for c in _IMAGE_COLS if row.get(c)), None)
+        where = f"{captions_file}:{n}"
+        if row is _BAD_ROW or not isinstance(row, dict):
+            what = "not valid UTF-8 JSON / CSV" if row is _BAD_ROW else f"a JSON {type(row).__name__}, not an object"
+            skips.add(["bad_row"], f"{where} is {what}")
+            continue
+        img_col = next((c for c in _IMAGE_COLS if isinstance(row.get(c), str) and row[c]), None)
         if img_col is None:
-            raise DataSourceError(f"{captions_file}:{n} has no image column; name it one of {_IMAGE_COLS}")
+            raise DataSourceError(f"{where} has no image column; name it one of {_IMAGE_COLS}")
         rel = row[img_col]
         path = os.path.join(images_dir, rel)
         ext = os.path.splitext(rel)[1].lower().lstrip(".")
-        if not os.path.isfile(path) or ext not in IMAGE_EXTS:
-            skipped["missing_image"] = skipped.get("missing_image", 0) + 1
-            if skipped["missing_image"] <= 3:
-                log.warning("data build: %s:%d image %r missing or not jpg/png/webp under %s; skipped", captions_file, n, rel, images_dir)
-            continue
+        members: dict[str, bytes] = {}
+        if os.path.isfile(path) and ext in IMAGE_EXTS:
+            members[ext] = _read_file(path)()
         cap_col = next((c for c in _CAPTION_COLS if c in row), None)
+        cap = row.get(cap_col) if cap_col else None
+        if cap is not None and not isinstance(cap, str):
+            skips.add(["bad_caption"], f"{where} caption {cap!r:.40} is not a string")
+            cap = None
+        if cap is not None:
+            members["txt"] = cap.encode("utf-8")
         meta = {k: _maybe_list(v) for k, v in row.items() if k not in (img_col, cap_col) and v not in (None, "")}
         meta["source_path"] = rel
-        yield ShardSample(key=f"{i:09d}", image=_read_file(path), image_ext=ext,
-                          txt=row.get(cap_col) if cap_col else None, meta=meta)
+        members["json"] = json.dumps(meta, ensure_ascii=False).encode()
+        s = _checked(RawSample(f"{i:09d}", captions_file, i, members), caption_fields, skips, f"{where} ({rel})")
+        if s is not None:
+            yield s
+
+
+def _read_file(path: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+    return read
 
 
 def _maybe_list(v):
@@ -172,11 +252,15 @@ def _maybe_list(v):
     return v
 
 
-def samples_from_img2dataset(src_dir: str, skipped: dict | None = None) -> Iterator[ShardSample]:
+def samples_from_img2dataset(src_dir: str, skipped: dict | None = None,
+                             caption_fields: Sequence[str] | None = ("txt",)) -> Iterator[ShardSample]:
     """img2dataset output: `files` layout (`00000/000000012.jpg` + `.txt` + `.json`) or its tars.
 
-    Samples whose json says status != "success" are skipped and counted."""
-    skipped = skipped if skipped is not None else {}
+    Every sample goes through `data.samples.check_sample` (image decoded) and is skipped and counted
+    in `skipped` by its reason; samples whose json says status != "success" as `failed_download`.
+    In the files layout a key is the file name without its last extension (`photo.v1.jpg` ->
+    `photo.v1`), written under `safe_key` by `write_shards`."""
+    skips = _Skips(skipped if skipped is not None else {})
     tars, files = [], []
     for root, dirs, names in os.walk(src_dir):
         dirs.sort()
@@ -189,33 +273,19 @@ def samples_from_img2dataset(src_dir: str, skipped: dict | None = None) -> Itera
     if not tars and not files:
         raise DataSourceError(f"{src_dir} holds no img2dataset output (no .tar shards, no image files)")
 
-    def ok(meta: dict | None) -> bool:
-        if meta and meta.get("status", "success") != "success":
-            skipped["failed_download"] = skipped.get("failed_download", 0) + 1
-            return False
-        return True
-
     for t in tars:
-        for s in iter_tar_samples(t):
-            if s.error:
-                skipped[s.error.split(":")[0]] = skipped.get(s.error.split(":")[0], 0) + 1
-                continue
-            ext = next((e for e in IMAGE_EXTS if e in s.members), None)
-            meta = json.loads(s.members["json"]) if "json" in s.members else None
-            if ext is None or not ok(meta):
-                continue
-            txt = s.members["txt"].decode("utf-8") if "txt" in s.members else None
-            yield ShardSample(key=os.path.basename(s.key), image=s.members[ext], image_ext=ext, txt=txt, meta=meta)
+        for raw in iter_tar_samples(t):
+            where = f"{t}:{raw.key or '#' + str(raw.index)}"
+            s = _checked(raw, caption_fields, skips, where)
+            if s is not None:
+                s.key = os.path.basename(s.key)
+                yield s
     for p in files:
         stem, ext = os.path.splitext(p)
-        meta = None
-        if os.path.exists(stem + ".json"):
-            with open(stem + ".json", encoding="utf-8") as f:
-                meta = json.load(f)
-        if not ok(meta):
-            continue
-        txt = None
-        if os.path.exists(stem + ".txt"):
-            with open(stem + ".txt", encoding="utf-8") as f:
-                txt = f.read()
-        yield ShardSample(key=os.path.basename(stem), image=_read_file(p), image_ext=ext.lstrip("."), txt=txt, meta=meta)
+        members = {ext.lstrip(".").lower(): _read_file(p)()}
+        for m in ("txt", "json"):
+            if os.path.exists(f"{stem}.{m}"):
+                members[m] = _read_file(f"{stem}.{m}")()
+        s = _checked(RawSample(os.path.basename(stem), src_dir, 0, members), caption_fields, skips, p)
+        if s is not None:
+            yield s

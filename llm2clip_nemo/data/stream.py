@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .captions import CaptionPolicy
 from .config import StreamConfig
+from .images import ImageDecodeError, decode_image
+from .samples import check_sample
 from .sidecar import SidecarReader, sidecar_path
 from .spec import DataSourceError, parse_sources
 from .tario import IMAGE_EXTS, RawSample, iter_tar_samples
@@ -220,35 +222,17 @@ class ImageTextStream(IterableDataset):
     def _process(self, item: RawSample, src: int, rng: random.Random, stats: dict, skiplog, sidecars) -> dict | None:
         stats["raw"][src] += 1
         try:
-            for r in item.skipped:
+            checked = check_sample(item, self.policy.fields)
+            for r in checked.reasons:
                 self._skip(r, item, stats, skiplog)
-            if item.error is not None:
-                self._skip(item.error.split(":")[0], item, stats, skiplog)
+            s = checked.sample
+            if s is None:
                 return None
-            m = item.members
-            img_ext = next((e for e in IMAGE_EXTS if e in m), None)
-            if img_ext is None:
-                self._skip("missing_image", item, stats, skiplog)
-                return None
-            txt = meta = None
-            if "txt" in m:
-                try:
-                    txt = m["txt"].decode("utf-8")
-                except UnicodeDecodeError:
-                    self._skip("bad_text", item, stats, skiplog)
-            if "json" in m:
-                try:
-                    meta = json.loads(m["json"])
-                except ValueError:
-                    self._skip("bad_json", item, stats, skiplog)
-            choice = self.policy.choose(txt, meta, rng)
-            if choice is None:
-                self._skip("missing_caption", item, stats, skiplog)
-                return None
+            choice = self.policy.choose(s.txt, s.meta, rng)
             try:
-                image = self.transform(m[img_ext], rng)
-            except Exception:  # noqa: BLE001  PIL raises many types for bad bytes: all mean "corrupt image"
-                self._skip("corrupt_image", item, stats, skiplog)
+                image = self.transform(s.image, rng)
+            except ImageDecodeError as e:
+                self._skip(e.reason, item, stats, skiplog)
                 return None
             sample = {"key": item.key, "image": image, "caption": choice.text, "caption_field": choice.field,
                       "source": src, "url": item.url}
@@ -406,17 +390,14 @@ class TrackedLoader:
 
 
 def decode_member(ext: str, data: bytes):
-    """The decode whitelist for loose members: images, text, json, npy, cls; pickles never.
+    """The decode whitelist for loose members: images (via `decode_image`), text, json, npy, cls; pickles never.
 
     Returns None for anything not whitelisted (the caller counts it)."""
     import numpy as np
-    from PIL import Image
 
     base = ext.rsplit(".", 1)[-1]
     if base in IMAGE_EXTS:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img
+        return decode_image(data).image  # upright RGB; ImageDecodeError (with .reason) when unusable
     if base in ("txt", "text", "caption"):
         return data.decode("utf-8")
     if base == "json":

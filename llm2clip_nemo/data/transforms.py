@@ -1,12 +1,13 @@
 """Image transforms with PIL + torch only (no torchvision on the CPU path).
 
-Each transform maps encoded image bytes to a uint8 HWC array of the output size; normalisation
-runs once per batch (`normalize_batch`), which is cheaper than per image. Randomness comes from a
-`random.Random` the caller seeds per sample, so a resumed stream draws the same crops.
+Each transform maps encoded image bytes (decoded by `data.images.decode_image`: upright, RGB,
+16-bit scaled, alpha over white) to a uint8 HWC array of the output size; crop boxes are drawn
+on the upright full-resolution picture. Normalisation runs once per batch (`normalize_batch`),
+which is cheaper than per image. Randomness comes from a `random.Random` the caller seeds per
+sample, so a resumed stream draws the same crops.
 """
 from __future__ import annotations
 
-import io
 import math
 import random
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 
 from ..config.loader import ConfigError
+from .images import decode_image
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,29 +84,19 @@ def center_crop_box(w: int, h: int) -> tuple[float, float, float, float]:
     return left, top, left + side, top + side
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB; transparent images (e.g. emoji PNGs) are composited on white, not on black."""
-    if img.mode == "RGB":
-        img.load()
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    return img.convert("RGB")
-
-
 class ImageTransform:
-    """bytes -> uint8 array [size, size, 3]. Raises on an undecodable image (the caller counts it)."""
+    """Encoded bytes (or a PIL image) -> uint8 array [size, size, 3] of the upright RGB picture.
+
+    Decoding is `data.images.decode_image` (EXIF orientation, 16-bit scaling, alpha over white);
+    an unusable image raises `ImageDecodeError` whose `.reason` the caller counts.
+    """
 
     def __init__(self, cfg: TransformConfig):
         cfg.validate()
         self.cfg = cfg
 
-    def _draft(self, img: Image.Image) -> tuple[int, int]:
-        """Ask libjpeg for a reduced-scale decode that keeps the smallest possible crop >= size px."""
-        w, h = img.size
+    def _draft_need(self, w: int, h: int) -> tuple[int, int] | None:
+        """The smallest (w, h) a reduced-scale JPEG decode may have so every possible crop keeps >= size px."""
         size = self.cfg.image_size
         if self.cfg.train:
             lo, (r0, r1) = self.cfg.scale[0], self.cfg.ratio
@@ -113,17 +105,12 @@ class ImageTransform:
         else:
             min_cw = min_ch = min(w, h)
         need = (math.ceil(w * size / max(min_cw, 1)), math.ceil(h * size / max(min_ch, 1)))
-        if need[0] < w and need[1] < h:
-            img.draft("RGB", need)
-        return w, h
+        return need if need[0] < w and need[1] < h else None
 
-    def __call__(self, data: bytes, rng: random.Random) -> np.ndarray:
-        img = Image.open(io.BytesIO(data))
-        w0, h0 = img.size
-        if self.cfg.jpeg_draft and img.format == "JPEG":
-            self._draft(img)
-        img = to_rgb(img)
-        # Boxes are drawn in original pixel units so a draft decode does not change the crop drawn.
+    def __call__(self, data: bytes | Image.Image, rng: random.Random) -> np.ndarray:
+        dec = decode_image(data, draft=self._draft_need if self.cfg.jpeg_draft else None)
+        img, (w0, h0) = dec.image, dec.size
+        # Boxes are drawn in full-resolution upright pixels so a draft decode does not change the crop drawn.
         size = self.cfg.image_size
         if self.cfg.train:
             box = random_resized_crop_box(w0, h0, self.cfg.scale, self.cfg.ratio, rng)

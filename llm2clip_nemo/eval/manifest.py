@@ -7,8 +7,13 @@ Manifest formats (detected from the JSON's shape):
   "sentences": [{"raw"}]}]}`;
 - coco: a COCO captions annotation file, `{"images": [{"id", "file_name"}], "annotations":
   [{"image_id", "caption"}]}` (one split per file).
-Relative image paths resolve against `image_root` (default: the manifest's folder). Missing or
-unreadable images are skipped and counted (`EvalSet.summary()`), or raise with `strict=True`.
+Relative image paths resolve against `image_root` (default: the manifest's folder).
+Problems are counted by the reason names the training stream uses (`data.samples`): an image
+file that does not exist is `missing_image`, one the decoder refuses gets its reason
+(`corrupt_image`, `truncated_image`, `image_too_large`, ...): the entry is skipped. A caption that is
+null, blank or not a string is dropped and counted as `bad_caption`; an entry left without any
+caption (and without a label) is skipped as `missing_caption`. `strict=True` raises at the first
+problem instead, naming the manifest entry (`EvalSet.summary()` lists the counts otherwise).
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
+
+from ..data.images import IMAGE_REASONS, ImageDecodeError, check_image, decode_image
 
 
 class ManifestError(ValueError):
@@ -38,10 +45,10 @@ class EvalSet:
     """Per image: a stable name (file path relative to the root, or the sample's __key__)."""
     labels: list[str | None] = field(default_factory=list)
     """Per image: a class name for zero-shot classification, or None (empty when none has one)."""
-    missing: list[str] = field(default_factory=list)
-    """Image paths (or sample keys) skipped because the file does not exist or no image was given."""
-    unreadable: list[str] = field(default_factory=list)
-    """Image paths skipped because the file is not an image PIL can open."""
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    """Reason -> where (manifest entry or shard:key) of each skipped sample, e.g. {"missing_image": [...]}."""
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    """Reason -> where of each part dropped from a kept sample (`bad_caption`, `bad_json`, `bad_text`, ...)."""
     source: str = ""
     """Where the set came from (manifest path and format), for reports."""
 
@@ -55,24 +62,46 @@ class EvalSet:
 
     @property
     def n_skipped(self) -> int:
-        return len(self.missing) + len(self.unreadable)
+        return sum(len(v) for v in self.skipped.values())
+
+    @property
+    def missing(self) -> list[str]:
+        """Skipped because no image file or member was there."""
+        return self.skipped.get("missing_image", [])
+
+    @property
+    def unreadable(self) -> list[str]:
+        """Skipped because the decoder refused the image (any of `data.images.IMAGE_REASONS`)."""
+        return [w for r in IMAGE_REASONS for w in self.skipped.get(r, [])]
+
+    def reason_counts(self) -> dict[str, int]:
+        """Every reason counted, skipped samples and dropped parts alike (the stream's `skipped` dict)."""
+        out: dict[str, int] = {}
+        for d in (self.skipped, self.dropped):
+            for r, where in d.items():
+                out[r] = out.get(r, 0) + len(where)
+        return dict(sorted(out.items()))
+
+    def add_problem(self, reason: str, where: str, fatal: bool) -> None:
+        (self.skipped if fatal else self.dropped).setdefault(reason, []).append(where)
 
     def summary(self) -> str:
         line = f"{self.source or 'eval set'}: {self.n_images} images, {self.n_captions} captions"
         if self.n_skipped:
-            first = (self.missing or self.unreadable)[0]
-            line += (f"; skipped {self.n_skipped} images ({len(self.missing)} missing, "
-                     f"{len(self.unreadable)} unreadable; first: {first})")
+            first = next(w for v in self.skipped.values() for w in v)
+            counts = ", ".join(f"{r}: {len(v)}" for r, v in sorted(self.skipped.items()))
+            line += f"; skipped {self.n_skipped} samples ({counts}; first: {first})"
+        if self.dropped:
+            line += "; dropped " + ", ".join(f"{r}: {len(v)}" for r, v in sorted(self.dropped.items()))
         return line
 
     def load_image(self, i: int):
-        """Image i as an RGB PIL image (in-memory non-PIL images are returned unchanged)."""
+        """Image i as an upright RGB PIL image by the one decoder (in-memory non-PIL images unchanged)."""
         img = self.images[i]
         if isinstance(img, (str, Path)):
-            with Image.open(img) as f:
-                return f.convert("RGB")
+            return decode_image(Path(img).read_bytes()).image
         if isinstance(img, Image.Image):
-            return img.convert("RGB")
+            return decode_image(img).image
         return img
 
     def label_indices(self, classnames: Sequence[str] | None = None) -> tuple[list[str], list[int]]:
@@ -112,6 +141,16 @@ class _Entry:
     image: object
     captions: list[str]
     label: str | None = None
+    where: str = ""
+    """The manifest entry, for messages: 'entry 3 (img3.png)'."""
+    bad_captions: int = 0
+    """Captions dropped: null, blank or not a string."""
+
+
+def _clean_captions(caps: list) -> tuple[list[str], int]:
+    """(usable captions stripped, number dropped): strings that are not blank; null and others are dropped."""
+    good = [c.strip() for c in caps if isinstance(c, str) and c.strip()]
+    return good, len(caps) - len(good)
 
 
 # ---------------------------------------------------------------- parsing
@@ -155,52 +194,56 @@ def _parse_simple(obj: list, wanted, where: str) -> list[_Entry]:
             raise ManifestError(f"{where}: entry {n} has no 'image' field (got {e!r:.80}).")
         if not _split_ok(e.get("split"), wanted):
             continue
-        caps = e.get("captions", [e["caption"]] if "caption" in e else [])
-        if isinstance(caps, str):
-            caps = [caps]
-        if not caps and "label" not in e:
+        if not any(k in e for k in ("captions", "caption", "label")):
             raise ManifestError(f"{where}: entry {n} ({e['image']}) has neither 'captions', 'caption' nor 'label'.")
-        out.append(_Entry(str(e.get("key", e["image"])), e["image"], [str(c) for c in caps], e.get("label")))
+        caps = e.get("captions", [e["caption"]] if "caption" in e else [])
+        caps, bad = _clean_captions(caps if isinstance(caps, list) else [caps])
+        label = e.get("label")
+        out.append(_Entry(str(e.get("key", e["image"])), e["image"], caps, None if label is None else str(label),
+                          f"entry {n} ({e['image']})", bad))
     return out
 
 
 def _parse_karpathy(obj: dict, wanted) -> list[_Entry]:
     out = []
-    for e in obj["images"]:
+    for n, e in enumerate(obj["images"]):
         if not _split_ok(e.get("split"), wanted):
             continue
         rel = str(Path(e.get("filepath", "")) / e["filename"])
-        caps = [s["raw"] if "raw" in s else " ".join(s["tokens"]) for s in e.get("sentences", [])]
-        out.append(_Entry(rel, rel, caps))
+        caps = [s.get("raw") if "raw" in s else " ".join(s.get("tokens") or []) for s in e.get("sentences", [])]
+        caps, bad = _clean_captions(caps)
+        out.append(_Entry(rel, rel, caps, where=f"images[{n}] ({rel})", bad_captions=bad))
     return out
 
 
 def _parse_coco(obj: dict, where: str) -> list[_Entry]:
-    by_id = {img["id"]: _Entry(img["file_name"], img["file_name"], []) for img in obj["images"]}
+    by_id = {img["id"]: _Entry(img["file_name"], img["file_name"], [], where=f"images[{n}] ({img['file_name']})")
+             for n, img in enumerate(obj["images"])}
     for a in obj["annotations"]:
         if a["image_id"] not in by_id:
             raise ManifestError(f"{where}: annotation {a.get('id', '?')} refers to image_id {a['image_id']} "
                                 "that 'images' does not list.")
-        by_id[a["image_id"]].captions.append(a["caption"].strip())
+        e = by_id[a["image_id"]]
+        caps, bad = _clean_captions([a.get("caption")])
+        e.captions += caps
+        e.bad_captions += bad
     return list(by_id.values())
 
 
 # ---------------------------------------------------------------- image checks and assembly
 
-def _image_problem(path: Path) -> str | None:
-    """None if PIL can open the file's header, else 'missing' or 'unreadable'."""
+def _image_problem(path: Path) -> tuple[str, str] | None:
+    """None if the one decoder decodes the file, else (reason, detail); a file not there is missing_image."""
     if not path.is_file():
-        return "missing"
+        return "missing_image", f"{path} does not exist"
     try:
-        with Image.open(path) as f:
-            f.size  # noqa: B018 - the header parse is the check
-    except (OSError, ValueError, SyntaxError):
-        return "unreadable"
+        check_image(path.read_bytes())
+    except ImageDecodeError as e:
+        return e.reason, e.detail
     return None
 
 
-def _assemble(entries: list[_Entry], source: str) -> EvalSet:
-    es = EvalSet(images=[], captions=[], text_to_image=[], keys=[], source=source)
+def _assemble(entries: list[_Entry], es: EvalSet) -> EvalSet:
     labels = []
     for e in entries:
         idx = len(es.images)
@@ -217,9 +260,9 @@ def load_manifest(path: str | Path, image_root: str | Path | None = None, split:
                   strict: bool = False, check_images: bool = True) -> EvalSet:
     """Read a manifest (format detected), keep `split` (a name or several), check the images.
 
-    check_images: open each image's header once, so a missing or corrupt file is reported here
-    rather than half-way through feature extraction. strict: raise on the first problem instead
-    of skipping (the error names the first bad path and how many there are).
+    check_images: decode each image once, so a missing, corrupt or truncated file is reported
+    here rather than half-way through feature extraction. strict: raise `ManifestError` on the
+    first problem (see the module docstring) instead of skipping, naming the manifest entry.
     """
     path = Path(path)
     if not path.is_file():
@@ -240,25 +283,30 @@ def load_manifest(path: str | Path, image_root: str | Path | None = None, split:
     if not entries:
         found = "" if wanted is None else f" for split={sorted(wanted)}"
         raise ManifestError(f"{path} ({fmt}) has no entries{found}.")
+    es = EvalSet(images=[], captions=[], text_to_image=[], keys=[], source=f"{path} ({fmt})")
+    kept = []
     for e in entries:
         e.image = str(root / e.image)
-    missing, unreadable, kept = [], [], []
-    for e in entries:
-        problem = _image_problem(Path(e.image)) if check_images else None
-        if problem is None:
-            kept.append(e)
+        # the order of data.samples.check_sample: dropped parts, missing image, missing caption, decode
+        problem = None
+        if e.bad_captions:
+            problem = ("bad_caption", f"{e.bad_captions} caption(s) null, blank or not a string", False)
+        if check_images and not Path(e.image).is_file():
+            problem = ("missing_image", f"{e.image} does not exist", True)
+        elif not e.captions and e.label is None:
+            problem = ("missing_caption", "no usable caption and no label", True)
+        elif check_images and (img := _image_problem(Path(e.image))) is not None:
+            problem = (*img, True)
+        if problem is not None and strict:
+            raise ManifestError(f"{path}: {e.where}: {problem[0]} ({problem[1]}); fix the entry or image_root "
+                                f"(now {root}), or run without strict to skip such entries.")
+        if e.bad_captions:
+            es.add_problem("bad_caption", e.where, fatal=False)
+        if problem is not None and problem[2]:
+            es.add_problem(problem[0], e.where, fatal=True)
         else:
-            (missing if problem == "missing" else unreadable).append(e.image)
-    if strict and (missing or unreadable):
-        first = (missing or unreadable)[0]
-        kind = "missing" if missing else "unreadable"
-        raise ManifestError(
-            f"{len(missing) + len(unreadable)} of {len(entries)} images in {path} are missing or unreadable "
-            f"(first: {first}, {kind}); fix image_root (now {root}) or the paths, or run without strict "
-            "to skip them."
-        )
-    es = _assemble(kept, f"{path} ({fmt})")
-    es.missing, es.unreadable = missing, unreadable
+            kept.append(e)
+    _assemble(kept, es)
     return es
 
 
@@ -274,11 +322,11 @@ def from_samples(samples: Iterable[dict], image_keys: str | Sequence[str] = IMAG
     The image is the first of `image_keys` present (PIL image, array or tensor; webdataset's
     decoded `jpg`/`png`/`webp` included). Captions: `captions_fn(sample)` when given (e.g. to read
     a long re-caption from the sample's json), else `captions_key` (a list), else the first of
-    `caption_keys` (a string). A sample without an image is skipped and counted in `missing` by
-    its `__key__`.
+    `caption_keys` (a string). A sample without an image is skipped as `missing_image` by its
+    `__key__`; captions that are null, blank or not strings are dropped as `bad_caption`.
     """
     image_keys = [image_keys] if isinstance(image_keys, str) else list(image_keys)
-    entries, missing = [], []
+    entries, missing, bad = [], [], []
     for n, s in enumerate(samples):
         key = str(s.get("__key__", n))
         image = next((s[k] for k in image_keys if s.get(k) is not None), None)
@@ -291,9 +339,13 @@ def from_samples(samples: Iterable[dict], image_keys: str | Sequence[str] = IMAG
             caps = s.get(captions_key)
             if caps is None:
                 caps = [s[k] for k in caption_keys if s.get(k)][:1]
-        if isinstance(caps, str):
-            caps = [caps]
-        entries.append(_Entry(key, image, [str(c) for c in caps], s.get(label_key)))
-    es = _assemble(entries, source)
-    es.missing = missing
+        caps, n_bad = _clean_captions(list(caps) if isinstance(caps, (list, tuple)) else [caps])
+        if n_bad:
+            bad.append(key)
+        entries.append(_Entry(key, image, caps, s.get(label_key)))
+    es = _assemble(entries, EvalSet(images=[], captions=[], text_to_image=[], keys=[], source=source))
+    for key in missing:
+        es.add_problem("missing_image", key, fatal=True)
+    for key in bad:
+        es.add_problem("bad_caption", key, fatal=False)
     return es

@@ -165,8 +165,10 @@ def wrap_caption(text: str, width: int = 28, max_lines: int = 5) -> str:
 
 def to_image_array(img) -> np.ndarray:
     """PIL image, HWC/CHW/HW array or tensor -> an HWC (or HW) array matplotlib can show."""
-    if hasattr(img, "convert") and hasattr(img, "size"):  # PIL
-        return np.asarray(img.convert("RGB"))
+    if hasattr(img, "convert") and hasattr(img, "size"):  # PIL: the one decoder (upright, scaled, alpha over white)
+        from ..data.images import decode_image
+
+        return np.asarray(decode_image(img).image)
     if hasattr(img, "detach"):  # torch
         img = img.detach().float().cpu().numpy()
     a = np.asarray(img)

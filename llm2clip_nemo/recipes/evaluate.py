@@ -25,7 +25,6 @@ Python API for the demo: `evaluate(model, data, ...) -> dict` per model, and
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -72,65 +71,47 @@ def _is_shard_manifest(path: Path) -> bool:
     return isinstance(obj, dict) and "shards" in obj
 
 
-def _field_captions(name: str, members: dict, meta: dict) -> list[str]:
-    if name == "txt":
-        text = (members.get("txt") or b"").decode("utf-8").strip()
-        return [text] if text else []
-    value = meta.get(name)
-    if isinstance(value, str):
-        value = [value]
-    return [str(v).strip() for v in (value or []) if str(v).strip()]
-
-
-def _image_ok(data: bytes) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.size  # noqa: B018 - the header parse is the check
-        return True
-    except (OSError, ValueError, SyntaxError):
-        return False
-
-
 def load_shard_data(spec: str, caption_fields: Sequence[str] = ("txt",), long_field: str | None = "long",
                     labels_field: str | None = None, strict: bool = False, max_samples: int | None = None) -> EvalData:
-    """Every sample of the shards in `spec` once, in order, images kept encoded (our tar reader)."""
+    """Every sample of the shards in `spec` once, in order, images kept encoded.
+
+    Samples go through `data.samples.check_sample` with the image decoded, so a sample is skipped
+    for the same reason, under the same name, as in the training stream; a sample needs text in
+    one of the caption fields, the long field or the labels field. strict: raise `EvalDataError`
+    at the first problem, naming the shard and the sample key."""
+    from ..data.samples import check_sample
     from ..data.spec import parse_sources
-    from ..data.tario import IMAGE_EXTS, iter_tar_samples
+    from ..data.tario import iter_tar_samples
     from ..eval.manifest import EvalSet
 
     urls = [u for s in parse_sources(spec) for u in s.urls]
     es = EvalSet(images=[], captions=[], text_to_image=[], keys=[], source=f"shards {spec}")
-    longs, labels, problems = [], [], []
+    fields = list(dict.fromkeys([*caption_fields, *(f for f in (long_field, labels_field) if f)]))
+    longs, labels = [], []
     for url in urls:
-        for s in iter_tar_samples(url):
-            if s.error is not None:
-                problems.append(f"{url}: {s.error}")
-                es.unreadable.append(f"{url}#{s.index}")
-                continue
-            ext = next((e for e in IMAGE_EXTS if e in s.members), None)
-            if ext is None or not _image_ok(s.members[ext]):
-                (es.missing if ext is None else es.unreadable).append(s.key)
-                problems.append(f"{url}: sample {s.key} has {'no' if ext is None else 'an unreadable'} image")
-                continue
-            try:
-                meta = json.loads(s.members["json"]) if "json" in s.members else {}
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                es.unreadable.append(s.key)
-                problems.append(f"{url}: sample {s.key} has an unreadable json member")
+        for raw in iter_tar_samples(url):
+            checked = check_sample(raw, fields, decode=True)
+            key = raw.key or f"#{raw.index}"
+            if strict and checked.reasons:
+                detail = f" ({checked.detail})" if checked.fatal else ""
+                raise EvalDataError(f"{url}: sample {key}: {checked.reasons[0]}{detail}; fix the shard or run "
+                                    "without --strict to skip and count such samples.")
+            for r in checked.reasons:
+                es.add_problem(r, f"{url}:{key}", fatal=r == checked.fatal)
+            s = checked.sample
+            if s is None:
                 continue
             idx = len(es.images)
-            es.images.append(s.members[ext])
+            es.images.append(s.image)
             es.keys.append(s.key)
             # one caption once per image: the demo's short_list repeats txt, and a duplicate would be
             # its own nearest neighbour (inflating CRA) and a free extra hit in retrieval
-            caps = list(dict.fromkeys(c for f in caption_fields for c in _field_captions(f, s.members, meta)))
+            caps = list(dict.fromkeys(c for f in caption_fields for c in s.captions(f)))
             es.captions.extend(caps)
             es.text_to_image.extend([idx] * len(caps))
-            long = _field_captions(long_field, s.members, meta) if long_field else []
+            long = s.captions(long_field) if long_field else []
             longs.append(long[0] if long else None)
-            label = meta.get(labels_field) if labels_field else None
+            label = s.meta.get(labels_field) if labels_field and s.meta else None
             if isinstance(label, list):
                 label = label[0] if label else None
             labels.append(None if label is None else str(label))
@@ -138,12 +119,8 @@ def load_shard_data(spec: str, caption_fields: Sequence[str] = ("txt",), long_fi
                 break
         if max_samples and len(es.images) >= max_samples:
             break
-    if strict and problems:
-        raise EvalDataError(f"{len(problems)} samples of {spec} are unusable (first: {problems[0]}); fix the shards "
-                            "or run without --strict to skip them.")
     if not es.images:
-        raise EvalDataError(f"no usable samples in {spec} ({len(problems)} skipped"
-                            f"{': ' + problems[0] if problems else ''}).")
+        raise EvalDataError(f"no usable samples in {spec}: {es.summary()}")
     es.labels = labels if any(x is not None for x in labels) else []
     if labels_field and not es.labels:
         raise EvalDataError(f"--labels-field {labels_field!r}: no sample json of {spec} has that field.")
@@ -229,12 +206,10 @@ def encoders_for(model) -> Encoders:
 # ---- evaluation -----------------------------------------------------------------------------------
 
 def _decode(item):
-    from PIL import Image
+    from ..data.images import decode_image
+    from ..hf_model import image_source
 
-    from ..data.transforms import to_rgb
-    from ..hf_model import to_image_bytes
-
-    return to_rgb(Image.open(io.BytesIO(to_image_bytes(item))))
+    return decode_image(image_source(item)).image
 
 
 def _resolve_tasks(tasks, data: EvalData) -> list[str]:
@@ -344,6 +319,7 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
 
     result: dict = {"name": name, "model": enc.describe, "data": es.source, "data_summary": data.summary(),
                     "n_images": es.n_images, "n_captions": es.n_captions, "skipped": es.n_skipped,
+                    "skipped_by_reason": es.reason_counts(),
                     "caption_fields": list(data.caption_fields), "tasks": task_list, "plots": {}}
     out = Path(out_dir) if out_dir is not None else None
     prefix = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_") + "_"
@@ -441,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--templates", default="single",
                    help="zero-shot prompts: a set (single, short, imagenet) or one prompt with {} for the class name")
     p.add_argument("--out", default="eval_report", help="output directory for report.json/.md and plots")
-    p.add_argument("--strict", action="store_true", help="missing/unreadable images are an error, not skipped")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad sample (naming shard and key, or "
+                                                         "manifest entry) instead of skipping and counting it")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--image-root", default=None, help="manifest: folder the image paths are relative to")

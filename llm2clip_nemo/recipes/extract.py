@@ -12,7 +12,6 @@ killed job rerun finishes only the rest and never leaves half a sidecar behind.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -35,6 +34,10 @@ class ExtractData:
     """Caption fields to embed per sample: 'txt' = alt text member, other names = keys of the sample json."""
     storage_dtype: str = "fp16"
     """fp16 | bf16 | int8 (per-vector scale)."""
+    check_images: bool = True
+    """Decode every image with the shared decoder, so samples the training stream will skip (corrupt,
+    truncated, too large...) are counted here under the same reasons and not embedded. False skips the
+    decode (shards from `llm2clip-nemo data build` were checked when built); image reasons then go uncounted."""
 
     def validate(self) -> None:
         if not self.urls:
@@ -79,33 +82,29 @@ def shard_done(shard: str, sidecar: str, fingerprint: str, fields: list[str]) ->
         r.close()
 
 
-def read_shard_captions(shard: str, fields: list[str]) -> tuple[list[str], list[list[str | None]], int]:
-    """(keys, per-sample caption per field or None, samples skipped). Only captions are decoded."""
-    from ..data.captions import CaptionPolicy
+def read_shard_captions(shard: str, fields: list[str], check_images: bool = True
+                        ) -> tuple[list[str], list[list[str | None] | None], dict[str, int]]:
+    """(keys, per sample its caption per field (None: field empty) or None if skipped, problems by reason).
+
+    Samples go through `data.samples.check_sample` (the training stream's checks; images decoded
+    when `check_images`): a sample it skips keeps its key (the sidecar holds one record per shard
+    sample, all zeros for it) and its reasons are counted. A list-valued field is embedded by its
+    first caption. Raises OSError for a shard that cannot be opened."""
+    from ..data.samples import ReasonCounter, check_sample
     from ..data.tario import iter_tar_samples
 
-    keys, caps, bad = [], [], 0
-    for s in iter_tar_samples(shard):
-        if s.error is not None:
-            if s.error.startswith("unreadable_shard"):
-                raise OSError(s.error)
-            bad += 1
+    keys, caps, problems = [], [], ReasonCounter()
+    for raw in iter_tar_samples(shard):
+        if raw.error is not None and raw.error.startswith("unreadable_shard"):
+            raise OSError(raw.error)
+        checked = check_sample(raw, fields, decode=check_images)
+        problems.add(checked.reasons)
+        if raw.error is not None:
             continue
-        txt = s.members.get("txt")
-        txt = txt.decode("utf-8", "replace") if txt is not None else None
-        meta = None
-        if "json" in s.members:
-            try:
-                meta = json.loads(s.members["json"])
-            except ValueError:
-                meta = None
-        row = []
-        for f in fields:
-            c = CaptionPolicy.candidates(f, txt, meta)
-            row.append(c[0] if c else None)  # a list-valued field is embedded by its first caption
-        keys.append(s.key)
-        caps.append(row)
-    return keys, caps, bad
+        s = checked.sample
+        keys.append(raw.key)
+        caps.append(None if s is None else [next(iter(s.captions(f)), None) for f in fields])
+    return keys, caps, problems.as_dict()
 
 
 @dataclass
@@ -116,6 +115,8 @@ class Summary:
     captions: int = 0
     missing_captions: int = 0
     bad_samples: int = 0
+    """Samples not embedded because `check_sample` skips them (counted by reason in `problems`)."""
+    problems: dict = field(default_factory=dict)
     seconds: float = 0.0
     bytes_written: int = 0
     failures: list = field(default_factory=list)
@@ -123,6 +124,7 @@ class Summary:
 
 def run(cfg: ExtractConfig) -> dict:
     """Extract sidecars for every shard; returns the (all-reduced) summary dict on every rank."""
+    from ..data.samples import SAMPLE_REASONS
     from ..data.sidecar import SidecarMeta, SidecarWriter, sidecar_path
     from ..data.spec import parse_sources
     from ..runtime import init_parallel
@@ -148,13 +150,13 @@ def run(cfg: ExtractConfig) -> dict:
             bar and bar.update(1)
             continue
         try:
-            keys, caps, bad = read_shard_captions(shard, fields)
+            keys, caps, problems = read_shard_captions(shard, fields, cfg.data.check_images)
         except OSError as e:
             summ.failed += 1
             summ.failures.append(f"{shard}: {e}")
             bar and bar.update(1)
             continue
-        flat = [(i, j, c) for i, row in enumerate(caps) for j, c in enumerate(row) if c]
+        flat = [(i, j, c) for i, row in enumerate(caps) if row is not None for j, c in enumerate(row) if c]
         vecs = torch.zeros(len(keys), len(fields), teacher.hidden_size)
         if flat:
             emb = teacher.encode_texts([c for _, _, c in flat], batch_size=cfg.teacher.batch_size,
@@ -163,8 +165,11 @@ def run(cfg: ExtractConfig) -> dict:
             jj = torch.tensor([j for _, j, _ in flat])
             vecs[ii, jj] = emb
         summ.captions += len(flat)
-        summ.missing_captions += len(keys) * len(fields) - len(flat)  # stored as zero vectors
-        summ.bad_samples += bad
+        # fields of embedded samples that hold no caption: stored as zero vectors
+        summ.missing_captions += sum(len(fields) for row in caps if row is not None) - len(flat)
+        summ.bad_samples += sum(n for r, n in problems.items() if r in SAMPLE_REASONS)
+        for r, n in problems.items():
+            summ.problems[r] = summ.problems.get(r, 0) + n
         if writer_rank:
             meta = SidecarMeta(fingerprint=teacher.fingerprint, dim=teacher.hidden_size, fields=fields,
                                pooling=cfg.teacher.pooling, dtype=cfg.data.storage_dtype,
@@ -194,10 +199,15 @@ def _tp_agree(flag: bool, groups) -> bool:
 
 def _reduce(s: Summary, groups, cfg: ExtractConfig, n_fields: int, dim: int) -> dict:
     """Sum counts over DP groups (TP peers did the same work), max the time; add the projection."""
-    counts = torch.tensor([s.done, s.skipped, s.failed, s.captions, s.missing_captions, s.bad_samples, s.bytes_written],
-                          dtype=torch.float64)
+    from ..data.samples import MEMBER_REASONS, SAMPLE_REASONS
+
+    reasons = (*MEMBER_REASONS, *SAMPLE_REASONS)
+    counts = torch.tensor([s.done, s.skipped, s.failed, s.captions, s.missing_captions, s.bad_samples, s.bytes_written,
+                           *(s.problems.get(r, 0) for r in reasons)], dtype=torch.float64)
     if groups.dp_size > 1:
         dist.all_reduce(counts, group=groups.dp_group)
+    problems = {r: int(n) for r, n in zip(reasons, counts[7:].tolist()) if n}
+    counts = counts[:7]
     secs = torch.tensor([s.seconds], dtype=torch.float64)
     if groups.world_size > 1:
         dist.all_reduce(secs, op=dist.ReduceOp.MAX)
@@ -210,6 +220,7 @@ def _reduce(s: Summary, groups, cfg: ExtractConfig, n_fields: int, dim: int) -> 
     return {
         "shards_done": done, "shards_skipped": skipped, "shards_failed": failed,
         "failures": s.failures, "captions": captions, "missing_captions": missing, "bad_samples": bad,
+        "skipped_by_reason": dict(sorted(problems.items())),
         "seconds": secs.item(), "captions_per_s": rate, "bytes_written": nbytes,
         "projection": {
             "samples": cfg.projection.samples, "gpus": cfg.projection.gpus,
@@ -227,7 +238,8 @@ def format_summary(r: dict) -> str:
     return "\n".join([
         f"shards: {r['shards_done']} done, {r['shards_skipped']} skipped (already complete), {r['shards_failed']} failed",
         f"captions embedded: {r['captions']} ({r['missing_captions']} missing fields stored as zero vectors, "
-        f"{r['bad_samples']} unreadable samples)",
+        f"{r['bad_samples']} samples skipped)",
+        f"skipped by reason (shards read this run): {r['skipped_by_reason'] or 'none'}",
         f"throughput: {r['captions_per_s']:.1f} captions/s over {r['seconds']:.1f} s; storage written {r['bytes_written'] / 1e6:.2f} MB",
         f"projection for {p['samples']:.3g} samples: {p['storage_tb']:.2f} TB of sidecars, {hours} on {p['gpus']} devices",
         *[f"failed: {f}" for f in r["failures"]],
