@@ -1,6 +1,7 @@
 """Stage-1 caption triples: positives from the same image, negatives from another, seeded."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -54,3 +55,19 @@ def test_records_from_shards_and_dataset(tmp_path):
     first = [ds[i] for i in range(6)]
     ds.set_epoch(3)
     assert [ds[i] for i in range(6)] != first
+
+
+def test_records_from_caption_only_tars(tmp_path):
+    """Stage 1 reads captions only: a tar of txt/json without images yields its records (the one
+    sample checker runs with require_image=False), and a member-level fault is still dropped."""
+    import tarfile
+
+    from llm2clip_nemo.data.tario import add_member
+
+    with tarfile.open(tmp_path / "c-000000.tar", "w") as tf:
+        add_member(tf, "a.txt", b"alt a")
+        add_member(tf, "a.json", json.dumps({"long": "long a"}).encode())
+        add_member(tf, "b.txt", b"\xff\xfe")  # not UTF-8: bad_text, and then no caption at all
+        add_member(tf, "c.txt", b"alt c")
+    recs = read_caption_records(str(tmp_path / "c-000000.tar"), PairConfig())
+    assert recs == [CaptionRecord("a", ("alt a",), ("long a",), None), CaptionRecord("c", ("alt c",), (), None)]

@@ -77,8 +77,8 @@ def read_caption_records(urls: str, cfg: PairConfig) -> list[CaptionRecord]:
     for src in parse_sources(urls):
         for u in src.urls:
             for raw in iter_tar_samples(u):
-                # the one sample checker (images not decoded: stage 1 reads captions only)
-                s = check_sample(raw, [*cfg.short_fields, *cfg.long_fields]).sample
+                # the one sample checker (images neither decoded nor required: stage 1 reads captions only)
+                s = check_sample(raw, [*cfg.short_fields, *cfg.long_fields], require_image=False).sample
                 if s is None:
                     continue
                 group = s.meta.get(cfg.negative_group_field) if cfg.negative_group_field and s.meta else None

@@ -47,7 +47,8 @@ class Sample:
     key: str
     url: str
     index: int
-    image_ext: str
+    image_ext: str | None
+    """None only for a caption-only sample (`check_sample(..., require_image=False)`)."""
     image: bytes
     txt: str | None
     meta: dict | None
@@ -93,12 +94,14 @@ def decode_json(data: bytes | None) -> tuple[dict | None, bool]:
     return (obj, True) if isinstance(obj, dict) else (None, False)
 
 
-def check_sample(raw: RawSample, caption_fields: Sequence[str] | None, decode: bool = False) -> Checked:
+def check_sample(raw: RawSample, caption_fields: Sequence[str] | None, decode: bool = False,
+                 require_image: bool = True) -> Checked:
     """Run the checks of the module docstring on one raw sample.
 
     caption_fields: the fields a caption may come from; None skips check 4 (e.g. `data inspect`
     without --caption-fields still counts every other reason). decode: also decode the image
-    with `decode_image` (check 5)."""
+    with `decode_image` (check 5). require_image=False skips check 3 for readers of captions only
+    (stage 1's caption pairs may come from caption-only tars)."""
     reasons = list(raw.skipped)
     if raw.error is not None:
         reason, _, detail = raw.error.partition(":")
@@ -111,16 +114,16 @@ def check_sample(raw: RawSample, caption_fields: Sequence[str] | None, decode: b
     if not ok:
         reasons.append("bad_json")
     ext = next((e for e in IMAGE_EXTS if e in m), None)
-    if ext is None:
+    if ext is None and require_image:
         return Checked(None, [*reasons, "missing_image"], f"members {sorted(m)} hold no {'/'.join(IMAGE_EXTS)} image")
     if caption_fields is not None and not any(field_captions(f, txt, meta) for f in caption_fields):
         return Checked(None, [*reasons, "missing_caption"], f"no text in caption fields {list(caption_fields)}")
-    if decode:
+    if decode and ext is not None:
         try:
             check_image(m[ext])
         except ImageDecodeError as e:
             return Checked(None, [*reasons, e.reason], e.detail)
-    return Checked(Sample(raw.key, raw.url, raw.index, ext, m[ext], txt, meta, m), reasons)
+    return Checked(Sample(raw.key, raw.url, raw.index, ext, m[ext] if ext else b"", txt, meta, m), reasons)
 
 
 class ReasonCounter(dict):
