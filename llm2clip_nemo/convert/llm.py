@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..text.contract import TeacherContract, contract_for_import, write_contract
 from ..text.hf_io import CheckpointError, _find_gguf, check_hf_dir, check_safetensors_file, load_hf_causal_lm
 from ..text.llama_spec import LlamaSpec
 from .llama_keymap import hf_to_megatron, megatron_to_hf, to_te_names
 
 FORMAT = "llm2clip_nemo.teacher/1"
 HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "vocab.json", "merges.txt",
-                 "llm2clip_cc.json")
+                 "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "vocab.json", "merges.txt")
 
 
 # ---- reading a HF checkpoint ---------------------------------------------------------------------
@@ -75,9 +75,10 @@ def weights_digest(hf_sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def teacher_fingerprint(digest: str, bidirectional: bool, pooling: str) -> str:
-    """Identifies the embeddings a teacher produces: weights + attention mode + pooling."""
-    return hashlib.sha256(f"{digest}|bidirectional={bidirectional}|pooling={pooling}".encode()).hexdigest()[:24]
+def teacher_fingerprint(digest: str, contract: TeacherContract) -> str:
+    """Identifies the embeddings a teacher produces: weights + the whole teacher contract
+    (attention mode, pooling, max_length, text preparation)."""
+    return hashlib.sha256(f"{digest}|{contract.fingerprint_text()}".encode()).hexdigest()[:24]
 
 
 # ---- import / export -----------------------------------------------------------------------------
@@ -90,9 +91,13 @@ def _atomic_dir(out: Path):
     return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
 
 
-def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1) -> Path:
-    """HF directory (safetensors or GGUF) -> Megatron teacher directory split for `tp` ranks."""
+def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1, contract: dict | None = None) -> Path:
+    """HF directory (safetensors or GGUF) -> Megatron teacher directory split for `tp` ranks, with
+    its teacher contract in hf/ (`text.contract.contract_for_import`: the one recorded with the
+    source, else `contract` fields (None = not given) over llm2vec_config.json and the defaults).
+    A `contract` field that disagrees with the recorded one raises ConfigError before anything is written."""
     hf_path, out = Path(hf_path), Path(out)
+    teacher_contract, origins = contract_for_import(hf_path, contract or {})
     spec, sd, cfg = read_hf_checkpoint(hf_path)
     shards = hf_to_megatron(sd, spec, tp)
     tmp = _atomic_dir(out)
@@ -112,6 +117,7 @@ def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1) 
             for name in HF_SIDE_FILES:
                 if (src_dir / name).is_file():
                     shutil.copy2(src_dir / name, side / name)
+        write_contract(side, teacher_contract, {"source": str(hf_path), "fields": origins})
         meta = {"format": FORMAT, "spec": spec.to_dict(), "tp": tp, "weights_digest": weights_digest(sd),
                 "dtypes": sorted({str(t.dtype) for t in sd.values()}), "source": str(hf_path)}
         (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))

@@ -262,3 +262,28 @@ def prepare_texts(tokenizer, texts: Sequence[str], contract: TeacherContract,
         attn[i, :len(r)] = 1
         pool[i, :len(r)] = torch.tensor(pm)
     return ids, attn, pool
+
+
+def contract_for_import(source: str | Path, requested: dict) -> tuple[TeacherContract, dict[str, str]]:
+    """The contract `convert import-llm` writes for the checkpoint at `source`, and where each field
+    came from ('recorded', 'llm2vec_config.json', 'flag' or 'default').
+
+    A contract recorded with the source (stage 1 export, an earlier import) wins; llm2vec's
+    llm2vec_config.json gives pooling and max_length; `requested` (flags, None = not given) fills
+    the rest and must agree with what is recorded (ConfigError naming the flag otherwise)."""
+    src = Path(source)
+    recorded = read_contract(src)
+    given = {k: v for k, v in requested.items() if v is not None}
+    flag = {k: "--" + k.replace("_", "-") for k in FIELDS}
+    if recorded is not None:
+        contract = resolve_contract(recorded, requested, str(contract_path(src)), prefix="",
+                                    fix="drop the flag")
+        return contract, {k: "recorded" for k in FIELDS}
+    l2v = llm2vec_contract(src.parent if src.is_file() else src)
+    for k, v in given.items():
+        if k in l2v and l2v[k] != v:
+            raise ConfigError(f"{flag[k]} {v!r} disagrees with llm2vec_config.json in {src} ({k}={l2v[k]!r}): "
+                              f"drop {flag[k]} or pass {flag[k]} {l2v[k]!r}.")
+    fields = {**l2v, **given}
+    origins = {k: "flag" if k in given else "llm2vec_config.json" if k in l2v else "default" for k in FIELDS}
+    return TeacherContract(**fields).validate(), origins
