@@ -44,6 +44,7 @@ class TeacherConfig:
         if self.path != EMBEDDED and not Path(self.path).exists():
             raise ValueError(f"teacher.path={self.path!r} does not exist: point it at a Megatron teacher dir "
                              "(`llm2clip-nemo convert import-llm`), a HF model dir, or use 'embedded'.")
+        self.contract()  # a config that disagrees with the teacher's contract is refused at load
 
     def resolved_path(self) -> Path:
         if self.path == EMBEDDED:
