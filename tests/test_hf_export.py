@@ -58,7 +58,7 @@ def tiny_run(root):
     teacher = write_tiny_llama(root / "teacher")
     write_shards(word_samples(16, 1), str(root / "train"), samples_per_shard=8)
     write_shards(word_samples(12, 2), str(root / "test"), samples_per_shard=6)
-    over = [f"model.teacher.path={teacher}", "model.teacher_mode=online", "model.train_ds.output=tokens",
+    over = [f"model.teacher.path={teacher}", "model.teacher_mode=online",
             f"model.train_ds.urls={root / 'train'}", "model.train_ds.batch_size=8", "model.train_ds.shuffle_buffer=8",
             "model.num_workers=0", "trainer.max_steps=2", f"exp_manager.exp_dir={root / 'runs'}",
             "exp_manager.checkpoint_every_n_steps=1", "trainer.enable_progress_bar=false", *TINY]
