@@ -8,8 +8,8 @@ from dist_utils import run_workers
 from llm_fixtures import CAPTIONS, random_word_captions, write_tiny_llama
 
 from llm2clip_nemo.runtime import init_parallel
-from llm2clip_nemo.text.hf_encoder import HFEncoder
 from llm2clip_nemo.text.contract import TeacherContract
+from llm2clip_nemo.text.hf_encoder import HFEncoder
 from llm2clip_nemo.text.teacher import Teacher, length_buckets
 
 MODES = [(True, "mean"), (True, "last_token"), (False, "mean"), (False, "last_token"), (True, "weighted_mean")]
