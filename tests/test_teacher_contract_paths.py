@@ -54,7 +54,7 @@ def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monke
     from llm2clip_nemo import LLM2CLIP
     from llm2clip_nemo.cli import main as cli_main
     from llm2clip_nemo.data.sidecar import SidecarReader
-    from llm2clip_nemo.models.loading import find_checkpoint
+    from llm2clip_nemo.models.loading import _read_ckpt, _read_nemo
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.teacher import Teacher
 
@@ -66,9 +66,9 @@ def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monke
     reader = SidecarReader(str(chain["train"] / "shard-000000.emb.tar"), fingerprint=teacher.fingerprint)
     assert reader.meta.contract == CONTRACT.to_dict()
     # the run recorded the teacher's absolute path although it was launched with a relative one
-    _, ckpt = find_checkpoint(chain["run"])
-    meta = torch.load(ckpt, map_location="cpu", weights_only=False)
-    assert meta["hyper_parameters"]["cfg"]["teacher"]["path"] == str(chain["teacher"])
+    ckpt = next((chain["run"] / "checkpoints").glob("*last.ckpt"))
+    assert _read_ckpt(ckpt)[0]["teacher"]["path"] == str(chain["teacher"])
+    assert _read_nemo(chain["run"] / "model.nemo")[0]["teacher"]["path"] == str(chain["teacher"])
     # export-hf from another working directory
     monkeypatch.chdir(tmp_path)
     assert cli_main(["convert", "export-hf", "--model", str(chain["run"]), "--out", "export"]) == 0
@@ -110,9 +110,9 @@ def test_export_hf_names_a_missing_teacher_and_takes_teacher_flag(chain, tmp_pat
     rc = cli_main(["convert", "export-hf", "--model", str(run), "--out", "e1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and not (tmp_path / "e1").exists() and len(err) == 1
-    assert err[0] == (f"llm2clip-nemo convert export-hf: error: the checkpoint's model config does not load here: "
-                      f"the teacher this model was trained with, gone/mg, is not found (nor relative to {ckpt} or its "
-                      f"parent directories): pass --teacher PATH (teacher_path=) pointing at that teacher LLM.")
+    assert err[0] == (f"llm2clip-nemo convert export-hf: error: the teacher this model was trained with, gone/mg, is "
+                      f"not found (nor relative to {ckpt.parent} or its parent directories): pass --teacher PATH "
+                      f"(teacher_path=) pointing at that teacher LLM.")
     assert cli_main(["convert", "export-hf", "--model", str(run), "--out", "e2", "--teacher", str(moved)]) == 0
     # a relative path is resolved against the run: found from the run's parent directory
     (tmp_path / "gone").mkdir()

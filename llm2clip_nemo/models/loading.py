@@ -133,13 +133,16 @@ def prepare_config(cfg: dict, tensor_parallel: int = 1, teacher_path: str | Path
 def _locate_teacher(recorded: str, where: str | Path | None) -> str:
     if recorded == EMBEDDED or Path(recorded).exists():
         return recorded
-    if where is not None and not Path(recorded).is_absolute():
-        start = Path(where).resolve()
-        for d in ([start] if start.is_dir() else []) + list(start.parents):
-            if (d / recorded).exists():
-                return str(d / recorded)
+    base = None
+    if where is not None:
+        base = Path(where).resolve()
+        base = base if base.is_dir() else base.parent
+        if not Path(recorded).is_absolute():
+            for d in [base, *base.parents]:
+                if (d / recorded).exists():
+                    return str(d / recorded)
     raise ConfigError(f"the teacher this model was trained with, {recorded}, is not found"
-                      + (f" (nor relative to {where} or its parent directories)" if where is not None else "")
+                      + (f" (nor relative to {base} or its parent directories)" if base is not None else "")
                       + ": pass --teacher PATH (teacher_path=) pointing at that teacher LLM.")
 
 
