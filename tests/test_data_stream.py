@@ -175,7 +175,7 @@ def test_config_validation_names_field_and_fix():
 
     c = load_config(StreamConfig, None, ["urls=a/{0..3}.tar", "caption_fields.txt=0", "caption_fields.long=1", "epochs=2"])
     assert c.caption_fields == {"txt": 0.0, "long": 1.0} and c.epochs == 2
-    with pytest.raises(ConfigError, match=r"data.output='tensors' must be one of \('captions', 'tokens', 'embeddings'\)"):
+    with pytest.raises(ConfigError, match=r"data.output='tensors' must be one of \('captions', 'embeddings'\)"):
         load_config(StreamConfig, None, ["output=tensors"])
     with pytest.raises(ConfigError, match=r"transform.scale=\[0.0, 1.0\] must be \[lo, hi\] with 0 < lo <= hi <= 1"):
         load_config(StreamConfig, None, ["transform.scale=[0,1]"])
