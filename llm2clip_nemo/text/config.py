@@ -62,9 +62,11 @@ class TeacherConfig:
         """The teacher contract to embed with: the one recorded with the teacher, checked against the
         values this config sets (ConfigError naming the field on disagreement), or, for a teacher
         that records none, this config's values over the defaults."""
-        path = self.resolved_path()
         requested = {"bidirectional": self.bidirectional, "pooling": self.pooling, "max_length": self.max_length,
                      "text_preparation": self.text_preparation}
+        if self.path == EMBEDDED:  # the packaged raw SmolLM2 records no contract
+            return resolve_contract(None, requested, EMBEDDED)
+        path = self.resolved_path()
         return resolve_contract(read_contract(path), requested, str(contract_path(path)),
                                 fix=f"remove teacher.<field> from the config (teacher {self.path})")
 
