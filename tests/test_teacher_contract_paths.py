@@ -14,17 +14,37 @@ from llm_fixtures import write_tiny_llama, write_tiny_llama3
 from llm2clip_nemo.config import ConfigError, load_config
 from llm2clip_nemo.text.contract import TeacherContract, read_contract
 
-# causal + llm2vec's Llama-3 preparation: every field differs from a default somewhere down the chain
-CONTRACT = TeacherContract(bidirectional=False, pooling="mean", max_length=64, text_preparation="llm2vec_llama3",
-                           doc_max_length=40)
-FLAGS = ["--attention", "causal", "--text-preparation", "llm2vec_llama3", "--max-length", "64",
-         "--doc-max-length", "40"]
+# Two sources, every field away from a default somewhere down the chain: stage 1's export (its plain
+# preparation, caption tokens pooled without BOS), and a Llama-3 teacher imported with llm2vec's
+# preparation by flags. Both causal, so the model card must never say bidirectional.
+CONTRACTS = {
+    "stage1": TeacherContract(bidirectional=False, pooling="mean", max_length=64, text_preparation="plain"),
+    "llm2vec": TeacherContract(bidirectional=False, pooling="mean", max_length=64, text_preparation="llm2vec_llama3",
+                               doc_max_length=40),
+}
+FLAGS = {"stage1": [],  # everything comes from the stage-1 export's contract
+         "llm2vec": ["--attention", "causal", "--text-preparation", "llm2vec_llama3", "--max-length", "64",
+                     "--doc-max-length", "40"]}
 TEXTS = ["w1 w2 w3", "w40 w41 w42 w43 w44 w45 w46 w47 w48", " ".join(f"w{i}" for i in range(50)), "w7"]
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """{root, teacher (relative to root), run, export}: a 2-step offline run against an imported teacher."""
+def stage1_export(root):
+    """A LoRA caption encoder (random LoRA B, causal, mean) over the tiny Llama-3 exported by stage 1."""
+    from llm2clip_nemo.models.caption_encoder import CaptionEncoder, EncoderConfig, LoRAConfig, export_merged
+
+    torch.manual_seed(0)
+    enc = CaptionEncoder(EncoderConfig(llm_path=str(write_tiny_llama3(root / "base")), bidirectional=False,
+                                       lora=LoRAConfig(dropout=0.0)))
+    with torch.no_grad():
+        for n, p in enc.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn_like(p) * 0.05)
+    return export_merged(enc, root / "hf", max_length=64)
+
+
+@pytest.fixture(scope="module", params=sorted(CONTRACTS))
+def chain(request, tmp_path_factory):
+    """{source, root, teacher, train, run}: a 2-step offline run against an imported teacher."""
     import os
 
     from llm2clip_nemo.cli import main as cli_main
@@ -32,12 +52,13 @@ def chain(tmp_path_factory):
     from llm2clip_nemo.recipes.extract import run as extract
     from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig, run
 
-    root = tmp_path_factory.mktemp("chain")
-    hf = write_tiny_llama3(root / "hf")
+    source = request.param
+    root = tmp_path_factory.mktemp(f"chain_{source}")
+    stage1_export(root) if source == "stage1" else write_tiny_llama3(root / "hf")
     cwd = os.getcwd()
     os.chdir(root)  # the run is launched with relative paths, as users do
     try:
-        assert cli_main(["convert", "import-llm", "--hf", "hf", "--out", "teachers/mg", *FLAGS]) == 0
+        assert cli_main(["convert", "import-llm", "--hf", "hf", "--out", "teachers/mg", *FLAGS[source]]) == 0
         train, val = word_shards(root / "train", 32, 16, seed=1), word_shards(root / "val", 16, 16, seed=2)
         for d in (train, val):
             extract(load_config(ExtractConfig, None, [f"data.urls={d}", "teacher.path=teachers/mg", "progress=false"]))
@@ -47,7 +68,7 @@ def chain(tmp_path_factory):
     finally:
         os.chdir(cwd)
     run_dir = next((root / "runs").iterdir())
-    return {"root": root, "hf": hf, "teacher": root / "teachers" / "mg", "train": train, "run": run_dir}
+    return {"source": source, "root": root, "teacher": root / "teachers" / "mg", "train": train, "run": run_dir}
 
 
 def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monkeypatch):
@@ -58,13 +79,14 @@ def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monke
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.teacher import Teacher
 
-    # import-llm wrote the flags' contract; the Teacher runs with it
-    assert read_contract(chain["teacher"]) == CONTRACT
+    contract = CONTRACTS[chain["source"]]
+    # import-llm wrote the contract (stage 1's, or the flags'); the Teacher runs with it
+    assert read_contract(chain["teacher"]) == contract
     teacher = Teacher.load(chain["teacher"], init_parallel(1))
-    assert teacher.contract == CONTRACT
+    assert teacher.contract == contract
     # the extraction sidecar records it, under the fingerprint that covers it
     reader = SidecarReader(str(chain["train"] / "shard-000000.emb.tar"), fingerprint=teacher.fingerprint)
-    assert reader.meta.contract == CONTRACT.to_dict()
+    assert reader.meta.contract == contract.to_dict()
     # the run recorded the teacher's absolute path although it was launched with a relative one
     ckpt = next((chain["run"] / "checkpoints").glob("*last.ckpt"))
     assert _read_ckpt(ckpt)[0]["teacher"]["path"] == str(chain["teacher"])
@@ -73,7 +95,7 @@ def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert cli_main(["convert", "export-hf", "--model", str(chain["run"]), "--out", "export"]) == 0
     model = LLM2CLIP.from_pretrained(tmp_path / "export")
-    assert model.contract == CONTRACT and read_contract(tmp_path / "export" / "llm") == CONTRACT
+    assert model.contract == contract and read_contract(tmp_path / "export" / "llm") == contract
     # extraction's embedding (Teacher.encode_texts) == the export's (transformers + the contract)
     ours = teacher.encode_texts(TEXTS, batch_size=2)
     theirs = model.get_llm_embeddings(TEXTS, batch_size=3)
@@ -89,7 +111,7 @@ def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monke
     # the model card is generated from the contract: a causal teacher is never called bidirectional
     card = (tmp_path / "export" / "README.md").read_text()
     assert "bidirectional" not in card
-    assert card.count("causal attention, mean pooling, max 64 tokens, llm2vec_llama3 text preparation") == 3
+    assert card.count(f"causal attention, mean pooling, max 64 tokens, {contract.text_preparation} text preparation") == 3
 
 
 def test_export_hf_names_a_missing_teacher_and_takes_teacher_flag(chain, tmp_path, monkeypatch, capsys):
