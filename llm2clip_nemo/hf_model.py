@@ -6,7 +6,8 @@
     logits = model.similarity(img, txt)                # logit_scale * cosine, [N, M]
 
 Vision: the stock `transformers` CLIPVisionModelWithProjection in `vision/`. Text: the LLM in
-`llm/` with the switches it was trained with (bidirectional attention, pooling, max length),
+`llm/` run by its teacher contract (`llm/teacher_contract.json`: attention, pooling, max length,
+text preparation),
 through the Hugging Face encoder backend (TP=1), or through our tensor-parallel Megatron teacher
 when `tensor_parallel > 1`; then the adapter. Images go through the same eval transform as
 training-time evaluation (resize + centre crop + CLIP normalisation).
@@ -20,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .text.contract import CONTRACT_FILE, TeacherContract, prepare_texts, read_contract
 
 
 def image_source(image):
@@ -53,9 +56,10 @@ def preprocess_images(images: Sequence, image_size: int, mean, std) -> torch.Ten
 class LLM2CLIP(nn.Module):
     """Vision tower + LLM text encoder + adapter of an exported LLM2CLIP model."""
 
-    def __init__(self, vision, adapter, text_encoder, tokenizer, config: dict, logit_scale: torch.Tensor,
-                 logit_bias: torch.Tensor | None = None):
+    def __init__(self, vision, adapter, text_encoder, tokenizer, contract: TeacherContract, config: dict,
+                 logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None):
         super().__init__()
+        self.contract = contract
         self.vision = vision
         self.adapter = adapter
         self.text_encoder = text_encoder
@@ -95,19 +99,23 @@ class LLM2CLIP(nn.Module):
         scale = log_scale.clamp(max=max_log).exp()
         vision = CLIPVisionModelWithProjection.from_pretrained(path / meta["vision"], dtype=dtype)
         llm_dir = path / meta["llm"]
+        contract = read_contract(llm_dir)
+        if contract is None:
+            raise UnknownLayoutError(f"{llm_dir} has no {CONTRACT_FILE}: the export predates the teacher contract; "
+                                     "re-export the model with `llm2clip-nemo convert export-hf`.")
         if tensor_parallel == 1:
             from .text.hf_encoder import HFEncoder
 
-            encoder = HFEncoder.from_pretrained(llm_dir, pooling=acfg["pooling"], bidirectional=acfg["bidirectional"],
-                                                dtype=dtype)
+            encoder = HFEncoder.from_pretrained(llm_dir, pooling=contract.pooling,
+                                                bidirectional=contract.bidirectional, dtype=dtype)
             tokenizer, hidden = encoder.tokenizer, encoder.hidden_size
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
         else:
             from .runtime import init_parallel
-            from .text.megatron_encoder import EncoderOptions
             from .text.teacher import Teacher
 
-            encoder = Teacher.load(llm_dir, init_parallel(tensor_parallel),
-                                   EncoderOptions(acfg["bidirectional"], acfg["pooling"], params_dtype=dtype))
+            encoder = Teacher.load(llm_dir, init_parallel(tensor_parallel), contract, params_dtype=dtype)
             tokenizer, hidden = encoder.tokenizer, encoder.hidden_size
         try:
             check_teacher_dim(adapter.cfg, hidden)
@@ -115,7 +123,7 @@ class LLM2CLIP(nn.Module):
             raise ValueError(f"embedding dimension mismatch in {path}: the adapter takes {adapter.cfg.input_dim}-dim "
                              f"LLM embeddings but {llm_dir} has hidden size {hidden}: the export is inconsistent; "
                              "re-export the model.") from None
-        model = cls(vision.eval(), adapter.eval(), encoder, tokenizer, {**acfg, "export": meta}, scale,
+        model = cls(vision.eval(), adapter.eval(), encoder, tokenizer, contract, {**acfg, "export": meta}, scale,
                     tensors.get("loss.logit_bias"))
         return model.to(device)
 
@@ -145,15 +153,14 @@ class LLM2CLIP(nn.Module):
     def get_llm_embeddings(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Captions -> the frozen LLM's pooled embeddings [N, H] fp32 (before the adapter)."""
         texts = list(texts)
-        max_length = int(self.config["max_length"])
         if hasattr(self.text_encoder, "encode_texts"):  # the Megatron teacher (tensor_parallel > 1)
-            return self.text_encoder.encode_texts(texts, batch_size=batch_size, max_length=max_length)
-        from .text.hf_encoder import tokenize
-
+            return self.text_encoder.encode_texts(texts, batch_size=batch_size)
+        self.text_encoder.eval()
         out = []
         for i in range(0, len(texts), batch_size):
-            ids, mask = tokenize(self.tokenizer, texts[i:i + batch_size], max_length)
-            out.append(self.text_encoder.encode(ids.to(self.device), mask.to(self.device)).float().cpu())
+            ids, mask, pool = prepare_texts(self.tokenizer, texts[i:i + batch_size], self.contract)
+            dev = self.device
+            out.append(self.text_encoder(ids.to(dev), mask.to(dev), pool.to(dev)).float().cpu())
         return torch.cat(out) if out else torch.empty(0, int(self.config["input_dim"]))
 
     @torch.inference_mode()

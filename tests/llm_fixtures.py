@@ -56,3 +56,38 @@ def random_word_captions(n, vocab=101, seed=0):
 
 def read_json(p):
     return json.loads(p.read_text())
+
+
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def write_tiny_llama3(path, hidden=64, layers=2, heads=4, kv_heads=2, ffn=96, seed=0):
+    """A random Llama checkpoint with a Llama-3-style tokenizer: byte-level BPE (trained here on
+    'w<i>' words and an instruction), BOS prepended, <|start_header_id|>/<|end_header_id|>/<|eot_id|>
+    as special tokens, no pad token (llm2vec pads with EOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=LLAMA3_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["user\n\n", "Given a caption, retrieve a detailed relevant caption"]
+    corpus += [" ".join(f"w{i}" for i in range(j, j + 10)) for j in range(100)]
+    tk.train_from_iterator(corpus, trainer)
+    bos = tk.token_to_id("<|begin_of_text|>")
+    tk.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv_heads, intermediate_size=ffn, max_position_embeddings=256,
+                      rope_theta=500000.0, bos_token_id=bos, eos_token_id=tk.token_to_id("<|end_of_text|>"))
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path

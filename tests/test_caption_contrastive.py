@@ -2,6 +2,7 @@
 the Megatron teacher, MNTP, .nemo round trip, and a few real steps on SmolLM2."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -198,7 +199,7 @@ def test_dp2_equals_dp1_loss_and_lora_grads(tiny_dir):
 @pytest.fixture(scope="module")
 def merged(tiny_dir, tmp_path_factory):
     enc = tiny_encoder(tiny_dir, seed=4).eval()
-    out = export_merged(enc, tmp_path_factory.mktemp("merged") / "hf")
+    out = export_merged(enc, tmp_path_factory.mktemp("merged") / "hf", max_length=48)
     return enc, out
 
 
@@ -224,22 +225,25 @@ def test_merged_dir_loads_in_stock_transformers_and_equals_peft(merged):
 def test_merged_through_megatron_teacher_equals_hf(merged, tmp_path):
     from llm2clip_nemo.convert.llm import import_llm
     from llm2clip_nemo.runtime import init_parallel
+    from llm2clip_nemo.text.contract import TeacherContract
     from llm2clip_nemo.text.hf_encoder import HFEncoder
-    from llm2clip_nemo.text.megatron_encoder import EncoderOptions
     from llm2clip_nemo.text.teacher import Teacher
 
     _, out = merged
     mdir = import_llm(out, tmp_path / "megatron", tp=1)
-    teacher = Teacher.load(mdir, init_parallel(1), EncoderOptions(bidirectional=True, pooling="mean"))
+    teacher = Teacher.load(mdir, init_parallel(1))
+    # the contract stage 1 trained with travels through import-llm
+    assert teacher.contract == TeacherContract(bidirectional=True, pooling="mean", max_length=48,
+                                               text_preparation="plain", pool_special_tokens=False)
     texts = random_word_captions(16, seed=11)
     ours = teacher.encode_texts(texts, batch_size=5)
     hf = HFEncoder.from_pretrained(out, pooling="mean", bidirectional=True)
     ref = hf.encode(*hf.tokenize(texts))
     assert F.cosine_similarity(ours, ref).min() >= 0.9999
-    # the attention mode stage 1 trained with travels through import-llm; the teacher refuses another
-    with pytest.raises(ConfigError, match=r"was caption-contrastive trained with bidirectional=True but is asked to "
-                                          r"embed with bidirectional=False: set teacher.bidirectional=True"):
-        Teacher.load(mdir, init_parallel(1), EncoderOptions(bidirectional=False, pooling="mean"))
+    # the teacher refuses another attention mode
+    with pytest.raises(ConfigError, match=r"^teacher.bidirectional=False disagrees with the teacher contract "
+                                          r"\(bidirectional=True in .*/megatron/hf/teacher_contract.json\): "):
+        Teacher.load(mdir, init_parallel(1), dataclasses.replace(teacher.contract, bidirectional=False))
 
 
 # ---- MNTP -----------------------------------------------------------------------------------

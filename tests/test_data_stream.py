@@ -127,23 +127,16 @@ def test_batch_layout_and_normalisation(shards):
         assert cap == (f"alt {i}" if field == "txt" else f"a long caption of {i}")
 
 
-def test_tokens_output_uses_the_given_tokenizer(shards):
-    class Tok:  # a minimal HF-style tokenizer: callable returning input_ids/attention_mask
-        pad_token = "<pad>"
+def test_stream_has_no_token_output_of_its_own(shards):
+    """The online teacher prepares captions by its contract; the stream has no second length setting."""
+    from llm2clip_nemo.config import ConfigError
+    from llm2clip_nemo.data.config import StreamConfig
 
-        def __call__(self, texts, padding, truncation, max_length, return_tensors):
-            ids = torch.zeros(len(texts), max_length, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, t in enumerate(texts):
-                enc = [ord(c) for c in t][:max_length]
-                ids[i, : len(enc)] = torch.tensor(enc)
-                mask[i, : len(enc)] = 1
-            return {"input_ids": ids, "attention_mask": mask}
-
-    s = ImageTextStream(stream_cfg(shards, output="tokens", max_text_tokens=6), tokenizer=Tok())
-    b = next(iter(s))
-    assert b["input_ids"].shape == (4, 6)
-    assert "".join(chr(c) for c in b["input_ids"][0].tolist() if c) == b["caption"][0][:6]
+    assert not hasattr(StreamConfig(), "max_text_tokens")
+    with pytest.raises(ConfigError, match=r"^data.output='tokens' must be one of \('captions', 'embeddings'\)$"):
+        ImageTextStream(stream_cfg(shards, output="tokens"))
+    b = next(iter(ImageTextStream(stream_cfg(shards))))
+    assert set(b) == {"image", "key", "caption", "caption_field", "source", "url", "stream_state"}
 
 
 def test_unreadable_path_and_empty_source_errors(shards, tmp_path):
@@ -182,7 +175,7 @@ def test_config_validation_names_field_and_fix():
 
     c = load_config(StreamConfig, None, ["urls=a/{0..3}.tar", "caption_fields.txt=0", "caption_fields.long=1", "epochs=2"])
     assert c.caption_fields == {"txt": 0.0, "long": 1.0} and c.epochs == 2
-    with pytest.raises(ConfigError, match=r"data.output='tensors' must be one of \('captions', 'tokens', 'embeddings'\)"):
+    with pytest.raises(ConfigError, match=r"data.output='tensors' must be one of \('captions', 'embeddings'\)"):
         load_config(StreamConfig, None, ["output=tensors"])
     with pytest.raises(ConfigError, match=r"transform.scale=\[0.0, 1.0\] must be \[lo, hi\] with 0 < lo <= hi <= 1"):
         load_config(StreamConfig, None, ["transform.scale=[0,1]"])

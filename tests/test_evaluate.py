@@ -27,7 +27,7 @@ def reference_numbers(model, samples) -> dict:
     img = model.encode_images(preprocess_images([s.image for s in samples], 16, t.mean, t.std))
 
     def text(caps):
-        return model.encode_teacher_embeddings(model.teacher.encode_texts(caps, max_length=model.typed.teacher.max_length))
+        return model.encode_teacher_embeddings(model.teacher.encode_texts(caps))
 
     caps, t2i = [], []
     for i, s in enumerate(samples):
@@ -37,7 +37,7 @@ def reference_numbers(model, samples) -> dict:
     longs = [s.meta["long"] for s in samples]
     cls = M.build_class_embeddings(sorted(CLASSES), ["a photo of a {}."], text)
     labels = [sorted(CLASSES).index(s.meta["group"]) for s in samples]
-    raw = model.teacher.encode_texts(caps + longs, max_length=model.typed.teacher.max_length)
+    raw = model.teacher.encode_texts(caps + longs)
     return {
         "retrieval": M.retrieval_metrics(img, text(caps), t2i),
         "long_retrieval": M.retrieval_metrics(img, text(longs), list(range(len(samples)))),

@@ -58,7 +58,7 @@ def tiny_run(root):
     teacher = write_tiny_llama(root / "teacher")
     write_shards(word_samples(16, 1), str(root / "train"), samples_per_shard=8)
     write_shards(word_samples(12, 2), str(root / "test"), samples_per_shard=6)
-    over = [f"model.teacher.path={teacher}", "model.teacher_mode=online", "model.train_ds.output=tokens",
+    over = [f"model.teacher.path={teacher}", "model.teacher_mode=online",
             f"model.train_ds.urls={root / 'train'}", "model.train_ds.batch_size=8", "model.train_ds.shuffle_buffer=8",
             "model.num_workers=0", "trainer.max_steps=2", f"exp_manager.exp_dir={root / 'runs'}",
             "exp_manager.checkpoint_every_n_steps=1", "trainer.enable_progress_bar=false", *TINY]
@@ -108,7 +108,11 @@ def test_export_layout_and_model_card(tiny):
     meta = json.loads((out / "llm2clip.json").read_text())
     assert meta["format"] == "llm2clip_nemo.hf_export/1" and meta["training"]["global_step"] == 2
     acfg = json.loads((out / "adapter" / "config.json").read_text())
-    assert acfg["input_dim"] == acfg["teacher_hidden_size"] == 64 and acfg["pooling"] == "mean"
+    assert acfg["input_dim"] == acfg["teacher_hidden_size"] == 64
+    # the contract the model was trained with (the tiny teacher records none: the config's defaults)
+    from llm2clip_nemo.text.contract import TeacherContract, read_contract
+
+    assert read_contract(out / "llm") == TeacherContract()
     from llm2clip_nemo.text.config import TeacherConfig, expected_fingerprint
 
     # the exported LLM is the same teacher: same fingerprint as the training teacher
@@ -155,7 +159,7 @@ def test_exported_model_features_equal_pre_export(tiny):
     want_img = ref.encode_images(preprocess_images(images, 16, t.mean, t.std))
     assert (hf.get_image_features(images) - want_img).abs().max().item() <= 1e-5
     caps = ["w1 w2 w3", "w5", "w7 w8 w9 w10 w11 w12", "w40 w41"]
-    want_txt = ref.encode_teacher_embeddings(ref.teacher.encode_texts(caps, max_length=ref.typed.teacher.max_length))
+    want_txt = ref.encode_teacher_embeddings(ref.teacher.encode_texts(caps))
     got_txt = hf.get_text_features(caps)
     assert (got_txt - want_txt).abs().max().item() <= 1e-4  # HF encoder vs Megatron teacher
     logits = hf.similarity(want_img, want_txt)
@@ -254,6 +258,7 @@ def test_teacher_dimension_mismatch_is_refused(tiny, tmp_path):
     shutil.copytree(tiny["export"], bad)
     shutil.rmtree(bad / "llm")
     shutil.copytree(wide, bad / "llm")
+    shutil.copy(tiny["export"] / "llm" / "teacher_contract.json", bad / "llm")  # only the width differs
     with pytest.raises(ValueError, match=r"adapter takes 64-dim LLM embeddings but .*llm has hidden size 48"):
         LLM2CLIP.from_pretrained(bad)
 

@@ -8,8 +8,8 @@ from dist_utils import run_workers
 from llm_fixtures import CAPTIONS, random_word_captions, write_tiny_llama
 
 from llm2clip_nemo.runtime import init_parallel
+from llm2clip_nemo.text.contract import TeacherContract
 from llm2clip_nemo.text.hf_encoder import HFEncoder
-from llm2clip_nemo.text.megatron_encoder import EncoderOptions
 from llm2clip_nemo.text.teacher import Teacher, length_buckets
 
 MODES = [(True, "mean"), (True, "last_token"), (False, "mean"), (False, "last_token"), (True, "weighted_mean")]
@@ -37,7 +37,7 @@ def hf_reference(hf: HFEncoder, texts, bidirectional, pooling):
 @pytest.mark.parametrize("bidirectional,pooling", MODES)
 def test_smollm2_tp1_matches_hf(smollm2_dir, hf_smol, groups, bidirectional, pooling):
     assert len(CAPTIONS) >= 32
-    teacher = Teacher.load(smollm2_dir, groups, EncoderOptions(bidirectional=bidirectional, pooling=pooling))
+    teacher = Teacher.load(smollm2_dir, groups, TeacherContract(bidirectional=bidirectional, pooling=pooling))
     ours = teacher.encode_texts(CAPTIONS, batch_size=8)  # length-bucketed, padded batches
     ref = hf_reference(hf_smol, CAPTIONS, bidirectional, pooling)  # one padded batch in input order
     cos = F.cosine_similarity(ours, ref)
@@ -48,8 +48,8 @@ def test_smollm2_tp1_matches_hf(smollm2_dir, hf_smol, groups, bidirectional, poo
 def test_bidirectional_sees_later_tokens(smollm2_dir, groups):
     """Changing the last token moves the first token's state only under bidirectional attention."""
     def first_token_shift(bidirectional):
-        t = Teacher.load(smollm2_dir, groups, EncoderOptions(bidirectional=bidirectional))
-        ids, mask = t.tokenize(["a red apple on the table", "a red apple on the chair"])
+        t = Teacher.load(smollm2_dir, groups, TeacherContract(bidirectional=bidirectional))
+        ids, mask, _ = t.prepare(["a red apple on the table", "a red apple on the chair"])
         with torch.inference_mode():
             h = t.encoder.hidden_states(ids, mask)
         return (h[0, 0] - h[1, 0]).abs().max().item()
@@ -63,7 +63,7 @@ def test_teacher_is_frozen(smollm2_dir, groups):
     t.encoder.train()
     assert not t.encoder.training
     assert not any(p.requires_grad for p in t.encoder.parameters())
-    ids, mask = t.tokenize(["dog"])
+    ids, mask, _ = t.prepare(["dog"])
     assert not t.encoder.encode(ids, mask).requires_grad
 
 
@@ -88,8 +88,7 @@ def _tp_worker(rank, world, path, texts, per_rank_texts):
     offline = t.encode_texts(texts, batch_size=16)  # same captions on every rank
     online = None
     if per_rank_texts:  # each rank its own captions
-        ids, mask = t.tokenize(per_rank_texts[rank])
-        online = t.encode_online(ids, mask)
+        online = t.encode_online(per_rank_texts[rank])
     return offline, online, t.fingerprint
 
 

@@ -15,12 +15,16 @@ from safetensors.torch import load_file
 from llm2clip_nemo.cli import main as cli_main
 from llm2clip_nemo.convert.llm import import_llm
 from llm2clip_nemo.runtime import init_parallel
+from llm2clip_nemo.text.contract import TeacherContract
 from llm2clip_nemo.text.hf_encoder import HFEncoder
 from llm2clip_nemo.text.megatron_encoder import EncoderOptions
 from llm2clip_nemo.text.teacher import Teacher
 
 CASES = [(f, lay) for f in FAMILIES for lay in LAYOUTS]
 LENGTHS = (10, 300)  # tokens per caption, about
+CONTRACT = TeacherContract(bidirectional=True, pooling="mean", max_length=512)
+"""Embed as the HFEncoder reference does: bidirectional, mean over the caption tokens, 512 tokens."""
+LONG = {"max_length": 512}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,9 @@ def zoo(tmp_path_factory):
     for fam, lay in CASES:
         src = write_family(root / f"{fam}-{lay}", fam, lay)
         tp1 = root / f"{fam}-{lay}-tp1"
-        assert cli_main(["convert", "import-llm", "--hf", str(src), "--out", str(tp1), "--tp", "1"]) == 0
-        tp2 = import_llm(src, root / f"{fam}-{lay}-tp2", tp=2)
+        assert cli_main(["convert", "import-llm", "--hf", str(src), "--out", str(tp1), "--tp", "1",
+                         "--max-length", "512"]) == 0
+        tp2 = import_llm(src, root / f"{fam}-{lay}-tp2", tp=2, contract=LONG)
         ref = HFEncoder(load_reference(src, lay), AutoTokenizer.from_pretrained(src), "mean", bidirectional=True)
         refs = {}
         for n in LENGTHS:
@@ -66,9 +71,9 @@ def test_tp1_matches_transformers_and_exports_bit_exact(zoo, groups, tmp_path, f
     meta = json.loads((tp1 / "teacher.json").read_text())
     assert meta["spec"]["family"] == ("llama" if family == "llama3" else family)
     assert meta["hf_layout"] == ("causal" if layout in ("causal", "sharded") else "bare")
-    teacher = Teacher.load(tp1, groups, EncoderOptions(bidirectional=True, pooling="mean"))
+    teacher = Teacher.load(tp1, groups, CONTRACT)
     for n, (caps, ref) in refs.items():
-        ids, _ = teacher.tokenize(caps)
+        ids, _, _ = teacher.prepare(caps)
         assert ids.shape[1] >= 0.8 * n  # the long captions really are ~300 tokens
         cos = F.cosine_similarity(teacher.encode_texts(caps), ref)
         assert cos.min().item() >= 0.9999, (n, cos)
@@ -82,13 +87,12 @@ def test_tp1_matches_transformers_and_exports_bit_exact(zoo, groups, tmp_path, f
 
 def _tp2_worker(rank, world, cases):
     from llm2clip_nemo.runtime import init_parallel
-    from llm2clip_nemo.text.megatron_encoder import EncoderOptions
     from llm2clip_nemo.text.teacher import Teacher
 
     g = init_parallel(world)
     out = {}
     for key, path, texts in cases:
-        t = Teacher.load(path, g, EncoderOptions(bidirectional=True, pooling="mean"))
+        t = Teacher.load(path, g, CONTRACT)
         out[key] = {n: t.encode_texts(caps) for n, caps in texts.items()}
     return out
 
@@ -123,7 +127,7 @@ def test_llm2vec_two_stage_adapters_merge_in_order(tmp_path, groups, capsys):
         (d / "adapter_config.json").write_text(json.dumps(acfg))
     out = tmp_path / "mg"
     assert cli_main(["convert", "import-llm", "--hf", str(sup), "--out", str(out),
-                     "--base", str(mntp), "--base", str(base)]) == 0
+                     "--base", str(mntp), "--base", str(base), "--max-length", "512"]) == 0
     assert f"wrote Megatron teacher tp=1 to {out} (llama, bare layout, 2 adapter(s) merged; weights sha256" in \
         capsys.readouterr().out
     assert json.loads((out / "teacher.json").read_text())["adapters"] == [str(sup), str(mntp)]
@@ -144,7 +148,7 @@ def test_linear_rope_matches_transformers(tmp_path, groups):
     from transformers import AutoTokenizer
 
     src = write_family(tmp_path / "lin", "llama_linear", "causal")
-    mg = import_llm(src, tmp_path / "mg", tp=1)
+    mg = import_llm(src, tmp_path / "mg", tp=1, contract=LONG)
     assert json.loads((mg / "teacher.json").read_text())["spec"]["rope_type"] == "linear"
     ref = HFEncoder(load_reference(src, "causal"), AutoTokenizer.from_pretrained(src), "mean", bidirectional=True)
     caps = captions("llama_linear", 300, 3)
@@ -299,7 +303,7 @@ def test_teacher_path_may_be_the_hf_dir_itself(zoo, groups, family, layout):
     """`teacher.path` pointing at the HF directory (converted in memory) embeds the same and carries
     the same fingerprint as its `import-llm` copy (the digest is over canonical keys)."""
     src, tp1, _, refs = zoo[family, layout]
-    direct, imported = Teacher.load(src, groups), Teacher.load(tp1, groups)
+    direct, imported = Teacher.load(src, groups, CONTRACT), Teacher.load(tp1, groups)
     assert direct.fingerprint == imported.fingerprint
     caps, ref = refs[300]
     assert F.cosine_similarity(direct.encode_texts(caps), ref).min().item() >= 0.9999

@@ -76,8 +76,7 @@ def _online_offline_worker(rank, world, teacher_dir, sidecar, captions, keys):
     g = init_parallel(world)
     teacher = Teacher.load(teacher_dir, g)
     mine = slice(rank * 4, rank * 4 + 4)  # every rank its own captions and images
-    ids, mask = teacher.tokenize(captions[mine])
-    online = teacher.encode_online(ids, mask)
+    online = teacher.encode_online(captions[mine])
     reader = SidecarReader(sidecar, fingerprint=teacher.fingerprint)
     offline = torch.stack([reader.vector(k, "txt") for k in keys[mine]])
     torch.manual_seed(0)

@@ -4,7 +4,9 @@
                      stock `transformers` loads it, no trust_remote_code
     out/adapter/     model.safetensors (`adapter.*` weights, `loss.logit_scale`[, `loss.logit_bias`])
                      + config.json (AdapterConfig fields, logit scale, teacher fingerprint and switches)
-    out/llm/         the teacher as a standard HF causal-LM directory with its tokenizer
+    out/llm/         the teacher as a standard HF causal-LM directory with its tokenizer and its
+                     teacher contract (teacher_contract.json: attention, pooling, max_length, text
+                     preparation), the one source the model card and `LLM2CLIP` read
     out/llm2clip.json  format version, what is where, the training config
     out/README.md    model card
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ..models.loading import EXPORT_FORMAT, load_llm2clip
+from ..text.contract import TeacherContract
 
 VISION, ADAPTER, LLM = "vision", "adapter", "llm"
 _LLM_SKIP_SUFFIXES = (".gguf", ".lock")
@@ -74,10 +77,12 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
               tensor_parallel: int = 1) -> Path:
     """Export the model at `model_path` (any layout `load_llm2clip` accepts) to `out_dir`, which
     must not exist. Returns `out_dir`. `teacher_path` replaces the recorded teacher location.
-    Raises ValueError (ConfigError) if the adapter's input size is not the teacher LLM's hidden
-    size, or the teacher's fingerprint is not the one the checkpoint recorded."""
+    Raises ConfigError if the recorded teacher is not found (naming it and `--teacher`), ValueError
+    if the adapter's input size is not the teacher LLM's hidden size, or the teacher's fingerprint
+    is not the one the checkpoint recorded."""
     from ..convert.clip_vision import vit_to_hf
     from ..text.config import expected_fingerprint
+    from ..text.contract import write_contract
 
     out = Path(out_dir)
     if out.exists():
@@ -87,8 +92,10 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        # 1. the teacher LLM first: its hidden size must fit the adapter
+        # 1. the teacher LLM first, with the contract it was trained with: its hidden size must fit the adapter
+        contract = tc.teacher.contract()
         _export_llm(tc.teacher.resolved_path(), tmp / LLM)
+        write_contract(tmp / LLM, contract, {"exported_from": str(tc.teacher.path)})
         hidden = _hidden_size(tmp / LLM)
         if hidden != tc.adapter.input_dim:
             raise ValueError(f"embedding dimension mismatch: the adapter takes {tc.adapter.input_dim}-dim teacher "
@@ -118,9 +125,6 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
             "logit_bias": float(loss.logit_bias) if hasattr(loss, "logit_bias") else None,
             "teacher_fingerprint": fingerprint,
             "teacher_hidden_size": hidden,
-            "pooling": tc.teacher.pooling,
-            "bidirectional": tc.teacher.bidirectional,
-            "max_length": tc.teacher.max_length,
         }
         (tmp / ADAPTER / "config.json").write_text(json.dumps(adapter_cfg, indent=2) + "\n")
         # 4. the index and the model card
@@ -136,7 +140,7 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
                 "embed_dim": tc.vision.embed_dim, "image_size": tc.vision.image_size,
                 "model_config": model_config, "training": training}
         (tmp / "llm2clip.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        (tmp / "README.md").write_text(model_card(meta, adapter_cfg, out.name))
+        (tmp / "README.md").write_text(model_card(meta, adapter_cfg, contract, out.name))
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -144,8 +148,9 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
     return out
 
 
-def model_card(meta: dict, adapter_cfg: dict, name: str) -> str:
-    """README.md: what the model is, how it was trained, how to load it."""
+def model_card(meta: dict, adapter_cfg: dict, contract: TeacherContract, name: str) -> str:
+    """README.md: what the model is, how it was trained, how to load it. Everything it says about
+    how captions are embedded comes from the teacher contract (one source)."""
     mc, tr = meta["model_config"], meta["training"]
     v, a, opt = mc["vision"], mc["adapter"], mc["optim"]
     steps = tr["global_step"] if tr["global_step"] is not None else "unknown"
@@ -154,8 +159,8 @@ def model_card(meta: dict, adapter_cfg: dict, name: str) -> str:
         f"# {name}: an LLM2CLIP model",
         "",
         "A CLIP-style image-text model whose text side is a frozen large language model (LLM2CLIP,",
-        "Huang et al. 2024): captions are embedded by the LLM (bidirectional attention, "
-        f"{adapter_cfg['pooling']} pooling), mapped by a small trainable adapter into the joint space,",
+        f"Huang et al. 2024): captions are embedded by the LLM ({contract.describe()}), mapped by a",
+        "small trainable adapter into the joint space,",
         "and compared with the image embeddings of a CLIP ViT by cosine similarity. Exported by `llm2clip_nemo`.",
         "",
         "## Contents",
@@ -173,9 +178,7 @@ def model_card(meta: dict, adapter_cfg: dict, name: str) -> str:
         "## Training",
         "",
         f"- mode: {mc['mode']}" + (f" (vision initialised from `{mc['init_from']}`)" if mc["mode"] == "finetune" else ""),
-        f"- teacher: `{tr['teacher_source']}` ({mc['teacher_mode']} teacher, "
-        f"{'bidirectional' if adapter_cfg['bidirectional'] else 'causal'} attention, {adapter_cfg['pooling']} pooling, "
-        f"max {adapter_cfg['max_length']} tokens)",
+        f"- teacher: `{tr['teacher_source']}` ({mc['teacher_mode']} teacher, {contract.describe()})",
         f"- loss: {mc['loss']['kind']}; optimizer AdamW lr {opt['lr']}, weight decay {opt['weight_decay']}, "
         f"warmup {opt['warmup_steps']} steps, layer decay {opt['layer_decay']}",
         f"- steps: {steps}",
@@ -206,8 +209,8 @@ def model_card(meta: dict, adapter_cfg: dict, name: str) -> str:
         'embeds = vision(**processor(images=[image], return_tensors="pt")).image_embeds',
         "```",
         "",
-        f"The text side needs the LLM in `{meta['llm']}/` run with bidirectional attention and "
-        f"{adapter_cfg['pooling']} pooling, then the adapter: `LLM2CLIP.get_text_features` does both.",
+        f"The text side needs the LLM in `{meta['llm']}/` run as its `teacher_contract.json` says "
+        f"({contract.describe()}), then the adapter: `LLM2CLIP.get_text_features` does both.",
         "`CLIPImageProcessor` resizes and then crops in two steps; our pipeline does it in one, so pixel values",
         "may differ slightly for non-square images.",
         "",

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..text.contract import TeacherContract, contract_for_import, write_contract
 from ..text.hf_io import CheckpointError, _find_gguf, check_safetensors_file, load_hf_causal_lm
 from ..text.hf_layouts import HFSource, from_canonical, read_hf_source
 from ..text.llama_spec import LlamaSpec
@@ -26,8 +27,7 @@ from .llama_keymap import hf_to_megatron, megatron_to_hf, to_te_names
 
 FORMAT = "llm2clip_nemo.teacher/1"
 HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "vocab.json", "merges.txt",
-                 "llm2clip_cc.json")
+                 "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "vocab.json", "merges.txt")
 
 
 # ---- reading a HF checkpoint ---------------------------------------------------------------------
@@ -79,9 +79,10 @@ def weights_digest(hf_sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def teacher_fingerprint(digest: str, bidirectional: bool, pooling: str) -> str:
-    """Identifies the embeddings a teacher produces: weights + attention mode + pooling."""
-    return hashlib.sha256(f"{digest}|bidirectional={bidirectional}|pooling={pooling}".encode()).hexdigest()[:24]
+def teacher_fingerprint(digest: str, contract: TeacherContract) -> str:
+    """Identifies the embeddings a teacher produces: weights + the whole teacher contract
+    (attention mode, pooling, max_length, text preparation)."""
+    return hashlib.sha256(f"{digest}|{contract.fingerprint_text()}".encode()).hexdigest()[:24]
 
 
 # ---- import / export -----------------------------------------------------------------------------
@@ -118,13 +119,19 @@ def export_merged_adapter(adapter_dir: str | os.PathLike, out: str | os.PathLike
     return out
 
 
-def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1, bases: list | None = None) -> Path:
-    """HF directory of any supported layout, or GGUF -> Megatron teacher directory split for `tp` ranks.
+def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1, bases: list | None = None,
+               contract: dict | None = None) -> Path:
+    """HF directory of any supported layout, or GGUF -> Megatron teacher directory split for `tp` ranks,
+    with its teacher contract in hf/.
 
-    `bases`: base model directories for a PEFT adapter (outermost first); see `read_hf_source`."""
+    `bases`: base model directories for a PEFT adapter (outermost first); see `read_hf_source`.
+    `contract`: contract fields given by the caller (None = not given); `text.contract.contract_for_import`
+    takes the one recorded with the source, else these over llm2vec_config.json and the defaults. A field
+    that disagrees with the recorded one raises ConfigError before anything is read or written."""
     hf_path, out = Path(hf_path), Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists: choose a new --out or remove it.")
+    teacher_contract, origins = contract_for_import(hf_path, contract or {})
     spec, src = read_hf(hf_path, bases)
     sd, cfg = src.sd, src.cfg
     shards = hf_to_megatron(sd, spec, tp)
@@ -143,6 +150,7 @@ def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1, 
             (side / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
         else:
             copy_side_files(src, side)
+        write_contract(side, teacher_contract, {"source": str(hf_path), "fields": origins})
         meta = {"format": FORMAT, "spec": spec.to_dict(), "tp": tp, "weights_digest": weights_digest(sd),
                 "dtypes": sorted({str(t.dtype) for t in sd.values()}), "source": str(hf_path),
                 "hf_layout": src.layout, "adapters": [str(a) for a in src.adapters]}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from ..config.loader import ConfigError
 from .transforms import TransformConfig
 
-OUTPUTS = ("captions", "tokens", "embeddings")
+OUTPUTS = ("captions", "embeddings")
 
 
 @dataclass
@@ -39,10 +39,8 @@ class StreamConfig:
     """Caption field -> weight. 'txt' is the alt text; other names are json keys ('long', 'short_list').
     Overrides merge into the default {txt: 1.0}: set caption_fields.txt=0 to leave alt text out."""
     output: str = "captions"
-    """'captions' (text only), 'tokens' (input_ids/attention_mask from the tokenizer passed to the stream,
-    for the online teacher) or 'embeddings' (teacher_emb from sidecars, offline training)."""
-    max_text_tokens: int = 77
-    """Token budget per caption in 'tokens' mode (padded and truncated to it)."""
+    """'captions' (text only; the online teacher prepares them by its contract, `text.contract`) or
+    'embeddings' (teacher_emb from sidecars, offline training)."""
     sidecar_dir: str | None = None
     """'embeddings' mode: directory of the .emb.tar sidecars; None: next to each image shard."""
     teacher_fingerprint: str | None = None
@@ -63,7 +61,7 @@ class StreamConfig:
     def validate(self) -> None:
         if self.output not in OUTPUTS:
             raise ConfigError(f"data.output={self.output!r} must be one of {OUTPUTS}")
-        for name in ("batch_size", "open_shards", "shuffle_buffer", "max_text_tokens", "no_valid_error_after"):
+        for name in ("batch_size", "open_shards", "shuffle_buffer", "no_valid_error_after"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
         if self.epochs is not None and self.epochs < 1:

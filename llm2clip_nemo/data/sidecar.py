@@ -44,6 +44,9 @@ class SidecarMeta:
     """Storage dtype: fp16, bf16 or int8 (per-vector scale)."""
     image_shard: str = ""
     """Basename of the image shard this sidecar belongs to."""
+    contract: dict | None = None
+    """The teacher contract the vectors were made with (`text.contract.TeacherContract` fields, for
+    humans; the fingerprint already covers it)."""
     format: str = FORMAT
 
     def record_bytes(self) -> int:

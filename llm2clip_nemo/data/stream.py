@@ -25,7 +25,6 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -79,23 +78,16 @@ class ImageTextStream(IterableDataset):
 
     Batch keys: "image" float32 [B,3,S,S] (normalised), "key" list[str], "caption" list[str],
     "caption_field" list[str], "source" list[int], "url" list[str], "stream_state" dict;
-    output="tokens" adds "input_ids"/"attention_mask" [B,max_text_tokens] long;
+    output="captions" (the online teacher prepares them by its contract) adds nothing;
     output="embeddings" adds "teacher_emb" float32 [B,dim].
     Use with `DataLoader(stream, batch_size=None, num_workers=N)` or `stream.loader(N)`.
     """
 
-    def __init__(self, cfg: StreamConfig, rank: int = 0, world_size: int = 1, tokenizer: Any = None):
+    def __init__(self, cfg: StreamConfig, rank: int = 0, world_size: int = 1):
         cfg.validate()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
-        if cfg.output == "tokens" and tokenizer is None:
-            raise ValueError("data.output='tokens' needs the teacher's tokenizer: ImageTextStream(cfg, tokenizer=tok)")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.tokenizer = None
-        if tokenizer is not None:
-            self.tokenizer = copy.copy(tokenizer)
-            if getattr(self.tokenizer, "pad_token", "x") is None:
-                self.tokenizer.pad_token = self.tokenizer.eos_token
         self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths)
         self.shards: list[tuple[str, int]] = [(u, s) for s, src in enumerate(self.sources) for u in src.urls]
         self.shard_factor = [self.sources[s].factor for _, s in self.shards]
@@ -268,11 +260,7 @@ class ImageTextStream(IterableDataset):
             "stream_state": {"worker": lw, "num_workers": nw, "rank": self.rank,
                              "position": copy.deepcopy(pos), "stats": copy.deepcopy(stats)},
         }
-        if self.cfg.output == "tokens":
-            tok = self.tokenizer(batch["caption"], padding="max_length", truncation=True,
-                                 max_length=self.cfg.max_text_tokens, return_tensors="pt")
-            batch["input_ids"], batch["attention_mask"] = tok["input_ids"], tok["attention_mask"]
-        elif self.cfg.output == "embeddings":
+        if self.cfg.output == "embeddings":
             batch["teacher_emb"] = torch.stack([s["teacher_emb"] for s in buf])
         return batch
 

@@ -287,7 +287,7 @@ class CaptionContrastiveModel(ModelPT):
         return {"val_cra": cra}
 
 
-def export_merged(model: CaptionContrastiveModel | CaptionEncoder, out_dir) -> Path:
-    """LoRA merged into a stock HF causal-LM directory (+ tokenizer), ready for `convert import-llm`."""
-    enc = model.core if isinstance(model, CaptionContrastiveModel) else model
-    return _export_encoder(enc, out_dir)
+def export_merged(model: CaptionContrastiveModel, out_dir) -> Path:
+    """LoRA merged into a stock HF causal-LM directory (+ tokenizer and teacher contract, with the
+    token budget of model.data.max_length), ready for `convert import-llm`."""
+    return _export_encoder(model.core, out_dir, model.schema.data.max_length)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data.pairs import CaptionRecord, CaptionTriple, PairConfig, make_triples, read_caption_records
+from ..text.contract import TeacherContract, prepare_texts
 
 
 def load_records(path: str, pair_cfg: PairConfig) -> list[CaptionRecord]:
@@ -36,35 +37,15 @@ def load_records(path: str, pair_cfg: PairConfig) -> list[CaptionRecord]:
 
 
 def tokenize_with_instruction(tokenizer, texts: Sequence[str], instructions: Sequence[str], max_length: int):
-    """Right-padded (ids, attention_mask, pool_mask), pool_mask 0 on special and instruction tokens.
+    """Right-padded (ids, attention_mask, pool_mask), pool_mask 0 on special and instruction tokens:
+    the teacher contract's plain preparation (`text.contract.prepare_texts`), per-row instructions.
 
     Instruction and caption are tokenized separately and concatenated, so the number of
     instruction tokens is exact (tokenizing the joined string could merge tokens at the seam).
     """
-    prefix = tokenizer("", add_special_tokens=True)["input_ids"]  # BOS for Llama-3 style tokenizers
-    rows, pools = [], []
-    for text, inst in zip(texts, instructions):
-        if not text.strip():
-            raise ValueError("empty caption in a training batch: drop empty captions from the dataset.")
-        cap = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ins = tokenizer(inst, add_special_tokens=False)["input_ids"] if inst else []
-        budget = max_length - len(prefix) - len(ins)
-        if budget < 1:
-            raise ValueError(f"model.data.max_length={max_length} leaves no room for a caption after the "
-                             f"{len(ins)}-token instruction: raise max_length or shorten the instruction.")
-        cap = cap[:budget]
-        rows.append(prefix + ins + cap)
-        pools.append([0] * (len(prefix) + len(ins)) + [1] * len(cap))
-    s = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), s), pad, dtype=torch.long)
-    attn = torch.zeros((len(rows), s), dtype=torch.long)
-    pool = torch.zeros((len(rows), s), dtype=torch.long)
-    for i, (r, pm) in enumerate(zip(rows, pools)):
-        ids[i, :len(r)] = torch.tensor(r)
-        attn[i, :len(r)] = 1
-        pool[i, :len(r)] = torch.tensor(pm)
-    return ids, attn, pool
+    contract = TeacherContract(max_length=max_length, text_preparation="plain", pool_special_tokens=False)
+    return prepare_texts(tokenizer, texts, contract, instructions=[i or "" for i in instructions],
+                         length_field="model.data.max_length")
 
 
 class TripleSchedule:

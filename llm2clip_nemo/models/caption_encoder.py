@@ -7,7 +7,6 @@ NeMo model class (`caption_contrastive.py`) wraps it.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -212,14 +211,19 @@ def merged_copy(enc: CaptionEncoder) -> nn.Module:
     return merged.eval()
 
 
-def export_merged(enc: CaptionEncoder, out_dir: str | Path, extra_meta: dict | None = None) -> Path:
-    """Write the LoRA-merged LLM as a stock HF causal-LM directory (safetensors + tokenizer)."""
+def export_merged(enc: CaptionEncoder, out_dir: str | Path, max_length: int, extra_meta: dict | None = None) -> Path:
+    """Write the LoRA-merged LLM as a stock HF causal-LM directory (safetensors + tokenizer) with its
+    teacher contract (`text.contract`): the attention mode, pooling, token budget and the plain text
+    preparation stage 1 trained with (BOS prefix not pooled), so every later path embeds the same way."""
+    from ..text.contract import TeacherContract, write_contract
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged = merged_copy(enc)
     merged.save_pretrained(out, safe_serialization=True)
     enc.tokenizer.save_pretrained(out)
-    meta = {"pooling": enc.cfg.pooling, "bidirectional": enc.cfg.bidirectional,
-            "lora": asdict(enc.cfg.lora), "source": str(enc.cfg.llm_path), **(extra_meta or {})}
-    (out / "llm2clip_cc.json").write_text(json.dumps(meta, indent=2))
+    contract = TeacherContract(bidirectional=enc.cfg.bidirectional, pooling=enc.cfg.pooling, max_length=max_length,
+                               text_preparation="plain", pool_special_tokens=False)
+    write_contract(out, contract, {"trained_by": "caption-contrastive", "lora": asdict(enc.cfg.lora),
+                                   "source": str(enc.cfg.llm_path), **(extra_meta or {})})
     return out

@@ -4,8 +4,8 @@
                                                               ├─ CLIP InfoNCE / SigLIP (gathered over all ranks)
     caption -> frozen LLM teacher -> adapter -> text features ┘
 
-Teacher `online`: the tensor-parallel teacher embeds each batch's tokens (DESIGN, "Parallel
-layout"); `offline`: embeddings come from sidecars written by `extract`. The teacher is never a
+Teacher `online`: the tensor-parallel teacher embeds each batch's captions, prepared by its
+contract and padded per length bucket (DESIGN, "Parallel layout"); `offline`: embeddings come from sidecars written by `extract`. The teacher is never a
 registered submodule: it stays out of DDP, the optimizer and training checkpoints, which record
 only its fingerprint (and refuse to resume against another teacher).
 
@@ -120,7 +120,7 @@ class LLM2CLIPConfig:
         if self.adapter.joint_dim != self.vision.embed_dim:
             raise ConfigError(f"model.adapter.joint_dim={self.adapter.joint_dim} must equal model.vision.embed_dim="
                               f"{self.vision.embed_dim} (both towers project into the same space).")
-        expected = "embeddings" if self.teacher_mode == "offline" else "tokens"
+        expected = "embeddings" if self.teacher_mode == "offline" else "captions"
         if self.train_ds.output == "captions":  # the stream's default: derive it from the teacher mode
             self.train_ds.output = expected
         if self.train_ds.output != expected:
@@ -229,6 +229,8 @@ class LLM2CLIPModel(_model_pt()):
         super().__init__(cfg=cfg, trainer=trainer)
         self.typed: LLM2CLIPConfig = from_dictconfig(LLM2CLIPConfig, self._cfg)
         tc = self.typed
+        if not self._is_model_being_restored():
+            self._record_absolute_teacher_path()
         self.groups = groups or init_parallel(tc.teacher.tensor_parallel)
         seed_everything(tc.seed)
         self.net = LLM2CLIP(tc, self.groups)
@@ -244,6 +246,19 @@ class LLM2CLIPModel(_model_pt()):
         self.loss_log_path: Path | None = None
 
     # -- teacher ---------------------------------------------------------------------------------
+    def _record_absolute_teacher_path(self) -> None:
+        """Checkpoints and model.nemo store the config: an absolute teacher path keeps them usable
+        from any working directory (`convert export-hf`, `evaluate`)."""
+        from omegaconf import open_dict
+
+        from ..text.config import EMBEDDED
+
+        tc = self.typed.teacher
+        if tc.path != EMBEDDED and not Path(tc.path).is_absolute():
+            tc.path = str(Path(tc.path).resolve())
+            with open_dict(self._cfg):
+                self._cfg.teacher.path = tc.path
+
     @property
     def teacher(self):
         """The frozen teacher (online mode, or validation in online mode), built on first use."""
@@ -251,7 +266,7 @@ class LLM2CLIPModel(_model_pt()):
             from ..text.teacher import Teacher
 
             tc = self.typed.teacher
-            self._teacher[0] = Teacher.load(tc.resolved_path(), self.groups, tc.encoder_options())
+            self._teacher[0] = Teacher.load(tc.resolved_path(), self.groups, tc.contract(), tc.torch_dtype())
         return self._teacher[0]
 
     def resolve_teacher_identity(self) -> str:
@@ -276,8 +291,7 @@ class LLM2CLIPModel(_model_pt()):
         ds = tc.train_ds
         ds.teacher_fingerprint = self.resolve_teacher_identity() if tc.teacher_mode == "offline" else None
         ds.teacher_dim = tc.adapter.input_dim if tc.teacher_mode == "offline" else None
-        tok = self.teacher.tokenizer if tc.teacher_mode == "online" else None
-        return ImageTextStream(ds, rank=self.groups.rank, world_size=self.groups.world_size, tokenizer=tok)
+        return ImageTextStream(ds, rank=self.groups.rank, world_size=self.groups.world_size)
 
     def setup_training_data(self, train_data_config=None):
         if "typed" not in self.__dict__:  # ModelPT.__init__ calls this before our fields exist
@@ -310,7 +324,8 @@ class LLM2CLIPModel(_model_pt()):
     def teacher_embeddings(self, batch) -> torch.Tensor:
         if self.typed.teacher_mode == "offline":
             return batch["teacher_emb"]
-        return self.teacher.encode_online(batch["input_ids"], batch["attention_mask"])
+        t = self.typed.teacher
+        return self.teacher.encode_online(batch["caption"], t.batch_size, t.max_tokens or None)
 
     def configure_optimizers(self):
         oc = self.typed.optim
@@ -385,8 +400,7 @@ class LLM2CLIPModel(_model_pt()):
                                              image_size=vc.image_size or tc.vision.image_size))
         if tc.teacher_mode == "offline":
             ds.teacher_fingerprint, ds.teacher_dim = self.resolve_teacher_identity(), tc.adapter.input_dim
-        tok = self.teacher.tokenizer if tc.teacher_mode == "online" else None
-        return ImageTextStream(ds, rank=0, world_size=1, tokenizer=tok)
+        return ImageTextStream(ds, rank=0, world_size=1)
 
     @torch.no_grad()
     def held_out_features(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

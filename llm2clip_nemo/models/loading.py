@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError
+from ..text.config import EMBEDDED
 
 ACCEPTED = ("a .nemo archive, a Lightning .ckpt, a training run directory (model.nemo, or "
             "checkpoints/*last.ckpt), or a Hugging Face export directory (llm2clip.json from "
@@ -111,17 +112,38 @@ def _check_model_cfg(cfg: dict, path: Path) -> None:
                                  "not a stage-2 LLM2CLIP model (needs vision, adapter, teacher).")
 
 
-def prepare_config(cfg: dict, tensor_parallel: int = 1, teacher_path: str | Path | None = None) -> dict:
+def prepare_config(cfg: dict, tensor_parallel: int = 1, teacher_path: str | Path | None = None,
+                   where: str | Path | None = None) -> dict:
     """A stored training config made loadable here: the requested TP, no training-only hardware
-    switches (FP8, recompute), and optionally another teacher location."""
+    switches (FP8, recompute), and optionally another teacher location. A recorded relative teacher
+    path (runs before absolute paths were recorded) is tried against `where` (the checkpoint) and
+    its parent directories; a teacher found nowhere raises ConfigError naming it and the fix."""
     cfg = {k: v for k, v in cfg.items() if k not in ("target", "nemo_version")}
     cfg["teacher"] = dict(cfg["teacher"], tensor_parallel=tensor_parallel)
     if teacher_path is not None:
         cfg["teacher"]["path"] = str(teacher_path)
+    else:
+        cfg["teacher"]["path"] = _locate_teacher(cfg["teacher"].get("path", EMBEDDED), where)
     cfg["vision"] = dict(cfg["vision"], fp8=False, recompute=False)
     if cfg["vision"].get("transformer_impl") == "transformer_engine":
         cfg["vision"]["transformer_impl"] = "auto"  # the weights go through the canonical layout
     return cfg
+
+
+def _locate_teacher(recorded: str, where: str | Path | None) -> str:
+    if recorded == EMBEDDED or Path(recorded).exists():
+        return recorded
+    base = None
+    if where is not None:
+        base = Path(where).resolve()
+        base = base if base.is_dir() else base.parent
+        if not Path(recorded).is_absolute():
+            for d in [base, *base.parents]:
+                if (d / recorded).exists():
+                    return str(d / recorded)
+    raise ConfigError(f"the teacher this model was trained with, {recorded}, is not found"
+                      + (f" (nor relative to {base} or its parent directories)" if base is not None else "")
+                      + ": pass --teacher PATH (teacher_path=) pointing at that teacher LLM.")
 
 
 def _teacher_hidden(cfg) -> int:
@@ -237,7 +259,7 @@ def load_llm2clip(path: str | Path, *, tensor_parallel: int = 1, teacher_path: s
         else:
             cfg, sd, extra = _read_ckpt(where)
         _check_model_cfg(cfg, where)
-        model = build_model(prepare_config(cfg, tensor_parallel, teacher_path), groups)
+        model = build_model(prepare_config(cfg, tensor_parallel, teacher_path, where), groups)
         load_net_weights(model, sd)
         step = extra.get("global_step")
         if step is None and where.name == "model.nemo" and (where.parent / "result.json").is_file():

@@ -194,7 +194,7 @@ def encoders_for(model) -> Encoders:
     img_g, txt_g = _dist_groups(model.groups)
 
     def llm(texts):
-        return model.teacher.encode_texts(texts, batch_size=tc.teacher.batch_size, max_length=tc.teacher.max_length,
+        return model.teacher.encode_texts(texts, batch_size=tc.teacher.batch_size,
                                           max_tokens=tc.teacher.max_tokens or None)
 
     info = getattr(model, "load_info", None)

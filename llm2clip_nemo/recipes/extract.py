@@ -131,7 +131,7 @@ def run(cfg: ExtractConfig) -> dict:
     from ..text.teacher import Teacher
 
     groups = init_parallel(cfg.teacher.tensor_parallel)
-    teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.encoder_options())
+    teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.contract(), cfg.teacher.torch_dtype())
     shards = [u for s in parse_sources(cfg.data.urls) for u in s.urls]
     mine = shards[groups.dp_rank::groups.dp_size]
     fields = list(cfg.data.fields)
@@ -160,7 +160,7 @@ def run(cfg: ExtractConfig) -> dict:
         vecs = torch.zeros(len(keys), len(fields), teacher.hidden_size)
         if flat:
             emb = teacher.encode_texts([c for _, _, c in flat], batch_size=cfg.teacher.batch_size,
-                                       max_length=cfg.teacher.max_length, max_tokens=cfg.teacher.max_tokens or None)
+                                       max_tokens=cfg.teacher.max_tokens or None)
             ii = torch.tensor([i for i, _, _ in flat])
             jj = torch.tensor([j for _, j, _ in flat])
             vecs[ii, jj] = emb
@@ -172,7 +172,7 @@ def run(cfg: ExtractConfig) -> dict:
             summ.problems[r] = summ.problems.get(r, 0) + n
         if writer_rank:
             meta = SidecarMeta(fingerprint=teacher.fingerprint, dim=teacher.hidden_size, fields=fields,
-                               pooling=cfg.teacher.pooling, dtype=cfg.data.storage_dtype,
+                               pooling=teacher.contract.pooling, contract=teacher.contract.to_dict(), dtype=cfg.data.storage_dtype,
                                image_shard=os.path.basename(shard))
             with SidecarWriter(out, meta) as w:
                 for k, v in zip(keys, vecs):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .contract import TeacherContract, contract_path, read_contract, resolve_contract
 from .pooling import check_pooling
 
 EMBEDDED = "embedded"
@@ -17,12 +18,15 @@ class TeacherConfig:
     """Megatron teacher dir (`convert import-llm`), HF model dir, .gguf file, or 'embedded' (SmolLM2-135M-Instruct)."""
     tensor_parallel: int = 1
     """TP size t: the teacher is split over groups of t consecutive ranks; must divide heads and KV groups."""
-    bidirectional: bool = True
-    """Padding-only attention (LLM2CLIP/llm2vec). False keeps the causal mask."""
-    pooling: str = "mean"
-    """mean | last_token | weighted_mean (pad-aware)."""
-    max_length: int = 256
-    """Tokens per caption; longer captions are truncated."""
+    bidirectional: bool | None = None
+    """Padding-only attention (LLM2CLIP/llm2vec); False keeps the causal mask. None: the teacher
+    contract's (`text.contract`); a value that disagrees with the contract is refused."""
+    pooling: str | None = None
+    """mean | last_token | weighted_mean (pad-aware). None: the teacher contract's."""
+    max_length: int | None = None
+    """Tokens per caption sequence (template included); longer captions are cut. None: the contract's."""
+    text_preparation: str | None = None
+    """plain | llm2vec_llama3 (see `text.contract`). None: the teacher contract's."""
     batch_size: int = 64
     """Captions per teacher forward (length-bucketed)."""
     max_tokens: int = 0
@@ -31,7 +35,8 @@ class TeacherConfig:
     """auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16."""
 
     def validate(self) -> None:
-        check_pooling(self.pooling, "teacher.pooling")
+        if self.pooling is not None:
+            check_pooling(self.pooling, "teacher.pooling")
         if self.tensor_parallel < 1:
             raise ValueError(f"teacher.tensor_parallel={self.tensor_parallel} must be >= 1.")
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -39,6 +44,7 @@ class TeacherConfig:
         if self.path != EMBEDDED and not Path(self.path).exists():
             raise ValueError(f"teacher.path={self.path!r} does not exist: point it at a Megatron teacher dir "
                              "(`llm2clip-nemo convert import-llm`), a HF model dir, or use 'embedded'.")
+        self.contract()  # a config that disagrees with the teacher's contract is refused at load
 
     def resolved_path(self) -> Path:
         if self.path == EMBEDDED:
@@ -52,10 +58,17 @@ class TeacherConfig:
             return torch.bfloat16 if torch.cuda.is_available() else torch.float32
         return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.dtype]
 
-    def encoder_options(self):
-        from .megatron_encoder import EncoderOptions
-
-        return EncoderOptions(bidirectional=self.bidirectional, pooling=self.pooling, params_dtype=self.torch_dtype())
+    def contract(self) -> TeacherContract:
+        """The teacher contract to embed with: the one recorded with the teacher, checked against the
+        values this config sets (ConfigError naming the field on disagreement), or, for a teacher
+        that records none, this config's values over the defaults."""
+        requested = {"bidirectional": self.bidirectional, "pooling": self.pooling, "max_length": self.max_length,
+                     "text_preparation": self.text_preparation}
+        if self.path == EMBEDDED:  # the packaged raw SmolLM2 records no contract
+            return resolve_contract(None, requested, EMBEDDED)
+        path = self.resolved_path()
+        return resolve_contract(read_contract(path), requested, str(contract_path(path)),
+                                fix=f"remove teacher.<field> from the config (teacher {self.path})")
 
 
 def expected_fingerprint(cfg: TeacherConfig) -> str:
@@ -68,4 +81,4 @@ def expected_fingerprint(cfg: TeacherConfig) -> str:
     else:
         _, sd, _ = read_hf_checkpoint(path)
         digest = cached_digest(path, sd)
-    return teacher_fingerprint(digest, cfg.bidirectional, cfg.pooling)
+    return teacher_fingerprint(digest, cfg.contract())

@@ -1,24 +1,25 @@
 """The frozen LLM teacher as the rest of the system sees it.
 
-    teacher = Teacher.load(path, groups, EncoderOptions(...))
-    emb = teacher.encode_texts(captions)                    # offline: same captions on every TP rank
-    emb = teacher.encode_online(input_ids, attention_mask)  # online: each rank its own captions
+    teacher = Teacher.load(path, groups, contract)   # contract: text.contract.TeacherContract
+    emb = teacher.encode_texts(captions)             # offline: same captions on every TP rank
+    emb = teacher.encode_online(captions)            # online: each rank its own captions
 
-`path` is a Megatron teacher directory (`convert import-llm`) or a HF directory / GGUF file.
+`path` is a Megatron teacher directory (`convert import-llm`) or a HF directory / GGUF file. Both
+paths prepare text with the teacher contract (`text.contract.prepare_texts`), pad to the longest
+caption of a length bucket (never to a constant) and pool the contract's tokens.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError
 from ..runtime import ParallelGroups
-from .hf_encoder import tokenize
+from .contract import TeacherContract, contract_path, prepare_texts, read_contract, resolve_contract
 from .megatron_encoder import EncoderOptions, MegatronLlamaEncoder
+from .pooling import pool
 
 
 def length_buckets(lengths: Sequence[int], max_batch: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -57,32 +58,19 @@ def tp_gather_rows(x: torch.Tensor, groups: ParallelGroups, pad_value=0) -> tupl
     return torch.cat([g[:n] for g, n in zip(gathered, rows)], dim=0), rows
 
 
-def check_cc_options(path: Path, options: EncoderOptions) -> None:
-    """A caption-contrastive LLM embeds well only the way it was trained (attention mask, pooling):
-    refuse other settings. Stage 1 records them in llm2clip_cc.json; `import-llm` carries it along."""
-    for f in (path / "llm2clip_cc.json", path / "hf" / "llm2clip_cc.json"):
-        if f.is_file():
-            cc = json.loads(f.read_text())
-            for key in ("bidirectional", "pooling"):
-                if key in cc and cc[key] != getattr(options, key):
-                    raise ConfigError(
-                        f"teacher {path} was caption-contrastive trained with {key}={cc[key]} but is asked to "
-                        f"embed with {key}={getattr(options, key)}: set teacher.{key}={cc[key]} (see {f}).")
-            return
-
-
 class Teacher:
-    """Frozen Megatron LLM encoder + tokenizer + fingerprint."""
+    """Frozen Megatron LLM encoder + tokenizer + teacher contract + fingerprint."""
 
-    def __init__(self, encoder: MegatronLlamaEncoder, tokenizer, weights_digest: str, source: str = ""):
+    def __init__(self, encoder: MegatronLlamaEncoder, tokenizer, weights_digest: str, contract: TeacherContract,
+                 source: str = ""):
         from ..convert.llm import teacher_fingerprint
 
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.weights_digest = weights_digest
+        self.contract = contract
         self.source = source
-        o = encoder.options
-        self.fingerprint = teacher_fingerprint(weights_digest, o.bidirectional, o.pooling)
+        self.fingerprint = teacher_fingerprint(weights_digest, contract)
 
     @property
     def groups(self) -> ParallelGroups:
@@ -93,15 +81,24 @@ class Teacher:
         return self.encoder.spec.hidden_size
 
     @classmethod
-    def load(cls, path, groups: ParallelGroups, options: EncoderOptions = EncoderOptions()) -> Teacher:
+    def load(cls, path, groups: ParallelGroups, contract: TeacherContract | None = None,
+             params_dtype: torch.dtype = torch.float32, use_te: bool | None = None) -> Teacher:
+        """The teacher at `path` split over `groups`' TP group. `contract` None: the one recorded with
+        the teacher (defaults if it records none); a given contract must equal the recorded one
+        (ConfigError naming the first field that differs)."""
         from transformers import AutoTokenizer
 
         from ..convert.llm import load_teacher_weights, teacher_shard_for
         from .hf_io import _find_gguf
 
         path = Path(path)
-        check_cc_options(path, options)
+        recorded = read_contract(path)
+        if contract is None:
+            contract = recorded or TeacherContract()
+        elif recorded is not None:
+            resolve_contract(recorded, contract.to_dict(), str(contract_path(path)))
         spec, shard, meta = teacher_shard_for(path, groups.tp_size, groups.tp_rank)
+        options = EncoderOptions(contract.bidirectional, contract.pooling, params_dtype=params_dtype, use_te=use_te)
         encoder = MegatronLlamaEncoder(spec, groups, options)
         load_teacher_weights(encoder, shard)
         encoder.to(groups.device)
@@ -113,43 +110,52 @@ class Teacher:
             tok = AutoTokenizer.from_pretrained(d, **({"gguf_file": gguf} if gguf else {}))
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        return cls(encoder, tok, meta["weights_digest"], str(path))
+        return cls(encoder, tok, meta["weights_digest"], contract, str(path))
 
-    def tokenize(self, texts: Sequence[str], max_length: int = 512):
-        return tokenize(self.tokenizer, texts, max_length)
+    def prepare(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Captions -> (input_ids, attention_mask, pool_mask) [N, S], by the teacher contract."""
+        return prepare_texts(self.tokenizer, texts, self.contract)
 
-    @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64, max_length: int = 512,
-                     max_tokens: int | None = None) -> torch.Tensor:
-        """Captions -> [N, H] fp32, in input order. Batches are length-bucketed to cut padding.
-
-        Every rank of a TP group must pass the same captions (the offline/extraction path).
-        """
-        texts = list(texts)
-        if not texts:
-            raise ValueError("empty caption list: pass at least one caption to encode.")
-        ids, mask = self.tokenize(texts, max_length)
+    def _embed(self, ids: torch.Tensor, mask: torch.Tensor, pool_mask: torch.Tensor, batch_size: int,
+               max_tokens: int | None) -> torch.Tensor:
+        """Rows -> [N, H] fp32 in row order, in length buckets each padded to its longest row only."""
+        dev = self.groups.device
         lengths = mask.sum(1).tolist()
-        out = torch.empty(len(texts), self.hidden_size, dtype=torch.float32)
+        out = torch.empty(ids.shape[0], self.hidden_size, dtype=torch.float32, device=dev)
         for idx in length_buckets(lengths, batch_size, max_tokens):
             s = max(lengths[i] for i in idx)
-            sel = torch.tensor(idx)
-            out[sel] = self.encoder.encode(ids[sel, :s], mask[sel, :s]).cpu()
+            sel = torch.tensor(idx, device=ids.device)
+            m = mask[sel, :s].to(dev)
+            h = self.encoder.hidden_states(ids[sel, :s].to(dev), m)
+            out[sel.to(dev)] = pool(h, pool_mask[sel, :s].to(dev), self.contract.pooling)
         return out
 
     @torch.inference_mode()
-    def encode_online(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Online TP teacher: each rank passes its OWN captions and gets back exactly their rows.
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int | None = None) -> torch.Tensor:
+        """Captions -> [N, H] fp32 on CPU, in input order. Batches are length-bucketed to cut padding.
 
-        The TP group all-gathers its captions, runs one TP forward on the concatenation, and each
-        rank keeps its slice (DESIGN, "Parallel layout").
+        Every rank of a TP group must pass the same captions (the offline/extraction path).
         """
+        ids, mask, pool_mask = self.prepare(texts)
+        return self._embed(ids, mask, pool_mask, batch_size, max_tokens).cpu()
+
+    @torch.inference_mode()
+    def encode_online(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int | None = None) -> torch.Tensor:
+        """Online TP teacher: each rank passes its OWN captions and gets back exactly their rows
+        ([n_own, H] fp32 on the group's device).
+
+        The TP group all-gathers its prepared captions, runs the TP forward on the concatenation in
+        length buckets (each padded to its own longest caption), and each rank keeps its slice
+        (DESIGN, "Parallel layout").
+        """
+        ids, mask, pool_mask = self.prepare(texts)
         g = self.groups
         if g.tp_size == 1:
-            return self.encoder.encode(input_ids, attention_mask)
+            return self._embed(ids, mask, pool_mask, batch_size, max_tokens)
         dev = g.device
-        ids, rows = tp_gather_rows(input_ids.to(dev), g, pad_value=self.tokenizer.pad_token_id or 0)
-        mask, _ = tp_gather_rows(attention_mask.to(dev), g, pad_value=0)
-        emb = self.encoder.encode(ids, mask)
+        ids, rows = tp_gather_rows(ids.to(dev), g, pad_value=self.tokenizer.pad_token_id or 0)
+        mask, _ = tp_gather_rows(mask.to(dev), g, pad_value=0)
+        pool_mask, _ = tp_gather_rows(pool_mask.to(dev), g, pad_value=0)
+        emb = self._embed(ids, mask, pool_mask, batch_size, max_tokens)
         start = sum(rows[: g.tp_rank])
         return emb[start: start + rows[g.tp_rank]]
