@@ -229,6 +229,18 @@ def check_llama3_tokens(tokenizer) -> None:
                           f"tokenizer lacks {missing}: set teacher.text_preparation=plain.")
 
 
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """The captions as a list; ValueError for an empty list, or naming the positions of blank or
+    non-string captions (the caller's list positions)."""
+    texts = list(texts)
+    if not texts:
+        raise ValueError("empty caption list: pass at least one caption to encode.")
+    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if empty:
+        raise ValueError(f"captions at positions {empty[:8]} are empty or not strings: drop or fill them before encoding.")
+    return texts
+
+
 def prepare_texts(tokenizer, texts: Sequence[str], contract: TeacherContract,
                   instructions: Sequence[str] | None = None, length_field: str = "teacher.max_length",
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -236,12 +248,7 @@ def prepare_texts(tokenizer, texts: Sequence[str], contract: TeacherContract,
     longest row (S <= contract.max_length). pool_mask is 1 on the tokens pooled into the caption
     vector. `instructions` (plain only) overrides the contract's instruction per row (stage 1
     puts one on queries only); `length_field` names max_length's config field in errors. Raises ValueError for an empty list or an empty caption."""
-    texts = list(texts)
-    if not texts:
-        raise ValueError("empty caption list: pass at least one caption to encode.")
-    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if empty:
-        raise ValueError(f"captions at positions {empty[:8]} are empty or not strings: drop or fill them before encoding.")
+    texts = check_texts(texts)
     if contract.text_preparation == "llm2vec_llama3":
         if instructions is not None:
             raise ValueError("per-row instructions are a plain-preparation feature; llm2vec_llama3 takes the "

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .contract import check_texts
 from .pooling import check_pooling, pool
 
 
@@ -89,12 +90,7 @@ class HFEncoder(nn.Module):
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded token ids and mask for a list of captions. Rejects an empty list and empty strings."""
-    texts = list(texts)
-    if not texts:
-        raise ValueError("empty caption list: pass at least one caption to encode.")
-    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if empty:
-        raise ValueError(f"captions at positions {empty[:8]} are empty or not strings: drop or fill them before encoding.")
+    texts = check_texts(texts)
     tokenizer.padding_side = "right"
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
