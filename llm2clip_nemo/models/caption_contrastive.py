@@ -166,6 +166,9 @@ class CaptionContrastiveModel(ModelPT):
         self.strict_loading = False  # checkpoints hold the LoRA weights only (base weights come from llm_path)
         self.dp_group = None
         self.cra_history: list[tuple[int, float]] = []
+        """(step, CRA by the paper's protocol) at each validation."""
+        self.cra_all_pairs_history: list[tuple[int, float]] = []
+        """(step, all-pairs caption retrieval accuracy) at each validation."""
         self._groups_cache: dict[str, list] = {}
         self._val_feats: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -269,7 +272,7 @@ class CaptionContrastiveModel(ModelPT):
         self._val_feats.append((idx.cpu(), self.embed_texts(list(texts)).cpu()))
 
     def on_validation_epoch_end(self):
-        from ..eval.metrics import caption_retrieval_accuracy
+        from ..eval.metrics import caption_retrieval_accuracy, caption_retrieval_all_pairs
 
         texts, image_ids = self.val_captions()
         parts = self._val_feats
@@ -281,10 +284,13 @@ class CaptionContrastiveModel(ModelPT):
         feats = torch.empty(len(texts), parts[0][1].shape[1])
         feats[idx] = torch.cat([p[1] for p in parts])
         cra = caption_retrieval_accuracy(feats, image_ids)
+        all_pairs = caption_retrieval_all_pairs(feats, image_ids)
         self.cra_history.append((int(self.global_step), cra))
+        self.cra_all_pairs_history.append((int(self.global_step), all_pairs))
         self.log("val_cra", cra, prog_bar=True, sync_dist=False, batch_size=1)
+        self.log("val_cra_all_pairs", all_pairs, sync_dist=False, batch_size=1)
         self._val_feats = []
-        return {"val_cra": cra}
+        return {"val_cra": cra, "val_cra_all_pairs": all_pairs}
 
 
 def export_merged(model: CaptionContrastiveModel | CaptionEncoder, out_dir) -> Path:

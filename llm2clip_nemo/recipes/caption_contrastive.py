@@ -57,7 +57,10 @@ def _loss_curve_callback(curve: list):
 
 
 def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
-    """Train; returns {"cra_before", "cra_after", "cra_history", "hf_merged", "loss_curve", "log_dir"}.
+    """Train; returns {"cra_before", "cra_after", "cra_all_pairs_before", "cra_all_pairs_after",
+    "cra_history", "hf_merged", "loss_curve", "log_dir"}. CRA is the paper's protocol (each image's
+    first caption against all images' second captions, `eval.metrics.caption_retrieval_accuracy`);
+    cra_all_pairs every caption against all others (`caption_retrieval_all_pairs`); both in percent.
 
     `callbacks`: extra Lightning callbacks (e.g. a time budget in the demo)."""
     import lightning.pytorch as pl
@@ -72,13 +75,14 @@ def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
     model = CaptionContrastiveModel(cfg.model, trainer=trainer)
     resume_from = trainer.ckpt_path  # set by exp_manager when a checkpoint exists
     trainer.ckpt_path = None  # validate the untrained model, not the checkpoint; fit gets it explicitly
-    cra_before = None
+    cra_before = all_pairs_before = None
     if cfg.cra_before:
-        cra_before = trainer.validate(model, verbose=False)[0]["val_cra"]
+        before = trainer.validate(model, verbose=False)[0]
+        cra_before, all_pairs_before = before["val_cra"], before["val_cra_all_pairs"]
     trainer.fit(model, ckpt_path=resume_from)
     if not model.cra_history or model.cra_history[-1][0] != trainer.global_step:
         trainer.validate(model, verbose=False)
-    cra_after = model.cra_history[-1][1]
+    cra_after, all_pairs_after = model.cra_history[-1][1], model.cra_all_pairs_history[-1][1]
     hf_merged = None
     if cfg.export_merged:
         hf_merged = log_dir / "hf_merged"
@@ -86,7 +90,8 @@ def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
             export_merged(model, hf_merged)
         trainer.strategy.barrier()
     history = [h for h in model.cra_history if h[0] > 0 or not cfg.cra_before]
-    return {"cra_before": cra_before, "cra_after": cra_after, "cra_history": history,
+    return {"cra_before": cra_before, "cra_after": cra_after, "cra_all_pairs_before": all_pairs_before,
+            "cra_all_pairs_after": all_pairs_after, "cra_history": history,
             "hf_merged": str(hf_merged) if hf_merged else None, "loss_curve": curve, "log_dir": str(log_dir)}
 
 
@@ -101,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"caption-contrastive: {e}", file=sys.stderr)
         return 2
-    summary = {k: result[k] for k in ("cra_before", "cra_after", "hf_merged", "log_dir")}
+    summary = {k: result[k] for k in ("cra_before", "cra_after", "cra_all_pairs_before", "cra_all_pairs_after",
+                                      "hf_merged", "log_dir")}
     summary["final_loss"] = result["loss_curve"][-1][1] if result["loss_curve"] else None
     print(json.dumps(summary))  # one line: easy to pick out of the logs
     return 0
