@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, load_config, parse_recipe_args
-from ..models.caption_contrastive import CaptionContrastiveModelConfig, check_global_batch
+from ..config.help import recipe_help, wants_help
+from ..models.caption_contrastive_config import CaptionContrastiveModelConfig, check_global_batch
 from .trainer import ExpManagerConfig, TrainerConfig
 
 DEFAULT_CONFIG = "caption_contrastive_tiny"
@@ -97,6 +98,9 @@ def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(recipe_help("llm2clip-nemo caption-contrastive", __doc__, CaptionContrastiveConfig, "caption_contrastive"))
+        return 0
     try:
         name, path, overrides, rest = parse_recipe_args(argv)
         if rest:

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError, load_config, parse_recipe_args
+from ..config.help import recipe_help, wants_help
 from ..text.config import TeacherConfig
 
 
@@ -235,6 +236,9 @@ def format_summary(r: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if wants_help(argv):
+        print(recipe_help("llm2clip-nemo extract", __doc__, ExtractConfig, "extract"))
+        return 0
     name, path, overrides, rest = parse_recipe_args(argv)
     if rest:
         print(f"llm2clip-nemo extract: unknown arguments {rest}", file=sys.stderr)

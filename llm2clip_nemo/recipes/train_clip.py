@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, load_config, parse_recipe_args
-from ..models.llm2clip import LLM2CLIPConfig
+from ..config.help import recipe_help, wants_help
+from ..models.llm2clip_config import LLM2CLIPConfig
 from .trainer import ExpManagerConfig, SamplesPerSecond, TrainerConfig, build_trainer
 
 
@@ -75,6 +76,9 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
 
 
 def main(argv: list[str], mode: str = "pretrain") -> int:
+    if wants_help(argv):
+        print(recipe_help(f"llm2clip-nemo {mode}", __doc__, TrainCLIPConfig, mode))
+        return 0
     name, path, overrides, rest = parse_recipe_args(argv)
     if rest:
         print(f"llm2clip-nemo {mode}: unknown arguments {rest}", file=sys.stderr)
