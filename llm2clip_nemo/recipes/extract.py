@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from ..config import ConfigError, load_config, parse_recipe_args
 from ..config.help import recipe_help, wants_help
+from ..config.plan import PlanConfig
 from ..text.config import TeacherConfig
 
 
@@ -59,6 +60,8 @@ class ExtractConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: ExtractData = field(default_factory=ExtractData)
     projection: Projection = field(default_factory=Projection)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """Knobs of `llm2clip-nemo plan` (capacity estimates); extraction ignores them."""
     progress: bool = True
     """Progress bar with captions/s on global rank 0."""
 

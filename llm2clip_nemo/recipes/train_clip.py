@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_config, parse_recipe_args
 from ..config.help import recipe_help, wants_help
+from ..config.plan import PlanConfig
 from ..models.llm2clip_config import LLM2CLIPConfig
 from .trainer import ExpManagerConfig, SamplesPerSecond, TrainerConfig, build_trainer
 
@@ -22,6 +23,8 @@ class TrainCLIPConfig:
     model: LLM2CLIPConfig = field(default_factory=LLM2CLIPConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(gradient_clip_val=0.0))
     exp_manager: ExpManagerConfig = field(default_factory=ExpManagerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """Knobs of `llm2clip-nemo plan` (capacity estimates); training ignores them."""
 
     def validate(self) -> None:
         from ..runtime import DistEnv
