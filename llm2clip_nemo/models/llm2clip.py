@@ -96,14 +96,11 @@ def lr_at(step: int, oc: OptimConfig, max_steps: int) -> float:
 
 def init_vision_from_hf(net: LLM2CLIP, path: str) -> None:
     """finetune: copy a HF CLIP vision checkpoint into the ViT (shapes must match model.vision)."""
-    from ..convert.clip_vision import vit_from_hf
+    from ..convert.clip_vision import match_vision_architecture, vit_from_hf
 
     hf_cfg, sd = vit_from_hf(path)
     mine = net.vision.cfg
-    for f in ("image_size", "patch_size", "width", "num_layers", "num_heads", "mlp_dim"):
-        if getattr(hf_cfg, f) != getattr(mine, f):
-            raise ConfigError(f"model.init_from={path} has vision {f}={getattr(hf_cfg, f)} but model.vision.{f}="
-                              f"{getattr(mine, f)}: set model.vision to the checkpoint's architecture.")
+    match_vision_architecture(mine, hf_cfg, f"model.init_from={path}")  # the config load adopted or checked it
     if "projection.weight" not in sd or sd["projection.weight"].shape[0] != mine.embed_dim:
         # the projection head is re-initialised (as in LLM2CLIP's fine-tune) when absent or resized
         sd["projection.weight"] = net.vision.projection.weight.detach().clone()

@@ -98,6 +98,15 @@ class LLM2CLIPConfig:
             raise ConfigError(f"model.mode={self.mode!r}: choose pretrain or finetune.")
         if self.mode == "finetune" and not self.init_from:
             raise ConfigError("model.mode=finetune needs model.init_from=<Hugging Face CLIP vision checkpoint dir>.")
+        if self.mode == "finetune":  # every numerics field of the checkpoint: adopted or equal
+            from ..convert.clip_vision import adopt_checkpoint_architecture
+
+            self.vision = adopt_checkpoint_architecture(self.vision, self.init_from)
+            self.vision.validate()
+        elif self.vision.from_checkpoint_fields():
+            f = self.vision.from_checkpoint_fields()[0]
+            raise ConfigError(f"model.vision.{f}={getattr(self.vision, f)!r} takes its value from a fine-tune "
+                              f"checkpoint, but model.mode={self.mode}: give model.vision.{f} a value.")
         if self.teacher_mode not in ("offline", "online"):
             raise ConfigError(f"model.teacher_mode={self.teacher_mode!r}: choose offline or online.")
         if self.adapter.joint_dim != self.vision.embed_dim:
