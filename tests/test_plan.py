@@ -210,3 +210,16 @@ def test_plan_cli_errors(capsys):
     assert "plan.teacher_preset='gpt-9' is unknown: choose one of llama-3-70b," in capsys.readouterr().err
     assert P.main(["--config-name", "pretrain_large", "plan.mfu=2"]) == 2
     assert capsys.readouterr().err == "llm2clip-nemo plan: plan.mfu=2.0 must be in (0, 1].\n"
+
+
+def test_finetune_plan_takes_the_architecture_left_to_the_checkpoint(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "clip_vision_model", "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+        "intermediate_size": 4096, "image_size": 224, "patch_size": 14, "projection_dim": 768,
+        "hidden_act": "quick_gelu"}))
+    r = run_plan(capsys, "--config-name", "finetune_tiny", f"model.init_from={tmp_path}", "model.vision.width=0",
+                 "model.vision.num_layers=0", "model.vision.num_heads=0", "model.vision.mlp_dim=0",
+                 "model.vision.image_size=0", "model.vision.patch_size=0", "model.vision.activation=checkpoint")
+    # ViT-L/14 from the checkpoint; the 128-d projection of finetune_tiny (the head is re-initialised)
+    assert r["vision_forward_flops"] == VIT_L14_1280_FWD - 2 * 1024 * (1280 - 128)
+    assert r["vision_params"] == P.vit_param_count(1024, 24, 4096, 14, 224, embed_dim=128)

@@ -471,6 +471,10 @@ def plan_from_config(cfg) -> dict[str, Any]:
     knobs = cfg.plan
     if hasattr(cfg, "model"):  # stage 2
         m, trainer = cfg.model, cfg.trainer
+        if m.mode == "finetune":  # fields left to the checkpoint (0 / 'checkpoint') take its values
+            from ..convert.clip_vision import adopt_checkpoint_architecture
+
+            m.vision = adopt_checkpoint_architecture(m.vision, m.init_from)
         t = shape_from_teacher_config(m.teacher, knobs.teacher_preset, m.teacher_mode, "model.teacher")
         gpus = knobs.gpus or int(trainer.num_nodes) * int(trainer.devices)
         batch = knobs.batch or m.global_batch_size or m.train_ds.batch_size * gpus
