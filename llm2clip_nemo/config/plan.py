@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from .loader import ConfigError
 
+H100_BF16_DENSE_TFLOPS = 989.0
+"""Peak dense bf16 TFLOP/s of an H100 SXM (NVIDIA's data sheet: 1979 with sparsity)."""
+
 
 @dataclass
 class PlanConfig:
@@ -20,8 +23,8 @@ class PlanConfig:
     """Samples seen by the run (wall time, storage); 0 = projection.samples (extract) or 1e9."""
     mfu: float = 0.4
     """Model FLOPs utilisation assumed for throughput, in (0, 1]."""
-    peak_tflops: float = 989.0
-    """Peak dense TFLOP/s per GPU (989 = H100 SXM bf16)."""
+    peak_tflops: float = H100_BF16_DENSE_TFLOPS
+    """Peak dense TFLOP/s per GPU (default: H100 SXM bf16)."""
     teacher_preset: str = ""
     """Teacher shape to plan with (a name of launch.plan.TEACHER_PRESETS); '' = read it from teacher.path
     (a Megatron teacher dir's hf/config.json, a HF dir's config.json, or the embedded SmolLM2). Its tensor

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-H100_BF16_DENSE_TFLOPS = 989.0
+from ..config.plan import H100_BF16_DENSE_TFLOPS
 
 # Published shapes for `plan.teacher_preset`: hidden_size, num_hidden_layers, num_attention_heads,
 # num_key_value_heads, intermediate_size, vocab_size of each model's Hugging Face config.json
