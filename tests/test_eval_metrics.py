@@ -250,9 +250,9 @@ def test_template_sets():
         get_templates("long")
 
 
-# ---------------------------------------------------------------- CRA
+# ---------------------------------------------------------------- CRA (paper) and all-pairs
 
-def ref_cra(feats, ids):
+def ref_all_pairs(feats, ids):
     f = [_unit(v) for v in feats]
     hits = queries = 0
     for q in range(len(f)):
@@ -266,7 +266,7 @@ def ref_cra(feats, ids):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cra_matches_bruteforce(seed):
+def test_all_pairs_matches_bruteforce(seed):
     rnd = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
     ids = [f"img{i}" for i in range(10) for _ in range(rnd.randint(1, 4))]  # some single-caption images
@@ -274,19 +274,50 @@ def test_cra_matches_bruteforce(seed):
     feats = torch.stack([centers[i] + 0.9 * torch.randn(6, generator=g) for i in ids])
     feats[3] = feats[len(ids) - 1]  # exact duplicate across (likely) different images -> a tie
     feats[5] = feats[4] * 3
-    got = M.caption_retrieval_accuracy(feats, ids, block_size=4)
-    assert got == pytest.approx(ref_cra(feats.tolist(), ids))
+    got = M.caption_retrieval_all_pairs(feats, ids, block_size=4)
+    assert got == pytest.approx(ref_all_pairs(feats.tolist(), ids))
     assert 0.0 < got < 100.0
 
 
-def test_cra_definition_cases():
+def test_all_pairs_definition_cases():
     # two images x two captions; a single-caption distractor (id 'z') identical to caption 0
     feats = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.0]])
     ids = ["a", "a", "b", "b", "z"]
     # caption 0's nearest other caption is the distractor (1.0 vs 0.99): a miss; caption 1 is
     # equally close to caption 0 and the distractor (a tie, so a miss); captions 2, 3 hit; 'z' is
     # not a query (one caption) -> 2 / 4
-    assert M.caption_retrieval_accuracy(feats, ids) == 50.0
-    assert M.caption_retrieval_accuracy(feats[:4], torch.tensor([0, 0, 1, 1])) == 100.0
-    with pytest.raises(ValueError, match="CRA needs images with at least 2 captions"):
+    assert M.caption_retrieval_all_pairs(feats, ids) == 50.0
+    assert M.caption_retrieval_all_pairs(feats[:4], torch.tensor([0, 0, 1, 1])) == 100.0
+    with pytest.raises(ValueError, match="caption retrieval needs images with at least 2 captions"):
+        M.caption_retrieval_all_pairs(feats[:3], ["a", "b", "c"])
+
+
+def _at_degrees(*angles):
+    return torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles])
+
+
+def test_cra_paper_protocol_vs_all_pairs_on_hand_placed_captions():
+    """3 images x 2 captions on the unit circle (degrees): a = (160, 130), b = (60, 40), c = (140, 90).
+    Paper CRA: a's 1st caption (160) is nearest a's 2nd (130, 30 deg) among the 2nd captions {130, 40, 90}: hit;
+    b's 1st (60) nearest 40: hit; c's 1st (140) nearest a's 130 (10 deg) not c's 90: miss -> 2/3.
+    All pairs: only b's two captions have their own as nearest (a1 -> c1 at 20 deg, a2 -> c1 at 10, c1 -> a2,
+    c2 (90) -> b1 (60) at 30) -> 2/6."""
+    feats = _at_degrees(160, 130, 60, 40, 140, 90)
+    ids = ["a", "a", "b", "b", "c", "c"]
+    assert M.caption_retrieval_accuracy(feats, ids) == pytest.approx(200 / 3)
+    assert round(M.caption_retrieval_accuracy(feats, ids), 1) == 66.7
+    assert round(M.caption_retrieval_all_pairs(feats, ids), 1) == 33.3
+
+
+def test_cra_uses_the_first_two_captions_and_skips_single_caption_images():
+    # a's 3rd caption and the single-caption image z sit right on c's 1st caption: neither is a candidate
+    feats = _at_degrees(160, 130, 60, 40, 140, 90, 140, 140)
+    ids = ["a", "a", "b", "b", "c", "c", "a", "z"]
+    assert M.caption_retrieval_accuracy(feats, ids) == pytest.approx(200 / 3)
+    # interleaved rows: the order of rows per image, not their position in the list, picks 1st and 2nd
+    order = [4, 0, 2, 5, 1, 3]
+    assert M.caption_retrieval_accuracy(feats[order], [ids[i] for i in order]) == pytest.approx(200 / 3)
+    # a tie between the own 2nd caption and another image's is a miss (pessimistic ties)
+    assert M.caption_retrieval_accuracy(_at_degrees(0, 10, 90, 90, 20, 10), [0, 0, 1, 1, 2, 2]) == pytest.approx(100 / 3)
+    with pytest.raises(ValueError, match="CRA needs images with at least 2 captions; every image here has one."):
         M.caption_retrieval_accuracy(feats[:3], ["a", "b", "c"])

@@ -43,6 +43,8 @@ def reference_numbers(model, samples) -> dict:
         "long_retrieval": M.retrieval_metrics(img, text(longs), list(range(len(samples)))),
         "cra_adapter": M.caption_retrieval_accuracy(text(caps + longs), t2i + list(range(len(samples)))),
         "cra_llm": M.caption_retrieval_accuracy(raw, t2i + list(range(len(samples)))),
+        "all_pairs_adapter": M.caption_retrieval_all_pairs(text(caps + longs), t2i + list(range(len(samples)))),
+        "all_pairs_llm": M.caption_retrieval_all_pairs(raw, t2i + list(range(len(samples)))),
         "zeroshot": M.zeroshot_classification(img, cls, labels, ks=(1, 2)),
     }
 
@@ -68,6 +70,9 @@ def test_cli_numbers_match_reference_and_report_is_written(tiny, tmp_path, capsy
         assert r["long_retrieval"][k] == pytest.approx(ref["long_retrieval"][k], abs=1e-9)
     assert r["cra"]["adapter"] == pytest.approx(ref["cra_adapter"], abs=1e-9)
     assert r["cra"]["llm"] == pytest.approx(ref["cra_llm"], abs=1e-9)
+    assert r["cra_all_pairs"]["adapter"] == pytest.approx(ref["all_pairs_adapter"], abs=1e-9)
+    assert r["cra_all_pairs"]["llm"] == pytest.approx(ref["all_pairs_llm"], abs=1e-9)
+    assert (r["cra"]["n_images"], r["cra_all_pairs"]["n_captions"]) == (12, 48)
     assert r["zeroshot"]["top1"] == pytest.approx(ref["zeroshot"]["top1"], abs=1e-9)
     assert r["zeroshot"]["n_classes"] == 3 and r["recall_curve"]["i2t"][-1] == r["retrieval"]["i2t_R@10"]
     md = (out / "report.md").read_text()
@@ -193,7 +198,8 @@ def test_shard_captions_are_distinct_per_image_and_unlabelled_samples_skip_zeros
     assert len(caps) == 12 and ids[:2] == [0, 0]
     assert data.set.labels[4:] == [None, None]
     r = evaluate(LLM2CLIP.from_pretrained(tiny["export"]), data, tasks="zeroshot,cra")
-    assert r["zeroshot"]["n_images"] == 4 and r["zeroshot"]["n_classes"] == 2 and r["cra"]["n_captions"] == 12
+    assert r["zeroshot"]["n_images"] == 4 and r["zeroshot"]["n_classes"] == 2
+    assert r["cra"]["n_images"] == 6 and r["cra_all_pairs"]["n_captions"] == 12
 
 
 def test_shards_with_a_corrupt_image_are_skipped_and_counted_or_refused_with_strict(tmp_path):

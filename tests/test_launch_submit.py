@@ -15,9 +15,11 @@ from llm2clip_nemo.launch.submit import (
     REPO_SLURM_DIR,
     LaunchSpec,
     RecipeJob,
+    limit_warnings,
     new_job_folder,
     render_sbatch,
     resolve_target,
+    timeout_threshold_min,
     with_resume,
 )
 
@@ -178,3 +180,33 @@ def test_local_cluster_runs_doctor_on_2_tasks(tmp_path, capsys):
     logs = "".join(p.read_text() for p in sorted(folder.glob("*_log.out")))
     ranks = sorted(re.findall(r"doctor rank=(\d) local_rank=\d world=2 .* launcher=submitit-local backend=gloo rank_sum=1", logs))
     assert ranks == ["0", "1"], logs
+
+
+@pytest.mark.parametrize("limit,threshold", [(5, -5), (10, 0), (11, 1), (20, 10), (50, 40), (60, 48), (240, 192)])
+def test_timeout_threshold_is_submitits_rule(limit, threshold):
+    """min(80% of the limit, limit - 10 min), checked against submitit's own SignalHandler.has_timed_out
+    one second either side of the threshold (limits <= 10 min: every signal is a time-out)."""
+    import time
+    from types import SimpleNamespace
+
+    from submitit.core.job_environment import SignalHandler
+
+    assert timeout_threshold_min(limit) == pytest.approx(threshold)
+    handler = SignalHandler(None, None, SimpleNamespace(_timeout_min=limit))
+    handler._start_time = time.time()  # a signal right at the start of an attempt
+    assert handler.has_timed_out() is (threshold <= 0)
+    if threshold > 0:
+        handler._start_time = time.time() - threshold * 60 + 1
+        assert handler.has_timed_out() is False
+        handler._start_time = time.time() - threshold * 60 - 1
+        assert handler.has_timed_out() is True
+
+
+def test_short_time_limit_warns(capsys, tmp_path):
+    assert limit_warnings(LaunchSpec(time_min=11)) == []
+    expected = ("--time 10 min: submitit counts a signal as a time-out once an attempt has run min(80% of the limit, "
+                "limit - 10 min) = 0 min, so every preemption uses one of the 3 requeues (--max-requeues); "
+                "give --time > 10 min or raise --max-requeues.")
+    assert limit_warnings(LaunchSpec(time_min=10)) == [expected]
+    rc = launch_cli.main(["doctor", "--time", "10", "--folder", str(tmp_path), "--dry-run"])
+    assert rc == 0 and capsys.readouterr().err == f"llm2clip-nemo launch: warning: {expected}\n"

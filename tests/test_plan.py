@@ -96,31 +96,6 @@ def test_vision_section_missing_field_error():
         P.vision_shape({k: v for k, v in VIT_L14.items() if k != "mlp_dim"})
 
 
-def test_plan_cli_reads_nested_config_and_overrides(tmp_path, capsys):
-    (tmp_path / "big.yaml").write_text(
-        "trainer:\n  num_nodes: 4\n  devices: 8\n"
-        "model:\n  vision:\n    width: 1024\n    num_layers: 24\n    num_heads: 16\n    mlp_dim: 4096\n"
-        "    patch_size: 14\n    image_size: 224\n    embed_dim: 768\n"
-        "  teacher:\n    preset: llama-3-8b\n    tensor_parallel: 4\n    mode: online\n")
-    argv = ["--config-path", str(tmp_path), "--config-name", "big", "plan.batch=4096", "plan.samples=1e9", "--json"]
-    assert P.main(argv) == 0
-    got = json.loads(capsys.readouterr().out)
-    want = P.plan(VIT_L14, LLAMA3_8B, batch=4096, gpus=32, samples=1e9)
-    assert got["gpus"] == 32 and got["samples_per_s"] == pytest.approx(want["samples_per_s"])
-    assert got["mem_total"] == pytest.approx(want["mem_total"])
-    assert P.main(argv[:-1]) == 0
-    table = capsys.readouterr().out
-    assert "vision forward / image" in table and "162 GFLOP" in table and "16.4 TB" not in table
-
-
-def test_plan_cli_errors(tmp_path, capsys):
-    (tmp_path / "novision.yaml").write_text("trainer:\n  num_nodes: 1\n")
-    assert P.main(["--config-path", str(tmp_path), "--config-name", "novision"]) == 2
-    assert "no vision section" in capsys.readouterr().err
-    assert P.main(["--config-path", str(tmp_path), "--config-name", "absent"]) == 2
-    assert "config 'absent' not found" in capsys.readouterr().err
-
-
 def test_teacher_shape_from_hf_config_dir(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "num_hidden_layers": 30,
@@ -133,7 +108,8 @@ def test_teacher_shape_from_hf_config_dir(tmp_path):
 def test_extract_plan_from_an_extract_config(tmp_path, capsys):
     (tmp_path / "ex.yaml").write_text(
         "teacher:\n  path: /ckpt/megatron-tp8\n  tensor_parallel: 8\n  max_length: 77\n"
-        "data:\n  fields: [txt, long]\n  storage_dtype: bf16\nprojection:\n  samples: 2.0e+9\n  gpus: 512\n")
+        "data:\n  urls: /d/{0..9}.tar\n  fields: [txt, long]\n  storage_dtype: bf16\n"
+        "projection:\n  samples: 2.0e+9\n  gpus: 512\n")
     argv = ["--config-path", str(tmp_path), "--config-name", "ex", "teacher.preset=llama-3-8b", "--json"]
     assert P.main(argv) == 0
     r = json.loads(capsys.readouterr().out)
@@ -141,5 +117,130 @@ def test_extract_plan_from_an_extract_config(tmp_path, capsys):
     assert r["offline_storage_bytes"] == 2e9 * 2 * 4096 * 2
     assert r["captions_per_s"] * r["teacher_forward_flops_per_caption"] == pytest.approx(512 * 989e12 * 0.4)
     assert r["extract_wall_time_s"] == pytest.approx(4e9 / r["captions_per_s"])
-    assert P.main(argv[:-2]) == 2  # megatron checkpoint dir: no HF config.json to read the shape from
-    assert "teacher.hidden is missing" in capsys.readouterr().err
+    assert P.main(argv[:-2]) == 2  # a Megatron dir that is not on this machine, and no preset
+    assert capsys.readouterr().err == (
+        "llm2clip-nemo plan: teacher.path='/ckpt/megatron-tp8' is neither a Megatron teacher dir (hf/config.json) "
+        "nor a HF model dir (config.json) on this machine: name its shape with plan.teacher_preset=NAME "
+        f"({', '.join(sorted(P.TEACHER_PRESETS))}).\n")
+
+
+# ---------------------------------------------------------------- the recipes' typed configs
+S, W, M = 257, 1024, 4096  # ViT-L/14 at 224: 256 patches + class token
+VIT_L14_1280_FWD = (2 * 256 * 3 * 14 * 14 * W + 24 * (2 * S * (4 * W * W + 2 * W * M) + 4 * S * S * W)
+                    + 2 * W * 1280)  # pretrain_large: projection to 1280
+LLAMA3_8B_NONEMB = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096) + 4096
+LLAMA3_8B_CAPTION_256 = 2 * 256 * LLAMA3_8B_NONEMB + 4 * 32 * 256**2 * 4096  # max_length 256
+
+
+def run_plan(capsys, *args) -> dict:
+    assert P.main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_readme_command_plans_pretrain_large_offline(capsys):
+    """`llm2clip-nemo plan --config-name pretrain_large` (README): offline teacher, two caption fields."""
+    assert P.main(["--config-name", "pretrain_large"]) == 0
+    assert "teacher mode" in capsys.readouterr().out
+    r = run_plan(capsys, "--config-name", "pretrain_large")
+    assert (r["gpus"], r["global_batch"], r["teacher_mode"], r["sidecar_fields"]) == (512, 32768, "offline", 2)
+    assert r["vision_forward_flops"] == VIT_L14_1280_FWD
+    assert r["model_flops_per_sample"] == 3 * VIT_L14_1280_FWD  # no teacher in an offline step
+    assert r["hardware_flops_per_sample"] == 4 * VIT_L14_1280_FWD  # model.vision.recompute: true
+    assert r["teacher_flops_per_sample"] == 0 and r["mem_teacher"] == 0
+    assert r["offline_storage_bytes"] == 1e9 * 2 * 4096 * 2  # txt and long, 4096-d bf16
+    assert r["teacher_forward_flops_per_caption"] == LLAMA3_8B_CAPTION_256
+
+
+def test_online_is_charged_the_teacher_and_offline_is_not(capsys):
+    off = run_plan(capsys, "--config-name", "pretrain_large")
+    on = run_plan(capsys, "--config-name", "pretrain_large", "model.teacher_mode=online")
+    assert on["teacher_flops_per_sample"] == LLAMA3_8B_CAPTION_256  # one caption drawn per sample
+    assert on["model_flops_per_sample"] == 3 * VIT_L14_1280_FWD + LLAMA3_8B_CAPTION_256
+    assert on["mem_teacher_weights"] == 2 * (LLAMA3_8B_NONEMB + 128256 * 4096) / 8  # bf16 TP=8 shard
+    assert off["model_flops_per_sample"] < on["model_flops_per_sample"] and off["mem_total"] < on["mem_total"]
+    assert on["samples_per_s"] / off["samples_per_s"] == pytest.approx(3 * VIT_L14_1280_FWD / on["model_flops_per_sample"])
+    assert P.main(["--config-name", "pretrain_large", "model.teacher_mode=online"]) == 0
+    assert "online (1 caption(s) per sample" in capsys.readouterr().out
+
+
+def test_preset_overrides_merge_with_the_teacher_section(capsys):
+    """A preset changes the shape only: TP and max_length stay the recipe's (or the override's)."""
+    qwen3 = P.teacher_shape({"preset": "qwen3-8b"})
+    params = P.llama_param_count(qwen3)
+    for preset_arg in ("teacher.preset=qwen3-8b", "model.teacher.preset=qwen3-8b", "plan.teacher_preset=qwen3-8b"):
+        r = run_plan(capsys, "--config-name", "pretrain_large", "model.teacher_mode=online",
+                     "model.teacher.tensor_parallel=4", preset_arg)
+        assert r["teacher_params"] == params
+        assert r["mem_teacher_weights"] == 2 * params / 4
+        nonemb = params - 151936 * 4096
+        assert r["teacher_flops_per_sample"] == 2 * 256 * nonemb + 4 * 36 * 256**2 * 32 * 128
+    assert P.main(["--config-name", "pretrain_large", "model.teacher.hidden=5"]) == 2
+    assert "unknown config field 'model.teacher.hidden'" in capsys.readouterr().err
+
+
+def test_teacher_shape_from_megatron_and_hf_dirs(tmp_path, capsys):
+    smol = {"architectures": ["LlamaForCausalLM"], "hidden_size": 576, "num_hidden_layers": 30,
+            "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152}
+    (tmp_path / "meg" / "hf").mkdir(parents=True)
+    (tmp_path / "meg" / "teacher.json").write_text("{}")
+    (tmp_path / "meg" / "hf" / "config.json").write_text(json.dumps(smol))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(smol))
+    for path in (tmp_path / "meg", tmp_path / "hf", "embedded"):
+        r = run_plan(capsys, "--config-name", "pretrain_tiny", f"model.teacher.path={path}")
+        assert r["teacher_params"] == 134_515_008  # SmolLM2-135M
+        assert r["teacher_forward_flops_per_caption"] == 2 * 32 * (134_515_008 - 49152 * 576) + 4 * 30 * 32**2 * 576
+
+
+def test_presets_match_published_parameter_counts():
+    def total(name):
+        return P.llama_param_count(P.teacher_shape({"preset": name}), include_lm_head=True)
+
+    assert total("llama-3.1-8b") == total("llama-3-8b") == 8_030_261_248
+    assert P.llama_param_count(P.teacher_shape({"preset": "llama-3.2-1b"})) == 1_235_814_400  # tied embeddings
+    assert total("mistral-7b") == 7_241_732_096  # Mistral-7B-v0.1
+    assert total("qwen2.5-7b") + 28 * (3584 + 2 * 512) == 7_615_616_512  # + its QKV biases
+    assert total("qwen3-8b") + 36 * 2 * 128 == 8_190_735_360  # + its q/k norms
+
+
+def test_plan_cli_errors(capsys):
+    assert P.main(["--config-name", "absent"]) == 2
+    assert "config 'absent' not found" in capsys.readouterr().err
+    assert P.main(["--config-name", "pretrain_large", "plan.teacher_preset=gpt-9"]) == 2
+    assert "plan.teacher_preset='gpt-9' is unknown: choose one of llama-3-70b," in capsys.readouterr().err
+    assert P.main(["--config-name", "pretrain_large", "plan.mfu=2"]) == 2
+    assert capsys.readouterr().err == "llm2clip-nemo plan: plan.mfu=2.0 must be in (0, 1].\n"
+
+
+def test_finetune_plan_takes_the_architecture_left_to_the_checkpoint(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "clip_vision_model", "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+        "intermediate_size": 4096, "image_size": 224, "patch_size": 14, "projection_dim": 768,
+        "hidden_act": "quick_gelu"}))
+    r = run_plan(capsys, "--config-name", "finetune_tiny", f"model.init_from={tmp_path}", "model.vision.width=0",
+                 "model.vision.num_layers=0", "model.vision.num_heads=0", "model.vision.mlp_dim=0",
+                 "model.vision.image_size=0", "model.vision.patch_size=0", "model.vision.activation=checkpoint")
+    # ViT-L/14 from the checkpoint; the 128-d projection of finetune_tiny (the head is re-initialised)
+    assert r["vision_forward_flops"] == VIT_L14_1280_FWD - 2 * 1024 * (1280 - 128)
+    assert r["vision_params"] == P.vit_param_count(1024, 24, 4096, 14, 224, embed_dim=128)
+
+
+def test_caption_length_comes_from_the_teacher_contract_when_the_config_leaves_it(tmp_path, capsys):
+    """max_length unset in the recipe (the large recipes leave it to the teacher): the contract recorded
+    with the teacher dir gives the tokens per caption; with no contract on this machine, the import
+    default (256)."""
+    from llm2clip_nemo.text.contract import TeacherContract, write_contract
+
+    smol = {"architectures": ["LlamaForCausalLM"], "hidden_size": 576, "num_hidden_layers": 30,
+            "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152}
+    (tmp_path / "meg" / "hf").mkdir(parents=True)
+    (tmp_path / "meg" / "teacher.json").write_text("{}")
+    (tmp_path / "meg" / "hf" / "config.json").write_text(json.dumps(smol))
+    write_contract(tmp_path / "meg" / "hf", TeacherContract(max_length=96), {"source": "test"})
+    nonemb = 134_515_008 - 49152 * 576
+    r = run_plan(capsys, "--config-name", "pretrain_tiny", f"model.teacher.path={tmp_path / 'meg'}",
+                 "model.teacher.max_length=null")
+    assert r["teacher_forward_flops_per_caption"] == 2 * 96 * nonemb + 4 * 30 * 96**2 * 576
+    r = run_plan(capsys, "--config-name", "pretrain_large")  # its teacher dir exists only on the cluster
+    assert r["teacher_forward_flops_per_caption"] == P.llama_forward_flops(
+        P.teacher_shape({"preset": "llama-3-8b", "seq_len": 256}))

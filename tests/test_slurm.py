@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 from slurm_fixtures import REPO, slurm_cluster  # noqa: F401  (session fixture)
+from test_launch_env import HOSTLISTS
 
 from llm2clip_nemo.launch import cli as launch_cli
 from llm2clip_nemo.launch.submit import LaunchSpec, render_sbatch, submit, wait
+from llm2clip_nemo.runtime.dist_env import expand_nodelist
 
 TESTS = Path(__file__).resolve().parent
 # the launched test workload (tests/slurm_workload.py) must be importable on the nodes
@@ -34,6 +36,14 @@ def check_doctor_2x2(text: str) -> None:
     assert sorted(sorted(v) for v in by_node.values()) == [[0, 1], [0, 1]], by_node
     assert "doctor OK: 4 ranks on 2 node(s)" in text
 
+
+
+# SLURM 22.05's scontrol rejects a suffix after the last bracket ('gpu[1-2]-ib'); we expand it the way
+# submitit's parser does, so that case is only checked against the table in test_launch_env.py.
+@pytest.mark.parametrize("nodelist", [k for k in HOSTLISTS if k and not k.startswith("gpu[1-2]-ib")])
+def test_expand_nodelist_matches_scontrol(slurm_cluster, nodelist):  # noqa: F811  (the fixture installs scontrol)
+    ref = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    assert expand_nodelist(nodelist) == ref.stdout.split()
 
 def _sbatch_and_wait(script: str, args: list[str], out: Path, timeout: float = 240) -> str:
     env = {**os.environ, "LLM2CLIP_PYTHON": sys.executable}

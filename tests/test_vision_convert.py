@@ -112,3 +112,78 @@ def test_unknown_layouts_are_refused():
     siglip = {"model_type": "siglip_vision_model", "hidden_size": 64}
     with pytest.raises(ValueError, match=r"unknown checkpoint layout: model_type='siglip_vision_model'"):
         vit_config_from_hf(siglip)
+
+
+# ---------------------------------------------------------------- fine-tune init: architecture check
+ARCH_FROM_CKPT = ["model.vision.activation=checkpoint", "model.vision.layernorm_eps=0", "model.vision.width=0",
+                  "model.vision.num_layers=0", "model.vision.num_heads=0", "model.vision.mlp_dim=0",
+                  "model.vision.image_size=0", "model.vision.patch_size=0", "model.vision.num_channels=0"]
+
+
+def _saved_quick_gelu_ckpt(tmp_path, eps: float = 1e-6):
+    hf = _random_hf("quick_gelu")
+    hf.config.layer_norm_eps = eps
+    for layer in hf.vision_model.encoder.layers:  # the eps lives in the modules too
+        layer.layer_norm1.eps = layer.layer_norm2.eps = eps
+    hf.vision_model.pre_layrnorm.eps = hf.vision_model.post_layernorm.eps = eps
+    hf.save_pretrained(tmp_path / "ckpt")
+    return hf, str(tmp_path / "ckpt")
+
+
+def _finetune_cfg(path, *overrides):
+    from llm2clip_nemo.config import load_config
+    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
+
+    return load_config(TrainCLIPConfig, "finetune_tiny", [f"model.init_from={path}", "model.vision.embed_dim=40",
+                                                           "model.adapter.joint_dim=40", *overrides])
+
+
+def test_finetune_init_adopts_the_checkpoints_architecture_and_matches_transformers(groups, tmp_path):
+    """Every numerics field left to the checkpoint (quick_gelu, eps 1e-6, the widths...) is adopted at
+    config load, and the fine-tune init then gives transformers' embeddings."""
+    from llm2clip_nemo.models.llm2clip import LLM2CLIP, init_vision_from_hf
+
+    hf, path = _saved_quick_gelu_ckpt(tmp_path)
+    v = _finetune_cfg(path, *ARCH_FROM_CKPT).model.vision
+    assert (v.image_size, v.patch_size, v.num_channels, v.width, v.num_layers, v.num_heads, v.mlp_dim,
+            v.activation, v.layernorm_eps) == (32, 8, 3, 64, 2, 4, 112, "quick_gelu", 1e-6)
+    net = LLM2CLIP(_finetune_cfg(path, *ARCH_FROM_CKPT).model, groups).eval()
+    init_vision_from_hf(net, path)
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert (net.image_features(pixels) - hf(pixel_values=pixels).image_embeds).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.vision.activation=gelu", "has hidden_act='quick_gelu' but model.vision.activation='gelu': set "
+                                     "model.vision.activation=quick_gelu (or checkpoint to take the checkpoint's value)."),
+    ("model.vision.layernorm_eps=1e-5", "has layer_norm_eps=1e-06 but model.vision.layernorm_eps=1e-05: set "
+                                        "model.vision.layernorm_eps=1e-06 (or 0 to take the checkpoint's value)."),
+    ("model.vision.mlp_dim=128", "has intermediate_size=112 but model.vision.mlp_dim=128: set "
+                                 "model.vision.mlp_dim=112 (or 0 to take the checkpoint's value)."),
+])
+def test_finetune_init_refuses_a_mismatched_field(tmp_path, capsys, override, message):
+    from llm2clip_nemo.config import ConfigError
+    from llm2clip_nemo.recipes.train_clip import main
+
+    _, path = _saved_quick_gelu_ckpt(tmp_path)
+    capsys.readouterr()  # save_pretrained's progress line
+    rest = [o for o in ARCH_FROM_CKPT if o.split("=")[0] != override.split("=")[0]]
+    with pytest.raises(ConfigError) as e:
+        _finetune_cfg(path, *rest, override)
+    assert str(e.value) == f"model.init_from={path} {message}"
+    argv = ["--config-name", "finetune_tiny", f"model.init_from={path}", "model.vision.embed_dim=40",
+            "model.adapter.joint_dim=40", *rest, override]
+    assert main(argv, mode="finetune") == 2
+    assert capsys.readouterr().err == f"llm2clip-nemo finetune: config error: model.init_from={path} {message}\n"
+
+
+def test_from_checkpoint_values_need_a_finetune_checkpoint(tmp_path):
+    from llm2clip_nemo.config import ConfigError, load_config
+    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
+
+    with pytest.raises(ConfigError, match=r"^model.vision.activation='checkpoint' takes its value from a fine-tune "
+                                          r"checkpoint, but model.mode=pretrain: give model.vision.activation a value.$"):
+        load_config(TrainCLIPConfig, "pretrain_tiny", ["model.vision.activation=checkpoint"])
+    with pytest.raises(ConfigError, match=r"^model.vision.width=0 takes the checkpoint's value but model.init_from="):
+        _finetune_cfg(tmp_path / "absent", "model.vision.width=0")

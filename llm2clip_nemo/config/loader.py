@@ -49,8 +49,11 @@ def available_configs(config_dir: Path = CONFIG_DIR, prefix: str = "") -> list[s
 
 
 def load_config(schema: type[T], config_name: str | None = None, overrides: Sequence[str] = (),
-                config_dir: Path | None = None) -> T:
-    """Merge schema defaults <- YAML recipe <- overrides, then return the validated dataclass."""
+                config_dir: Path | None = None, validate: bool = True) -> T:
+    """Merge schema defaults <- YAML recipe <- overrides, then return the validated dataclass.
+
+    validate=False checks names and types only (no `validate()` methods): for readers such as the
+    capacity planner that must accept a recipe whose paths exist only on the cluster."""
     config_dir = Path(config_dir) if config_dir else CONFIG_DIR
     base = OmegaConf.structured(schema)
     layers = []
@@ -72,7 +75,8 @@ def load_config(schema: type[T], config_name: str | None = None, overrides: Sequ
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(_explain(e)) from None
-    _run_validators(obj)
+    if validate:
+        _run_validators(obj)
     return obj
 
 

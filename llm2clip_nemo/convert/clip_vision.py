@@ -7,13 +7,15 @@ separate, megatron fuses them into `linear_qkv` whose rows are grouped per head,
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from llm2clip_nemo.vision.config import ViTConfig
+from llm2clip_nemo.config.loader import ConfigError
+from llm2clip_nemo.vision.config import ARCH_FIELDS, FROM_CHECKPOINT, ViTConfig
 
 if TYPE_CHECKING:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, PretrainedConfig, PreTrainedModel
@@ -173,6 +175,58 @@ def vit_config_from_hf(hf_cfg: dict | PretrainedConfig, embed_dim: int | None = 
     )
     cfg.validate()
     return cfg
+
+
+# ViTConfig field -> the HF CLIPVisionConfig key it comes from (how the messages name the checkpoint's side).
+HF_NAMES = {"image_size": "image_size", "patch_size": "patch_size", "num_channels": "num_channels",
+            "width": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+            "mlp_dim": "intermediate_size", "activation": "hidden_act", "layernorm_eps": "layer_norm_eps"}
+
+
+def match_vision_architecture(cfg: ViTConfig, ckpt: ViTConfig, source: str, prefix: str = "model.vision") -> ViTConfig:
+    """`cfg` with each architecture field (vision.config.ARCH_FIELDS: every field that changes the
+    checkpoint's numbers) left to the checkpoint (0, or activation='checkpoint') set to `ckpt`'s value.
+
+    Raises ConfigError (one line: the field, both values, the fix) for the first field set to a value
+    other than the checkpoint's. The pre-LN / post-LN layout is fixed by the key map, which refuses
+    checkpoints without it; embed_dim is not compared (a resized projection is re-initialised)."""
+    updates = {}
+    for f in ARCH_FIELDS:
+        mine, theirs = getattr(cfg, f), getattr(ckpt, f)
+        if mine in (0, FROM_CHECKPOINT):
+            updates[f] = theirs
+        elif mine != theirs:
+            keep = FROM_CHECKPOINT if f == "activation" else 0
+            raise ConfigError(f"{source} has {HF_NAMES[f]}={theirs!r} but {prefix}.{f}={mine!r}: set {prefix}.{f}="
+                              f"{theirs} (or {keep} to take the checkpoint's value).")
+    return dataclasses.replace(cfg, **updates)
+
+
+def read_vision_config(path: str | Path) -> ViTConfig | None:
+    """The ViTConfig of a HF CLIP vision checkpoint dir from its config.json alone (no weights read);
+    None when the dir has no config.json. Raises ConfigError for a config that does not map."""
+    f = Path(path) / "config.json"
+    if not f.is_file():
+        return None
+    try:
+        return vit_config_from_hf(json.loads(f.read_text()))
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"model.init_from={str(path)!r}: {e}") from None
+
+
+def adopt_checkpoint_architecture(cfg: ViTConfig, init_from: str, prefix: str = "model.vision") -> ViTConfig:
+    """Fine-tune init, at config load: `match_vision_architecture` against `init_from`'s config.json.
+    A dir not readable here (a cluster path) is checked later, when its weights load; fields left to
+    the checkpoint then need it now (ConfigError)."""
+    ckpt = read_vision_config(init_from) if init_from else None
+    if ckpt is None:
+        pending = cfg.from_checkpoint_fields()
+        if pending:
+            raise ConfigError(f"{prefix}.{pending[0]}={getattr(cfg, pending[0])!r} takes the checkpoint's value but "
+                              f"model.init_from={init_from!r} has no config.json here: point model.init_from at a "
+                              f"Hugging Face CLIP vision checkpoint dir or give {prefix}.{pending[0]} a value.")
+        return cfg
+    return match_vision_architecture(cfg, ckpt, f"model.init_from={init_from}", prefix)
 
 
 def hf_config_from_vit(cfg: ViTConfig) -> CLIPVisionConfig:

@@ -20,8 +20,9 @@ def evaluate_features(image_feats: torch.Tensor, text_feats: torch.Tensor, text_
 
     Returns {"retrieval": {"i2t_R@1": .., "t2i_R@1": .., "mean_recall": .., "n_images", "n_texts"},
     "recall_curve": {"i2t": [..], "t2i": [..]}, "cra": float (when computed)}, all in percent.
-    cra: the caption retrieval accuracy of `text_feats` grouped by image (captions of one image
-    should be each other's nearest neighbours); None computes it when some image has >= 2 captions.
+    cra: CRA of `text_feats` by the LLM2CLIP paper's protocol (`metrics.caption_retrieval_accuracy`:
+    each image's first caption against all images' second captions, in `text_to_image` order); None
+    computes it when some image has >= 2 captions.
     """
     ranks = M.retrieval_ranks(image_feats, text_feats, text_to_image, block_size=block_size, tie_eps=tie_eps)
     out = {

@@ -15,7 +15,17 @@ import re
 import shlex
 import sys
 
-from .submit import CLUSTERS, LaunchSpec, new_job_folder, render_sbatch, resolve_target, submit, trainer_args, wait
+from .submit import (
+    CLUSTERS,
+    LaunchSpec,
+    limit_warnings,
+    new_job_folder,
+    render_sbatch,
+    resolve_target,
+    submit,
+    trainer_args,
+    wait,
+)
 
 
 def parse_time(value: str) -> int:
@@ -50,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-name", default=None, help="default: llm2clip-VERB")
     p.add_argument("--folder", default="runs/launch", help="parent of the per-run job folders")
     p.add_argument("--signal-delay", type=int, default=90, help="seconds of warning before the time limit")
-    p.add_argument("--max-requeues", type=int, default=3, help="time-outs that may requeue the job")
+    p.add_argument("--max-requeues", type=int, default=3,
+                   help="time-outs that may requeue the job; a signal after min(80%% of --time, --time - 10 min) "
+                        "of an attempt counts as a time-out, an earlier one as a preemption (not counted)")
     p.add_argument("--container-image", default=None, help="pyxis/enroot image for srun")
     p.add_argument("--container-mounts", default=None)
     p.add_argument("--python", default=None, help="interpreter the tasks run (default: this one)")
@@ -92,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = spec_from_args(args)
         resolve_target(args.target)
+        for line in limit_warnings(spec):
+            print(f"llm2clip-nemo launch: warning: {line}", file=sys.stderr)
         if args.dry_run:
             if spec.cluster != "slurm":
                 raise ValueError("--dry-run renders an sbatch script: use it with --cluster slurm.")

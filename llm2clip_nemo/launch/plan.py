@@ -1,7 +1,14 @@
 """Capacity planner: FLOPs, memory per GPU, throughput, wall time and embedding storage for a run.
 
     llm2clip-nemo plan --config-name pretrain_large plan.gpus=256 plan.samples=2e9
+    llm2clip-nemo plan --config-name pretrain_large model.teacher_mode=online plan.teacher_preset=qwen3-8b
     plan(vision={"width": 1024, "layers": 24, ...}, teacher={...}, batch=32768, gpus=256)
+
+The CLI reads the recipe's typed config (stage 2: TrainCLIPConfig; extract: ExtractConfig) with its
+overrides merged, field by field: the teacher mode (offline: no teacher FLOPs or memory in the
+step), every caption field the sidecars hold, the teacher's TP and max_length, and its shape from
+`plan.teacher_preset`, a Megatron teacher dir (`hf/config.json`), a HF dir (`config.json`) or the
+embedded SmolLM2.
 
 Counts (2 FLOPs per multiply-add; norms, softmax and biases ignored):
   * ViT forward per image: patch conv 2*(s-1)*C*p^2*w, per layer 2*s*(4w^2 + 2*w*m) for the
@@ -16,7 +23,9 @@ Counts (2 FLOPs per multiply-add; norms, softmax and biases ignored):
     recompute only the layer inputs 2*s*b*w per layer plus one layer's working set. The frozen
     teacher: its bf16 TP shard and one layer's inference working set on the TP group's batch.
   * Throughput: samples/s = gpus * peak * MFU / model FLOPs per sample.
-  * Offline embeddings: samples * captions * dim * bytes.
+  * Offline embeddings: samples * caption fields * dim * bytes (one vector per field per sample).
+    Online, the stream draws one caption per sample per step (data.captions), so the teacher
+    embeds one caption per sample.
 """
 from __future__ import annotations
 
@@ -29,16 +38,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-H100_BF16_DENSE_TFLOPS = 989.0
+from ..config.plan import H100_BF16_DENSE_TFLOPS
 
-# Published shapes (Hugging Face config.json of each model) for `teacher.preset`.
+# Published shapes for `plan.teacher_preset`: hidden_size, num_hidden_layers, num_attention_heads,
+# num_key_value_heads, intermediate_size, vocab_size of each model's Hugging Face config.json
+# (meta-llama/Meta-Llama-3-8B, meta-llama/Llama-3.1-8B, meta-llama/Llama-3.2-1B and -3B,
+# meta-llama/Meta-Llama-3-70B, mistralai/Mistral-7B-v0.1, Qwen/Qwen2.5-7B, Qwen/Qwen3-8B (head_dim 128),
+# HuggingFaceTB/SmolLM2-135M-Instruct). Qwen's QKV biases and QK norms are left out of the counts
+# (< 0.01% of the parameters).
 TEACHER_PRESETS: dict[str, dict[str, int]] = {
     "llama-3-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256),
+    "llama-3.1-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256),
     "llama-3.2-1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192, vocab=128256),
     "llama-3.2-3b": dict(hidden=3072, layers=28, heads=24, kv_heads=8, ffn=8192, vocab=128256),
     "llama-3-70b": dict(hidden=8192, layers=80, heads=64, kv_heads=8, ffn=28672, vocab=128256),
+    "mistral-7b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=32000),
+    "qwen2.5-7b": dict(hidden=3584, layers=28, heads=28, kv_heads=4, ffn=18944, vocab=152064),
+    "qwen3-8b": dict(hidden=4096, layers=36, heads=32, kv_heads=8, ffn=12288, vocab=151936, head_dim=128),
     "smollm2-135m": dict(hidden=576, layers=30, heads=9, kv_heads=3, ffn=1536, vocab=49152),
 }
+EMBEDDED_PRESET = "smollm2-135m"
+"""The shape of teacher.path='embedded' (the packaged SmolLM2-135M-Instruct)."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +95,12 @@ class TeacherShape:
     tensor_parallel: int = 1
     mode: str = "online"
     """'online' (teacher runs in the training step) or 'offline' (precomputed embedding sidecars)."""
+    head_dim_override: int = 0
+    """Attention head size when the config sets it apart from hidden / heads (Qwen3's head_dim); 0 = derived."""
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.head_dim_override or self.hidden // self.heads
 
 
 _ALIASES = {
@@ -92,6 +114,7 @@ _ALIASES = {
     "channels": ("channels", "num_channels"),
     "seq_len": ("seq_len", "max_length", "max_seq_len"),
     "tensor_parallel": ("tensor_parallel", "tp", "tensor_model_parallel_size"),
+    "head_dim": ("head_dim", "kv_channels"),
 }
 
 
@@ -131,6 +154,25 @@ def vision_shape(section: Any) -> VisionShape:
     return v
 
 
+def preset_shape(name: str, where: str = "plan.teacher_preset") -> dict[str, int]:
+    """The TEACHER_PRESETS entry `name`; ValueError naming `where` and the choices when unknown."""
+    if name not in TEACHER_PRESETS:
+        raise ValueError(f"{where}={name!r} is unknown: choose one of {', '.join(sorted(TEACHER_PRESETS))}.")
+    return dict(TEACHER_PRESETS[name])
+
+
+def _checkpoint_shape(path: str) -> dict[str, Any] | None:
+    """The HF config.json of a teacher checkpoint: a Megatron teacher dir (`convert import-llm`
+    keeps the source's config in hf/) or a HF model dir; the embedded SmolLM2's preset; None if
+    neither is readable here."""
+    if path == "embedded":
+        return dict(TEACHER_PRESETS[EMBEDDED_PRESET])
+    for f in (Path(path) / "hf" / "config.json", Path(path) / "config.json"):
+        if f.is_file():
+            return json.loads(f.read_text())
+    return None
+
+
 def teacher_shape(section: Any) -> TeacherShape | None:
     """A TeacherShape from teacher.{hidden,layers,heads,kv_heads,ffn,vocab,seq_len,tensor_parallel,mode},
     `preset` (TEACHER_PRESETS) or `path` (a Hugging Face model dir with config.json). None when absent."""
@@ -139,11 +181,9 @@ def teacher_shape(section: Any) -> TeacherShape | None:
         return None
     base: dict[str, Any] = {}
     if d.get("preset"):
-        if d["preset"] not in TEACHER_PRESETS:
-            raise ValueError(f"teacher.preset={d['preset']!r} is unknown: choose one of {sorted(TEACHER_PRESETS)}.")
-        base = dict(TEACHER_PRESETS[d["preset"]])
-    elif d.get("path") and (Path(str(d["path"])) / "config.json").is_file():
-        base = json.loads((Path(str(d["path"])) / "config.json").read_text())
+        base = preset_shape(d["preset"], "teacher.preset")
+    elif d.get("path"):
+        base = _checkpoint_shape(str(d["path"])) or {}
     d = {**base, **{k: v for k, v in d.items() if v is not None}}
     mode = str(d.get("mode", "online"))
     if mode not in ("online", "offline"):
@@ -152,7 +192,8 @@ def teacher_shape(section: Any) -> TeacherShape | None:
                      heads=int(_pick(d, "heads", "teacher")), kv_heads=int(_pick(d, "kv_heads", "teacher", d.get("heads"))),
                      ffn=int(_pick(d, "ffn", "teacher")), vocab=int(_pick(d, "vocab", "teacher")),
                      seq_len=int(_pick(d, "seq_len", "teacher", 77)),
-                     tensor_parallel=int(_pick(d, "tensor_parallel", "teacher", 1)), mode=mode)
+                     tensor_parallel=int(_pick(d, "tensor_parallel", "teacher", 1)), mode=mode,
+                     head_dim_override=int(d.get("head_dim") or d.get("kv_channels") or 0))
     for what, n in (("heads", t.heads), ("kv_heads", t.kv_heads)):
         if n % t.tensor_parallel:
             raise ValueError(f"teacher.tensor_parallel={t.tensor_parallel} does not divide teacher.{what}={n}.")
@@ -182,8 +223,8 @@ def vit_forward_flops(v: VisionShape) -> float:
 
 def llama_param_count(t: TeacherShape, include_embedding: bool = True, include_lm_head: bool = False) -> int:
     """Parameters of a Llama decoder (RMSNorm, SwiGLU, GQA, no biases)."""
-    h, kv = t.hidden, t.kv_heads * t.head_dim
-    per_layer = h * h + 2 * h * kv + h * h + 3 * h * t.ffn + 2 * h
+    h, q, kv = t.hidden, t.heads * t.head_dim, t.kv_heads * t.head_dim
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * t.ffn + 2 * h
     n = t.layers * per_layer + h
     return n + (t.vocab * h if include_embedding else 0) + (t.vocab * h if include_lm_head else 0)
 
@@ -192,7 +233,7 @@ def llama_forward_flops(t: TeacherShape, tokens: int | None = None, include_lm_h
     """Forward FLOPs per caption of `tokens` tokens (default teacher.seq_len)."""
     s = tokens or t.seq_len
     matmul = 2 * s * llama_param_count(t, include_embedding=False, include_lm_head=include_lm_head)
-    return float(matmul + 4 * t.layers * s * s * t.hidden)
+    return float(matmul + 4 * t.layers * s * s * t.heads * t.head_dim)
 
 
 def vit_activation_bytes(v: VisionShape, batch: int, recompute: bool, fused_attention: bool = True) -> float:
@@ -213,11 +254,13 @@ def offline_storage_bytes(samples: float, captions: int, dim: int, bytes_per_val
 def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float = 0.4,
          peak_tflops: float = H100_BF16_DENSE_TFLOPS, samples: float = 1e9, captions_per_sample: int = 1,
          recompute: bool = False, fused_attention: bool = True, distributed_optimizer: bool = False,
-         embedding_bytes: float = 2) -> dict[str, Any]:
+         embedding_bytes: float = 2, sidecar_fields: int | None = None) -> dict[str, Any]:
     """Estimates for training `vision` against `teacher` with global `batch` over `gpus` GPUs.
 
     `vision`/`teacher` are VisionShape/TeacherShape, or dict-like sections (see vision_shape /
-    teacher_shape). Returns a flat dict of numbers (FLOPs, bytes, seconds)."""
+    teacher_shape). captions_per_sample: captions the online teacher embeds per sample per step;
+    sidecar_fields: caption vectors per sample in the offline sidecars (default captions_per_sample).
+    Returns a flat dict of numbers (FLOPs, bytes, seconds)."""
     v = vision if isinstance(vision, VisionShape) else vision_shape(vision)
     t = teacher if isinstance(teacher, TeacherShape) or teacher is None else teacher_shape(teacher)
     if gpus < 1 or batch < 1:
@@ -230,8 +273,11 @@ def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float 
     if t is not None and gpus % t.tensor_parallel:
         raise ValueError(f"teacher.tensor_parallel={t.tensor_parallel} does not divide gpus={gpus}.")
     micro = batch // gpus
+    fields = captions_per_sample if sidecar_fields is None else sidecar_fields
     r: dict[str, Any] = {"gpus": gpus, "global_batch": batch, "micro_batch": micro, "mfu": mfu,
-                         "peak_tflops": peak_tflops, "samples": float(samples)}
+                         "peak_tflops": peak_tflops, "samples": float(samples),
+                         "teacher_mode": t.mode if t is not None else "none",
+                         "captions_per_sample": captions_per_sample, "sidecar_fields": fields}
 
     # FLOPs per sample
     r["vision_params"] = vit_param_count(v.width, v.layers, v.mlp_dim, v.patch_size, v.image_size,
@@ -277,8 +323,8 @@ def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float 
 
     # offline embeddings (what extract writes; the run reads them in offline mode)
     if t is not None:
-        r["offline_storage_bytes"] = offline_storage_bytes(samples, captions_per_sample, t.hidden, embedding_bytes)
-        extract_flops = float(samples) * captions_per_sample * r["teacher_forward_flops_per_caption"]
+        r["offline_storage_bytes"] = offline_storage_bytes(samples, fields, t.hidden, embedding_bytes)
+        extract_flops = float(samples) * fields * r["teacher_forward_flops_per_caption"]
         r["extract_wall_time_s"] = extract_flops / (gpus * peak_tflops * 1e12 * mfu)
     return r
 
@@ -346,9 +392,12 @@ def format_table(r: Mapping[str, Any]) -> str:
         ("vision train (3x fwd) / image", _si(r["vision_train_flops"], "FLOP")),
     ]
     if "teacher_params" in r:
-        rows += [("teacher params", _si(r["teacher_params"], "")),
+        offline = r["teacher_mode"] == "offline"
+        rows += [("teacher mode", "offline (embedding sidecars; the teacher is not in the step)" if offline
+                  else f"online ({r['captions_per_sample']} caption(s) per sample through the TP teacher)"),
+                 ("teacher params", _si(r["teacher_params"], "")),
                  ("teacher forward / caption", _si(r["teacher_forward_flops_per_caption"], "FLOP")),
-                 ("teacher FLOPs / sample (online)", _si(r["teacher_flops_per_sample"], "FLOP"))]
+                 ("teacher FLOPs / sample in the step", _si(r["teacher_flops_per_sample"], "FLOP"))]
     rows += [
         ("model FLOPs / sample", _si(r["model_flops_per_sample"], "FLOP")),
         ("memory/GPU: params fp32", _bytes(r["mem_params"])),
@@ -364,83 +413,116 @@ def format_table(r: Mapping[str, Any]) -> str:
         (f"wall time for {r['samples']:.3g} samples", f"{_duration(r['wall_time_s'])} ({r['gpu_hours']:,.0f} GPU-h)"),
     ]
     if "offline_storage_bytes" in r:
-        rows += [("offline embeddings storage", f"{_si(r['offline_storage_bytes'], 'B')} ({_bytes(r['offline_storage_bytes'])})"),
+        rows += [(f"offline embeddings storage ({r['sidecar_fields']} caption field(s))",
+                  f"{_si(r['offline_storage_bytes'], 'B')} ({_bytes(r['offline_storage_bytes'])})"),
                  ("offline extraction time (same GPUs)", _duration(r["extract_wall_time_s"]))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _find(tree: Mapping[str, Any], key: str) -> Any:
-    """tree[key], or tree['model'][key]: configs nest components under `model`."""
-    if key in tree:
-        return tree[key]
-    model = tree.get("model")
-    return model.get(key) if isinstance(model, Mapping) else None
-
-
-def load_sections(config_name: str | None, overrides: list[str], config_dir: Path | None = None) -> dict[str, Any]:
-    """The raw YAML recipe (no schema: the planner reads only shapes) merged with dotlist overrides."""
+def _recipe_schema(config_name: str | None, config_dir: Path | None, overrides: list[str]) -> type:
+    """The typed config of the recipe a YAML belongs to: ExtractConfig when it has a top-level teacher or
+    data section, else the stage-2 TrainCLIPConfig."""
     from omegaconf import OmegaConf
 
     from ..config.loader import CONFIG_DIR, ConfigError
 
-    layers = []
+    keys = {o.split("=", 1)[0].split(".", 1)[0] for o in overrides}
     if config_name:
         d = Path(config_dir) if config_dir else CONFIG_DIR
         f = d / (config_name if config_name.endswith(".yaml") else f"{config_name}.yaml")
-        if not f.is_file():
-            raise ConfigError(f"config {config_name!r} not found in {d}; available: "
-                              f"{', '.join(sorted(p.stem for p in d.glob('*.yaml'))) or 'none'}")
-        layers.append(OmegaConf.load(f))
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. plan.gpus=256)")
-    layers.append(OmegaConf.from_dotlist(overrides))
-    return OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
+        if f.is_file():
+            keys |= set(OmegaConf.load(f).keys())
+    if "model" not in keys and keys & {"teacher", "data", "projection"}:
+        from ..recipes.extract import ExtractConfig
+
+        return ExtractConfig
+    if keys & {"model", "trainer"} or not keys - {"plan"}:
+        from ..recipes.train_clip import TrainCLIPConfig
+
+        return TrainCLIPConfig
+    raise ConfigError(f"cannot tell the recipe of {config_name!r}: plan reads stage-2 configs (model.vision, "
+                      "model.teacher: pretrain_*, finetune_*) and extract configs (teacher, data: extract_*).")
+
+
+def _preset_aliases(overrides: list[str]) -> list[str]:
+    """`teacher.preset=X` / `model.teacher.preset=X` (the names users reach for) -> plan.teacher_preset=X."""
+    return [f"plan.teacher_preset={o.split('=', 1)[1]}" if o.split("=", 1)[0] in ("teacher.preset", "model.teacher.preset")
+            else o for o in overrides]
+
+
+def _caption_tokens(teacher) -> int:
+    """Tokens per caption the teacher embeds: the config's max_length when set, else the contract
+    recorded with the teacher at teacher.path (when it is on this machine), else the contract
+    default `convert import-llm` writes (`text.contract.TeacherContract.max_length`)."""
+    from ..text.contract import TeacherContract, read_contract
+
+    if teacher.max_length:
+        return int(teacher.max_length)
+    recorded = read_contract(teacher.path) if teacher.path and Path(teacher.path).exists() else None
+    return (recorded or TeacherContract()).max_length
+
+
+def shape_from_teacher_config(teacher, preset: str, mode: str, where: str) -> TeacherShape:
+    """TeacherShape of a typed TeacherConfig: the shape from `preset`, else from teacher.path (see
+    `_checkpoint_shape`); tensor parallelism and the caption length (max_length) from the config."""
+    if preset:
+        base: dict[str, Any] | None = preset_shape(preset)
+    else:
+        base = _checkpoint_shape(teacher.path)
+    if base is None:
+        raise ValueError(f"{where}.path={teacher.path!r} is neither a Megatron teacher dir (hf/config.json) nor a "
+                         f"HF model dir (config.json) on this machine: name its shape with plan.teacher_preset=NAME "
+                         f"({', '.join(sorted(TEACHER_PRESETS))}).")
+    return teacher_shape({**base, "preset": None, "path": None, "seq_len": _caption_tokens(teacher),
+                          "tensor_parallel": teacher.tensor_parallel, "mode": mode})
+
+
+def plan_from_config(cfg) -> dict[str, Any]:
+    """The plan of a typed recipe config (TrainCLIPConfig or ExtractConfig, overrides merged)."""
+    knobs = cfg.plan
+    if hasattr(cfg, "model"):  # stage 2
+        m, trainer = cfg.model, cfg.trainer
+        if m.mode == "finetune":  # fields left to the checkpoint (0 / 'checkpoint') take its values
+            from ..convert.clip_vision import adopt_checkpoint_architecture
+
+            m.vision = adopt_checkpoint_architecture(m.vision, m.init_from)
+        t = shape_from_teacher_config(m.teacher, knobs.teacher_preset, m.teacher_mode, "model.teacher")
+        gpus = knobs.gpus or int(trainer.num_nodes) * int(trainer.devices)
+        batch = knobs.batch or m.global_batch_size or m.train_ds.batch_size * gpus
+        fields = [f for f, w in m.train_ds.caption_fields.items() if w > 0]
+        return plan(m.vision, t, batch=batch, gpus=gpus, mfu=knobs.mfu, peak_tflops=knobs.peak_tflops,
+                    samples=knobs.samples or 1e9, captions_per_sample=1, sidecar_fields=len(fields),
+                    recompute=bool(m.vision.recompute), fused_attention=knobs.fused_attention,
+                    distributed_optimizer=knobs.distributed_optimizer, embedding_bytes=knobs.embedding_bytes or 2)
+    t = shape_from_teacher_config(cfg.teacher, knobs.teacher_preset, "offline", "teacher")
+    emb = knobs.embedding_bytes or (1 if cfg.data.storage_dtype == "int8" else 2)
+    return plan_extract(t, gpus=knobs.gpus or cfg.projection.gpus, samples=knobs.samples or cfg.projection.samples,
+                        captions_per_sample=len(cfg.data.fields), mfu=knobs.mfu, peak_tflops=knobs.peak_tflops,
+                        embedding_bytes=emb)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config.loader import ConfigError, parse_recipe_args
+    from ..config.loader import ConfigError, load_config, parse_recipe_args
 
     p = argparse.ArgumentParser(
         prog="llm2clip-nemo plan", description=__doc__.splitlines()[0],
         usage="llm2clip-nemo plan [--config-name NAME] [--config-path DIR] [key=value ...] [--json]",
-        epilog="Reads vision.* / model.vision.* and teacher.* / model.teacher.* from the config (shapes, or "
-               "vision.preset=L/14, teacher.preset=llama-3-8b, teacher.path=HF_DIR). Planner knobs as overrides: "
-               "plan.gpus (default trainer.num_nodes*trainer.devices), plan.batch (global), plan.samples, "
-               "plan.mfu (0.4), plan.peak_tflops (989, H100 bf16 dense), plan.captions, plan.recompute, "
-               "plan.fused_attention, plan.distributed_optimizer, plan.embedding_bytes (2).")
+        epilog="Reads the recipe's typed config (pretrain_*/finetune_*: TrainCLIPConfig; extract_*: ExtractConfig) "
+               "with its overrides; the teacher's shape from plan.teacher_preset (or teacher.preset=NAME), a Megatron "
+               "teacher dir or a HF dir at teacher.path. Planner knobs: plan.gpus, plan.batch, plan.samples, plan.mfu "
+               "(0.4), plan.peak_tflops (989, H100 bf16 dense), plan.fused_attention, plan.distributed_optimizer, "
+               f"plan.embedding_bytes. Presets: {', '.join(sorted(TEACHER_PRESETS))}.")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
     try:
         name, path, overrides, rest = parse_recipe_args(list(argv or []))
         args = p.parse_args(rest)
-        tree = load_sections(name, overrides, path)
-        # `projection` is the extract recipe's own sizing section; `plan` overrides win
-        knobs = {**dict(tree.get("projection") or {}), **dict(tree.get("plan") or {})}
-        vision, teacher = _find(tree, "vision"), _find(tree, "teacher")
-        data = _find(tree, "data") or {}
-        captions = int(knobs.get("captions", len(data.get("fields") or []) or 1))
-        emb_bytes = float(knobs.get("embedding_bytes", 1 if data.get("storage_dtype") == "int8" else 2))
-        trainer = tree.get("trainer") or {}
-        default_gpus = int(trainer.get("num_nodes", 1)) * int(trainer.get("devices", 1)) if trainer else 8
-        gpus = int(knobs.get("gpus", default_gpus))
-        mfu = float(knobs.get("mfu", 0.4))
-        peak = float(knobs.get("peak_tflops", H100_BF16_DENSE_TFLOPS))
-        samples = float(knobs.get("samples", 1e9))
-        if not vision and teacher:
-            r = plan_extract(teacher, gpus=gpus, samples=samples, captions_per_sample=captions, mfu=mfu,
-                             peak_tflops=peak, embedding_bytes=emb_bytes)
-        elif not vision:
-            raise ConfigError("the config has no vision section (vision.* or model.vision.*) nor a teacher: give "
-                              "one, e.g. vision.preset=L/14 or teacher.preset=llama-3-8b")
-        else:
-            batch = int(float(knobs.get("batch", _find(tree, "global_batch_size") or 32 * gpus)))
-            r = plan(vision, teacher, batch=batch, gpus=gpus, mfu=mfu, peak_tflops=peak, samples=samples,
-                     captions_per_sample=captions,
-                     recompute=bool(knobs.get("recompute", _as_dict(vision).get("recompute", False))),
-                     fused_attention=bool(knobs.get("fused_attention", True)),
-                     distributed_optimizer=bool(knobs.get("distributed_optimizer", False)),
-                     embedding_bytes=emb_bytes)
+        overrides = _preset_aliases(overrides)
+        schema = _recipe_schema(name, path, overrides)
+        # names and types are checked; validate() is not run: the recipe's paths exist on the cluster only
+        cfg = load_config(schema, name, overrides, path, validate=False)
+        cfg.plan.validate()
+        r = plan_from_config(cfg)
     except (ConfigError, ValueError) as e:
         print(f"llm2clip-nemo plan: {e}", file=sys.stderr)
         return 2

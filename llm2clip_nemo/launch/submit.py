@@ -11,6 +11,13 @@ sbatch script. On preemption or time-out SLURM sends the signal submitit listens
 job with the verb's resume override appended (`exp_manager.resume_if_exists=true`), and submitit
 requeues it: the next attempt resumes from the last checkpoint the recipe wrote.
 
+Time-out or preemption: submitit cannot tell them apart, it guesses from the run time of the
+current attempt. A signal that arrives after `timeout_threshold_min(time_min)` =
+min(80% of the limit, limit - 10 min) counts as a time-out and uses one of `max_requeues`; an
+earlier one counts as a preemption and does not (submitit 1.5.4,
+`core/job_environment.py: SignalHandler.has_timed_out`). With a limit of 10 min or less the
+threshold is <= 0, so every preemption is counted as a time-out: `limit_warnings` says so.
+
 Imports stay light (no torch): this module is unpickled in every task before the verb runs.
 """
 from __future__ import annotations
@@ -73,7 +80,8 @@ class LaunchSpec:
     partition: str | None = None
     """SLURM partition; None: the cluster's default."""
     time_min: int = 60
-    """Time limit in minutes. submitit counts a signal after 80% of it as a time-out (bounded requeues)."""
+    """Time limit in minutes. A signal after min(80% of it, it - 10 min) of an attempt's run time counts
+    as a time-out (bounded by max_requeues), an earlier one as a preemption (`timeout_threshold_min`)."""
     mem: str | None = None
     """Memory per node in SLURM syntax ('64G', '500000M', '0' = all of it); None: cluster default."""
     account: str | None = None
@@ -87,7 +95,9 @@ class LaunchSpec:
     signal_delay_s: int = 90
     """Seconds before the time limit at which the preemption/time-out signal arrives (time to checkpoint)."""
     max_requeues: int = 3
-    """How many time-outs may requeue the job (preemptions do not count)."""
+    """How many time-outs may requeue the job. Preemptions do not count, but submitit calls a signal a
+    time-out once the attempt has run `timeout_threshold_min(time_min)`: with time_min <= 10 that is
+    every signal, so each preemption uses one."""
     container_image: str | None = None
     """pyxis/enroot image for srun (`--container-image`); None runs on the host."""
     container_mounts: str | None = None
@@ -120,6 +130,32 @@ class LaunchSpec:
             )
         if self.cluster == "local" and self.nodes != 1:
             raise ValueError(f"nodes={self.nodes} with cluster=local: a local run has one node; use --cluster slurm.")
+
+
+# submitit 1.5.4 `SignalHandler.has_timed_out`: guaranteed walltime = min(0.8 * limit, limit - 10 min).
+SUBMITIT_TIMEOUT_FRACTION = 0.8
+SUBMITIT_TIMEOUT_MARGIN_MIN = 10
+
+
+def timeout_threshold_min(time_min: float) -> float:
+    """Minutes an attempt must have run for submitit to call a SLURM signal a time-out, not a preemption.
+
+    min(0.8 * time_min, time_min - 10), from submitit 1.5.4 `SignalHandler.has_timed_out` (the run
+    time is counted from the start of the current attempt's process). Examples: 60 -> 48,
+    50 -> 40, 20 -> 10, 10 -> 0 (every signal is a time-out).
+    """
+    return min(SUBMITIT_TIMEOUT_FRACTION * time_min, time_min - SUBMITIT_TIMEOUT_MARGIN_MIN)
+
+
+def limit_warnings(spec: LaunchSpec) -> list[str]:
+    """One-line warnings about `spec`'s time limit and submitit's time-out rule ([] when none apply)."""
+    if timeout_threshold_min(spec.time_min) > 0:
+        return []
+    return [f"--time {spec.time_min} min: submitit counts a signal as a time-out once an attempt has run "
+            f"min(80% of the limit, limit - {SUBMITIT_TIMEOUT_MARGIN_MIN} min) = "
+            f"{timeout_threshold_min(spec.time_min):g} min, so every preemption uses one of the "
+            f"{spec.max_requeues} requeues (--max-requeues); give --time > {SUBMITIT_TIMEOUT_MARGIN_MIN} "
+            "min or raise --max-requeues."]
 
 
 def resolve_target(target: str) -> str:

@@ -8,111 +8,24 @@ and exports the LoRA-merged LLM as a stock Hugging Face directory.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from nemo.core.classes import ModelPT
 
-from ..config import ConfigError
+from .caption_contrastive_config import (  # noqa: F401  (re-exported)
+    DEFAULT_INSTRUCTION,
+    DEMO,
+    CaptionContrastiveModelConfig,
+    CaptionDataConfig,
+    OptimConfig,
+    check_global_batch,
+)
 from .caption_data import StepLoader, TripleSchedule, eval_captions, load_records, tokenize_with_instruction
-from .caption_encoder import CaptionEncoder, EncoderConfig
+from .caption_encoder import CaptionEncoder
 from .caption_encoder import export_merged as _export_encoder
 from .nemo_base import allow_our_targets, default_dp_group, from_dictconfig, to_dictconfig
-
-DEMO = "demo"
-DEFAULT_INSTRUCTION = "Given a caption, retrieve a detailed relevant caption"
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 2e-4
-    """Peak learning rate (AdamW)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on the LoRA weights."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    """AdamW betas."""
-    warmup_steps: int = 300
-    """Linear warmup from 0 over this many steps."""
-    schedule: str = "constant"
-    """After warmup: constant | cosine (to 0 at trainer.max_steps) | linear (to 0)."""
-
-    def validate(self) -> None:
-        if self.schedule not in ("constant", "cosine", "linear"):
-            raise ConfigError(f"model.optim.schedule={self.schedule!r}: choose constant, cosine or linear.")
-        if self.lr <= 0 or self.warmup_steps < 0:
-            raise ConfigError(f"model.optim: lr={self.lr} must be > 0 and warmup_steps={self.warmup_steps} >= 0.")
-
-
-@dataclass
-class CaptionDataConfig:
-    train_path: str = DEMO
-    """Training captions: webdataset shards (dir, brace pattern, manifest, `a::b`) or JSONL
-    ({id, captions} per line); 'demo' = the embedded Twemoji dataset's train split (built on first use)."""
-    val_path: str = DEMO
-    """Held-out captions for CRA (same formats; 'demo' = the demo test split, held-out concepts)."""
-    short_fields: list[str] = field(default_factory=lambda: ["txt"])
-    """Short-caption fields ('txt' = alt text member; others are json keys, lists allowed)."""
-    long_fields: list[str] = field(default_factory=lambda: ["long"])
-    """Long/dense-caption fields (json keys)."""
-    negative_group_field: str | None = None
-    """json field: hard negatives come from another image with the same value (demo: subgroup)."""
-    global_batch_size: int = 512
-    """Triples per optimizer step over all data-parallel ranks (must divide by the rank count)."""
-    hard_negatives: int = 1
-    """Hard negatives per query (0 or 1): a caption of another image, besides in-batch negatives."""
-    max_length: int = 512
-    """Token budget per text, instruction included."""
-    instruction: str = DEFAULT_INSTRUCTION
-    """Instruction before queries only ('<instruction>: <query>'); its tokens are not pooled. '' = none."""
-    val_max_images: int = 0
-    """Cap on held-out images used for CRA (0 = all)."""
-    val_batch_size: int = 64
-    """Captions per forward when computing CRA."""
-    seed: int = 0
-    """Seed of the batch schedule (batch k is a function of seed and k)."""
-
-    def pair_config(self):
-        from ..data.pairs import PairConfig
-
-        return PairConfig(short_fields=list(self.short_fields), long_fields=list(self.long_fields),
-                          instruction=self.instruction or None, seed=self.seed,
-                          negative_group_field=self.negative_group_field)
-
-    def check_paths(self) -> None:
-        """Called by the recipe, not at model build: a restored .nemo model needs no dataset."""
-        for name in ("train_path", "val_path"):
-            p = getattr(self, name)
-            if p == DEMO or (p.endswith(".jsonl") and Path(p).is_file()):
-                continue
-            try:
-                from ..data.spec import parse_sources
-
-                parse_sources(p)
-            except Exception as e:
-                raise ConfigError(f"model.data.{name}={p!r} does not exist or holds no shards ({e}): build the "
-                                  f"dataset first (e.g. `llm2clip-nemo data demo`) or set model.data.{name}={DEMO} "
-                                  "for the embedded demo.") from None
-
-    def validate(self) -> None:
-        if self.global_batch_size < 1 or self.hard_negatives not in (0, 1):
-            raise ConfigError(f"model.data.global_batch_size={self.global_batch_size} must be >= 1 and "
-                              f"hard_negatives={self.hard_negatives} 0 or 1.")
-
-
-@dataclass
-class CaptionContrastiveModelConfig(EncoderConfig):
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
-
-
-def check_global_batch(global_batch: int, world: int) -> int:
-    """Local batch per rank; ConfigError when the ranks do not divide the global batch."""
-    if global_batch % world:
-        raise ConfigError(f"model.data.global_batch_size={global_batch} is not divisible by the {world} "
-                          f"data-parallel ranks: use a multiple of {world}, e.g. {max(world, global_batch // world * world)}.")
-    return global_batch // world
 
 
 def resolve_demo_paths(data: CaptionDataConfig) -> tuple[str, str]:
@@ -166,6 +79,9 @@ class CaptionContrastiveModel(ModelPT):
         self.strict_loading = False  # checkpoints hold the LoRA weights only (base weights come from llm_path)
         self.dp_group = None
         self.cra_history: list[tuple[int, float]] = []
+        """(step, CRA by the paper's protocol) at each validation."""
+        self.cra_all_pairs_history: list[tuple[int, float]] = []
+        """(step, all-pairs caption retrieval accuracy) at each validation."""
         self._groups_cache: dict[str, list] = {}
         self._val_feats: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -269,7 +185,7 @@ class CaptionContrastiveModel(ModelPT):
         self._val_feats.append((idx.cpu(), self.embed_texts(list(texts)).cpu()))
 
     def on_validation_epoch_end(self):
-        from ..eval.metrics import caption_retrieval_accuracy
+        from ..eval.metrics import caption_retrieval_accuracy, caption_retrieval_all_pairs
 
         texts, image_ids = self.val_captions()
         parts = self._val_feats
@@ -281,10 +197,13 @@ class CaptionContrastiveModel(ModelPT):
         feats = torch.empty(len(texts), parts[0][1].shape[1])
         feats[idx] = torch.cat([p[1] for p in parts])
         cra = caption_retrieval_accuracy(feats, image_ids)
+        all_pairs = caption_retrieval_all_pairs(feats, image_ids)
         self.cra_history.append((int(self.global_step), cra))
+        self.cra_all_pairs_history.append((int(self.global_step), all_pairs))
         self.log("val_cra", cra, prog_bar=True, sync_dist=False, batch_size=1)
+        self.log("val_cra_all_pairs", all_pairs, sync_dist=False, batch_size=1)
         self._val_feats = []
-        return {"val_cra": cra}
+        return {"val_cra": cra, "val_cra_all_pairs": all_pairs}
 
 
 def export_merged(model: CaptionContrastiveModel, out_dir) -> Path:

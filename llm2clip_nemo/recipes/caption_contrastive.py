@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, load_config, parse_recipe_args
-from ..models.caption_contrastive import CaptionContrastiveModelConfig, check_global_batch
+from ..config.help import recipe_help, wants_help
+from ..models.caption_contrastive_config import CaptionContrastiveModelConfig, check_global_batch
 from .trainer import ExpManagerConfig, TrainerConfig
 
 DEFAULT_CONFIG = "caption_contrastive_tiny"
@@ -57,7 +58,10 @@ def _loss_curve_callback(curve: list):
 
 
 def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
-    """Train; returns {"cra_before", "cra_after", "cra_history", "hf_merged", "loss_curve", "log_dir"}.
+    """Train; returns {"cra_before", "cra_after", "cra_all_pairs_before", "cra_all_pairs_after",
+    "cra_history", "hf_merged", "loss_curve", "log_dir"}. CRA is the paper's protocol (each image's
+    first caption against all images' second captions, `eval.metrics.caption_retrieval_accuracy`);
+    cra_all_pairs every caption against all others (`caption_retrieval_all_pairs`); both in percent.
 
     `callbacks`: extra Lightning callbacks (e.g. a time budget in the demo)."""
     import lightning.pytorch as pl
@@ -72,13 +76,14 @@ def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
     model = CaptionContrastiveModel(cfg.model, trainer=trainer)
     resume_from = trainer.ckpt_path  # set by exp_manager when a checkpoint exists
     trainer.ckpt_path = None  # validate the untrained model, not the checkpoint; fit gets it explicitly
-    cra_before = None
+    cra_before = all_pairs_before = None
     if cfg.cra_before:
-        cra_before = trainer.validate(model, verbose=False)[0]["val_cra"]
+        before = trainer.validate(model, verbose=False)[0]
+        cra_before, all_pairs_before = before["val_cra"], before["val_cra_all_pairs"]
     trainer.fit(model, ckpt_path=resume_from)
     if not model.cra_history or model.cra_history[-1][0] != trainer.global_step:
         trainer.validate(model, verbose=False)
-    cra_after = model.cra_history[-1][1]
+    cra_after, all_pairs_after = model.cra_history[-1][1], model.cra_all_pairs_history[-1][1]
     hf_merged = None
     if cfg.export_merged:
         hf_merged = log_dir / "hf_merged"
@@ -86,12 +91,16 @@ def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
             export_merged(model, hf_merged)
         trainer.strategy.barrier()
     history = [h for h in model.cra_history if h[0] > 0 or not cfg.cra_before]
-    return {"cra_before": cra_before, "cra_after": cra_after, "cra_history": history,
+    return {"cra_before": cra_before, "cra_after": cra_after, "cra_all_pairs_before": all_pairs_before,
+            "cra_all_pairs_after": all_pairs_after, "cra_history": history,
             "hf_merged": str(hf_merged) if hf_merged else None, "loss_curve": curve, "log_dir": str(log_dir)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(recipe_help("llm2clip-nemo caption-contrastive", __doc__, CaptionContrastiveConfig, "caption_contrastive"))
+        return 0
     try:
         name, path, overrides, rest = parse_recipe_args(argv)
         if rest:
@@ -101,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"caption-contrastive: {e}", file=sys.stderr)
         return 2
-    summary = {k: result[k] for k in ("cra_before", "cra_after", "hf_merged", "log_dir")}
+    summary = {k: result[k] for k in ("cra_before", "cra_after", "cra_all_pairs_before", "cra_all_pairs_after",
+                                      "hf_merged", "log_dir")}
     summary["final_loss"] = result["loss_curve"][-1][1] if result["loss_curve"] else None
     print(json.dumps(summary))  # one line: easy to pick out of the logs
     return 0

@@ -13,8 +13,9 @@ Tasks (default: every task the data supports):
 - retrieval: image<->text R@1/5/10 over the caption fields, several captions per image
   (Flickr30k/COCO Karpathy protocol);
 - long: one-to-one retrieval with the long caption (Urban-1k/DOCCI protocol);
-- cra: caption retrieval accuracy over all captions of images with >= 2 of them, on the adapter's
-  text features and on the raw LLM embeddings;
+- cra: caption retrieval accuracy by the LLM2CLIP paper's protocol (each image's first caption
+  queries all images' second captions, top-1) and the stricter all-pairs variant (every caption
+  against all others), on the adapter's text features and on the raw LLM embeddings;
 - zeroshot: top-1/top-5 classification with class-name prompts (eval.templates).
 Features are extracted data-parallel under torchrun (images over all ranks; captions over the
 data-parallel group, so the ranks of one tensor-parallel teacher group encode the same captions).
@@ -338,9 +339,12 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
         result["long_retrieval"], result["long_recall_curve"] = r["retrieval"], r["recall_curve"]
     if "cra" in task_list:
         caps, ids = _cra_groups(data)
-        result["cra"] = {"adapter": M.caption_retrieval_accuracy(text_feats(caps), ids),
-                         "llm": M.caption_retrieval_accuracy(text_feats(caps, raw), ids),
-                         "n_captions": len(caps)}
+        adapter_feats, llm_feats = text_feats(caps), text_feats(caps, raw)
+        n_images = int((torch.bincount(torch.tensor(ids)) >= 2).sum())
+        result["cra"] = {"adapter": M.caption_retrieval_accuracy(adapter_feats, ids),
+                         "llm": M.caption_retrieval_accuracy(llm_feats, ids), "n_images": n_images}
+        result["cra_all_pairs"] = {"adapter": M.caption_retrieval_all_pairs(adapter_feats, ids),
+                                   "llm": M.caption_retrieval_all_pairs(llm_feats, ids), "n_captions": len(caps)}
     if "zeroshot" in task_list:
         index = {c: k for k, c in enumerate(classnames)}
         cls = M.build_class_embeddings(classnames, tpl, lambda p: text_feats(p))
@@ -368,8 +372,9 @@ def report_sections(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
         if "long_retrieval" in r:
             add("long-caption retrieval (one-to-one, R@k %)", model, r["long_retrieval"])
         if "cra" in r:
-            add("caption retrieval accuracy (CRA %)", model, {"adapter": r["cra"]["adapter"], "llm": r["cra"]["llm"],
-                                                            "n_captions": r["cra"]["n_captions"]})
+            add("caption retrieval accuracy (CRA %, paper protocol: 1st caption vs all 2nd captions)", model, r["cra"])
+        if "cra_all_pairs" in r:
+            add("all-pairs caption retrieval (%, each caption vs all others)", model, r["cra_all_pairs"])
         if "zeroshot" in r:
             add("zero-shot classification (top-k %)", model, r["zeroshot"])
     return sections

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError, load_config, parse_recipe_args
+from ..config.help import recipe_help, wants_help
+from ..config.plan import PlanConfig
 from ..text.config import TeacherConfig
 
 
@@ -61,6 +63,8 @@ class ExtractConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: ExtractData = field(default_factory=ExtractData)
     projection: Projection = field(default_factory=Projection)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """Knobs of `llm2clip-nemo plan` (capacity estimates); extraction ignores them."""
     progress: bool = True
     """Progress bar with captions/s on global rank 0."""
 
@@ -247,6 +251,9 @@ def format_summary(r: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if wants_help(argv):
+        print(recipe_help("llm2clip-nemo extract", __doc__, ExtractConfig, "extract"))
+        return 0
     name, path, overrides, rest = parse_recipe_args(argv)
     if rest:
         print(f"llm2clip-nemo extract: unknown arguments {rest}", file=sys.stderr)

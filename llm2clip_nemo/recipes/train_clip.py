@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, load_config, parse_recipe_args
-from ..models.llm2clip import LLM2CLIPConfig
+from ..config.help import recipe_help, wants_help
+from ..config.plan import PlanConfig
+from ..models.llm2clip_config import LLM2CLIPConfig
 from .trainer import ExpManagerConfig, SamplesPerSecond, TrainerConfig, build_trainer
 
 
@@ -21,6 +23,8 @@ class TrainCLIPConfig:
     model: LLM2CLIPConfig = field(default_factory=LLM2CLIPConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(gradient_clip_val=0.0))
     exp_manager: ExpManagerConfig = field(default_factory=ExpManagerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """Knobs of `llm2clip-nemo plan` (capacity estimates); training ignores them."""
 
     def validate(self) -> None:
         from ..runtime import DistEnv
@@ -75,6 +79,9 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
 
 
 def main(argv: list[str], mode: str = "pretrain") -> int:
+    if wants_help(argv):
+        print(recipe_help(f"llm2clip-nemo {mode}", __doc__, TrainCLIPConfig, mode))
+        return 0
     name, path, overrides, rest = parse_recipe_args(argv)
     if rest:
         print(f"llm2clip-nemo {mode}: unknown arguments {rest}", file=sys.stderr)

@@ -13,6 +13,14 @@ TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
 FP8_RECIPES = ("delayed", "tensorwise")
 PARAMS_DTYPES = ("float32", "bfloat16", "float16")
 
+FROM_CHECKPOINT = "checkpoint"
+"""`activation` value meaning: take it from the fine-tune checkpoint (numeric architecture fields use 0)."""
+# Fields that change a checkpoint's numbers: at fine-tune init each is taken from the checkpoint (when
+# set to 0 / FROM_CHECKPOINT) or must equal it (`convert.clip_vision.match_vision_architecture`).
+# embed_dim is not among them: a resized projection head is re-initialised by design.
+ARCH_FIELDS = ("image_size", "patch_size", "num_channels", "width", "num_layers", "num_heads", "mlp_dim",
+               "activation", "layernorm_eps")
+
 
 @dataclass
 class ViTConfig:
@@ -35,7 +43,9 @@ class ViTConfig:
     embed_dim: int = 128
     """Joint embedding size: output of the bias-free `visual_projection`."""
     activation: str = "gelu"
-    """MLP activation: 'gelu' (exact) or 'quick_gelu' (x * sigmoid(1.702 x), OpenAI CLIP checkpoints)."""
+    """MLP activation: 'gelu' (exact) or 'quick_gelu' (x * sigmoid(1.702 x), OpenAI CLIP checkpoints);
+    'checkpoint' = the fine-tune checkpoint's (as do 0 in image_size, patch_size, num_channels, width,
+    num_layers, num_heads, mlp_dim and layernorm_eps)."""
     layernorm_eps: float = 1e-5
     """Epsilon of every LayerNorm."""
     hidden_dropout: float = 0.0
@@ -65,6 +75,10 @@ class ViTConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown ViT preset {name!r}: choose one of {sorted(PRESETS)}.")
         return dataclasses.replace(PRESETS[name], **overrides)
+
+    def from_checkpoint_fields(self) -> list[str]:
+        """Architecture fields left to the fine-tune checkpoint (0, or activation='checkpoint')."""
+        return [f for f in ARCH_FIELDS if getattr(self, f) in (0, FROM_CHECKPOINT)]
 
     @property
     def head_dim(self) -> int:
@@ -96,7 +110,11 @@ class ViTConfig:
         return float(patch + self.num_layers * per_layer + 2 * w * self.embed_dim)
 
     def validate(self) -> None:
-        """Raise ValueError naming the field, the value and the fix."""
+        """Raise ValueError naming the field, the value and the fix. Fields left to the checkpoint
+        (`from_checkpoint_fields`) are checked once the fine-tune init has filled them in."""
+        pending = set(self.from_checkpoint_fields())
+        if pending & {"width", "num_heads", "image_size", "patch_size"}:
+            return self._validate_switches()
         if self.width % self.num_heads:
             raise ValueError(
                 f"vision.width={self.width} is not divisible by vision.num_heads={self.num_heads}: "
@@ -110,18 +128,25 @@ class ViTConfig:
                 f"{self.patch_size}: use an image size that is a multiple of the patch size (e.g. "
                 f"{(self.image_size // self.patch_size) * self.patch_size})."
             )
+        if "activation" not in pending and self.activation not in ACTIVATIONS:
+            raise ValueError(f"vision.activation={self.activation!r} is not supported: choose one of "
+                             f"{list(ACTIVATIONS)} (or '{FROM_CHECKPOINT}' to take the fine-tune checkpoint's).")
+        for name in ("image_size", "patch_size", "num_channels", "width", "num_layers", "num_heads",
+                     "mlp_dim", "embed_dim"):
+            if name not in pending and getattr(self, name) < 1:
+                raise ValueError(f"vision.{name}={getattr(self, name)} must be >= 1.")
+        if "layernorm_eps" not in pending and self.layernorm_eps < 0:
+            raise ValueError(f"vision.layernorm_eps={self.layernorm_eps} must be > 0.")
+        self._validate_switches()
+
+    def _validate_switches(self) -> None:
         for name, value, allowed in (
-            ("activation", self.activation, ACTIVATIONS),
             ("transformer_impl", self.transformer_impl, TRANSFORMER_IMPLS),
             ("fp8_recipe", self.fp8_recipe, FP8_RECIPES),
             ("params_dtype", self.params_dtype, PARAMS_DTYPES),
         ):
             if value not in allowed:
                 raise ValueError(f"vision.{name}={value!r} is not supported: choose one of {list(allowed)}.")
-        for name in ("image_size", "patch_size", "num_channels", "width", "num_layers", "num_heads",
-                     "mlp_dim", "embed_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"vision.{name}={getattr(self, name)} must be >= 1.")
         if self.fp8 and self.transformer_impl == "local" and not self.fp8_fallback:
             raise ValueError(
                 "vision.fp8=true needs vision.transformer_impl='transformer_engine' or 'auto' (the local "

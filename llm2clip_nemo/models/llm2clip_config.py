@@ -1,0 +1,120 @@
+"""Typed config of stage 2's `LLM2CLIPModel` (`model.*` of the pretrain/finetune recipes).
+
+Kept apart from the model so that `--help`, `plan` and config loading import no NeMo or megatron.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..config import ConfigError
+from ..data.config import StreamConfig
+from ..text.adapter import AdapterConfig
+from ..text.config import TeacherConfig
+from ..vision.config import ViTConfig
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.05
+    """AdamW decay on weight matrices; none on biases, norms, logit scale/bias."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """AdamW betas."""
+    eps: float = 1e-6
+    """AdamW epsilon."""
+    layer_decay: float = 1.0
+    """Layer-wise lr decay of the ViT: layer l of L gets lr * decay^(L+1-l) (0.85 in the paper's fine-tune)."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm (0 = off)."""
+    max_nonfinite_steps: int = 20
+    """A NaN/inf loss skips its step; more skipped steps than this abort the run."""
+
+    def validate(self) -> None:
+        if self.lr <= 0 or not 0 < self.layer_decay <= 1 or self.warmup_steps < 0:
+            raise ConfigError(f"model.optim: lr={self.lr} must be > 0, layer_decay={self.layer_decay} in (0, 1], "
+                              f"warmup_steps={self.warmup_steps} >= 0.")
+
+
+@dataclass
+class LossConfig:
+    kind: str = "clip"
+    """clip (symmetric InfoNCE, learnable temperature) | siglip (sigmoid, learnable scale and bias)."""
+    init_logit_scale: float = math.log(1 / 0.07)
+    """Initial log inverse temperature (CLIP: ln(1/0.07); SigLIP uses ln 10 when kind=siglip)."""
+    max_logit_scale: float = math.log(100)
+    """Clamp of the log scale (ln 100)."""
+
+    def validate(self) -> None:
+        if self.kind not in ("clip", "siglip"):
+            raise ConfigError(f"model.loss.kind={self.kind!r}: choose clip or siglip.")
+
+
+@dataclass
+class ValidationConfig:
+    urls: str = ""
+    """Held-out shards for retrieval R@1/R@5 (empty = no validation)."""
+    caption_field: str = "txt"
+    """Caption field used as the retrieval text ('txt' alt text, 'long', ...)."""
+    max_samples: int = 2000
+    """Cap on held-out samples (every rank evaluates the same set)."""
+    every_n_steps: int = 50
+    """Validate every N optimizer steps (and at the end of training)."""
+    image_size: int = 0
+    """Eval resolution; 0 = model.vision.image_size."""
+    sidecar_dir: str | None = None
+    """Offline teacher: sidecars of the held-out shards (null = beside them)."""
+
+
+@dataclass
+class LLM2CLIPConfig:
+    mode: str = "pretrain"
+    """pretrain (ViT from scratch) | finetune (ViT initialised from init_from)."""
+    init_from: str = ""
+    """finetune: a Hugging Face CLIP vision checkpoint dir (or our export's vision/ dir)."""
+    teacher_mode: str = "offline"
+    """offline (sidecar embeddings, ~13x cheaper) | online (the TP teacher runs every step)."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    vision: ViTConfig = field(default_factory=ViTConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train_ds: StreamConfig = field(default_factory=StreamConfig)
+    validation_ds: ValidationConfig = field(default_factory=ValidationConfig)
+    global_batch_size: int = 0
+    """If > 0: samples per step over all ranks; must divide by the ranks (sets train_ds.batch_size)."""
+    num_workers: int = 2
+    """DataLoader workers per rank."""
+    seed: int = 0
+    """Seeds model init."""
+
+    def validate(self) -> None:
+        if self.mode not in ("pretrain", "finetune"):
+            raise ConfigError(f"model.mode={self.mode!r}: choose pretrain or finetune.")
+        if self.mode == "finetune" and not self.init_from:
+            raise ConfigError("model.mode=finetune needs model.init_from=<Hugging Face CLIP vision checkpoint dir>.")
+        if self.mode == "finetune":  # every numerics field of the checkpoint: adopted or equal
+            from ..convert.clip_vision import adopt_checkpoint_architecture
+
+            self.vision = adopt_checkpoint_architecture(self.vision, self.init_from)
+            self.vision.validate()
+        elif self.vision.from_checkpoint_fields():
+            f = self.vision.from_checkpoint_fields()[0]
+            raise ConfigError(f"model.vision.{f}={getattr(self.vision, f)!r} takes its value from a fine-tune "
+                              f"checkpoint, but model.mode={self.mode}: give model.vision.{f} a value.")
+        if self.teacher_mode not in ("offline", "online"):
+            raise ConfigError(f"model.teacher_mode={self.teacher_mode!r}: choose offline or online.")
+        if self.adapter.joint_dim != self.vision.embed_dim:
+            raise ConfigError(f"model.adapter.joint_dim={self.adapter.joint_dim} must equal model.vision.embed_dim="
+                              f"{self.vision.embed_dim} (both towers project into the same space).")
+        expected = "embeddings" if self.teacher_mode == "offline" else "captions"
+        if self.train_ds.output == "captions":  # the stream's default: derive it from the teacher mode
+            self.train_ds.output = expected
+        if self.train_ds.output != expected:
+            raise ConfigError(f"model.train_ds.output={self.train_ds.output!r} but teacher_mode={self.teacher_mode} "
+                              f"needs output={expected!r}.")
