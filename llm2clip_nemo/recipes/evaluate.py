@@ -182,8 +182,15 @@ def _dist_groups(groups=None):
 
 
 def encoders_for(model) -> Encoders:
-    """Encoders of an `LLM2CLIPModel` (Megatron teacher) or an `LLM2CLIP` (exported, HF)."""
+    """Encoders of an `LLM2CLIPModel` (Megatron teacher), an `LLM2CLIP` (exported, HF), or a
+    `StockCLIP` (a stock HF CLIPModel: its own text tower, `adapt` the identity)."""
     from ..hf_model import LLM2CLIP
+    from ..models.stock_clip import StockCLIP
+
+    if isinstance(model, StockCLIP):
+        img_g, txt_g = _dist_groups()
+        return Encoders(model.get_image_features, model.get_text_features, lambda x: x, model.image_size,
+                        model.mean, model.std, img_g, txt_g, f"stock CLIP {model.path}".strip())
 
     if isinstance(model, LLM2CLIP):
         t = model.config["export"]["model_config"]["train_ds"]["transform"]
@@ -407,7 +414,13 @@ def write_comparison_report(results: dict[str, dict], out_dir: str | Path, title
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm2clip-nemo evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="run dir, .nemo, .ckpt, or an export-hf directory")
-    p.add_argument("--data", required=True, help="shards (brace pattern, dir, manifest.json) or an eval JSON manifest")
+    p.add_argument("--data", default=None, help="shards (brace pattern, dir, manifest.json) or an eval JSON manifest")
+    p.add_argument("--benchmark", default=None, help="instead of --data: a public benchmark read from its published "
+                                                     "files under --root (flickr30k, coco, sharegpt4v, urban1k, docci, "
+                                                     "xm3600, sugarcrepe, imagenet, cra; a comma list; or all)")
+    p.add_argument("--root", default=None, help="--benchmark: folder holding the benchmark folders (README layout)")
+    p.add_argument("--baseline", default=None, help="--benchmark: a second model (e.g. a stock HF CLIPModel "
+                                                    "directory) scored into the same table")
     p.add_argument("--tasks", default="auto", help=f"comma list of {','.join(TASKS)}, or auto (what the data has)")
     p.add_argument("--caption-field", default="txt", help="retrieval caption field(s), comma list: txt, or json keys "
                                                           "such as long, short_list")
@@ -438,6 +451,14 @@ def main(argv: list[str]) -> int:
     from ..runtime import init_parallel
 
     args = build_parser().parse_args(argv)
+    if args.benchmark:
+        from .benchmark import main_benchmark
+
+        return main_benchmark(args)
+    if not args.data:
+        print("llm2clip-nemo evaluate: error: give --data SPEC (shards or a manifest), or --benchmark NAME --root DIR.",
+              file=sys.stderr)
+        return 2
     try:
         data = load_eval_data(args.data, [f.strip() for f in args.caption_field.split(",") if f.strip()],
                               args.long_field or None, args.labels_field, args.strict, args.max_samples,
