@@ -58,11 +58,17 @@ class StockCLIP:
     @torch.no_grad()
     def get_image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] normalised pixels -> [B, projection_dim] (not normalised)."""
-        return self.model.get_image_features(pixel_values=pixels.to(self.device, next(self.model.parameters()).dtype))
+        out = self.model.get_image_features(pixel_values=pixels.to(self.device, next(self.model.parameters()).dtype))
+        return _projected(out)
 
     @torch.no_grad()
     def get_text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """Captions -> [B, projection_dim], each truncated to `max_tokens` tokens (EOS kept)."""
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
                              return_tensors="pt").to(self.device)
-        return self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        return _projected(self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
+
+
+def _projected(out) -> torch.Tensor:
+    """transformers < 5 returns the projected features; 5.x an output whose pooler_output holds them."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
