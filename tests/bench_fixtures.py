@@ -85,7 +85,8 @@ def write_karpathy(root: Path, dataset: str) -> Path:
     write_image(img_dir / names[3], 3)  # a train image: not in the test split
     write_image(img_dir / names[5], 5)  # a restval image (COCO's extra training split)
     images = [
-        entry(0, names[0], "test", ["a dog runs.", "a cat sleeps.", None]),  # null raw: dropped, counted
+        # null and blank raws are dropped and counted; the sixth sentence is past the first five
+        entry(0, names[0], "test", ["a dog runs.", "a cat sleeps.", None, "", "  ", "never encoded: a sixth"]),
         entry(3, names[3], "train", ["never encoded"]),
         entry(1, names[1], "test", ["a red car."]),
         entry(4, names[4], "test", ["no image on disk"]),  # file missing: skipped, counted
@@ -168,7 +169,7 @@ def write_xm3600(root: Path) -> Path:
         key = f"{k:016x}"
         write_image(d / "images" / f"{key}.jpg", k)
         de = [f"Bild {k} Beschreibung {j}" for j in range(2)]
-        lines.append({"image/key": key,
+        lines.append({"image/key": key, "image/locale": ("de", "en", "fr")[k],
                       "en": {"caption": [LONG[k]], "caption/tokenized": [LONG[k].lower()],
                              "caption/tokenized/lowercase": [LONG[k].lower()]},
                       "de": {"caption": de, "caption/tokenized": de, "caption/tokenized/lowercase": de}})

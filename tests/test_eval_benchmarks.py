@@ -60,8 +60,8 @@ def test_karpathy_test_split_scores_by_hand_and_counts_what_it_skips(tmp_path, d
     _assert_close(r, KARPATHY_EXPECTED)
     assert r["recall_curve"]["i2t"][1] == pytest.approx(KARPATHY_CURVE_I2T_R2)
     assert (r["n_images"], r["n_texts"]) == (3, 5)
-    assert r["skipped_by_reason"] == {"bad_caption": 1, "missing_image": 1}
-    assert "never encoded" not in " ".join(fake.texts_seen)  # train and restval splits are left out
+    assert r["skipped_by_reason"] == {"bad_caption": 3, "missing_image": 1}
+    assert "never encoded" not in " ".join(fake.texts_seen)  # train, restval and a sixth sentence left out
     with pytest.raises(BenchmarkError, match=r"images\[0\].sentences\[2\]: caption is null, blank or not a string"):
         load_benchmark(dataset, tmp_path, strict=True)  # strict stops at the first problem
 
