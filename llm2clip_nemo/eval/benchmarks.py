@@ -77,9 +77,11 @@ class Benchmark:
 
     def summary(self) -> str:
         n_cap = sum(len(g.captions) for g in self.groups.values())
-        line = f"{self.name} ({self.source}): {len(self.images)} images, {n_cap} captions"
-        if self.groups and len(self.groups) > 1:
-            line += f" in {len(self.groups)} groups"
+        line = f"{self.name} ({self.source}): {len(self.images)} images, "
+        if self.kind == "zeroshot":
+            line += f"{len(self.classnames)} classes x {len(self.templates)} templates"
+        else:
+            line += f"{n_cap} captions" + (f" in {len(self.groups)} groups" if len(self.groups) > 1 else "")
         counts = self.reason_counts()
         if counts:
             line += "; skipped/dropped " + ", ".join(f"{r}: {n}" for r, n in counts.items())
