@@ -210,8 +210,14 @@ def test_missing_or_malformed_files_are_one_line_and_exit_2(tmp_path, capsys, wr
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_evaluate_without_data_or_benchmark_is_exit_2(capsys):
+@pytest.mark.parametrize("argv,message", [
+    ([], "give --data SPEC (shards or a manifest), or --benchmark NAME --root DIR."),
+    (["--benchmark", "coco"], "--benchmark needs --root DIR, the folder holding the benchmark files."),
+    (["--benchmark", "coco", "--root", ".", "--data", "x.json"], "--data and --benchmark are alternatives: give one"),
+])
+def test_evaluate_data_and_benchmark_arguments_are_checked_exit_2(capsys, argv, message):
     from llm2clip_nemo.recipes.evaluate import main
 
-    assert main(["--model", "x"]) == 2
-    assert "give --data SPEC (shards or a manifest), or --benchmark NAME --root DIR." in capsys.readouterr().err
+    assert main(["--model", "x", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -122,3 +122,20 @@ def test_stock_clip_truncates_captions_to_its_77_token_context(setup):
     long, cut = m.get_text_features(["a " * 200, "a " * 75])  # 'a' a token: 75 + BOS + EOS = 77
     assert torch.allclose(long, cut, atol=1e-6)
     assert not torch.allclose(cut, m.get_text_features(["a " * 74])[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("layout", ["run", "nemo"])
+def test_training_run_and_nemo_score_as_their_export(setup, tmp_path, layout):
+    from llm2clip_nemo.recipes.evaluate import main
+
+    tables = {}
+    for which in (layout, "export"):
+        out = tmp_path / which
+        argv = ["--model", str(setup["tiny"][which]), "--benchmark", "urban1k,cra", "--root", str(setup["root"]),
+                "--out", str(out), "--name", "m", "--no-plots"]
+        assert main(argv) == 0
+        tables[which] = json.loads((out / "report.json").read_text())["table"]["m"]
+        assert not (out / "benchmarks.png").exists()
+    assert list(tables[layout]) == ["Urban-1k I2T", "Urban-1k T2I", "CRA"]
+    for col, v in tables["export"].items():
+        assert tables[layout][col] == pytest.approx(v, abs=1e-4), col

@@ -97,13 +97,18 @@ def main_benchmark(args) -> int:
     try:
         if not args.root:
             raise BenchmarkError("--benchmark needs --root DIR, the folder holding the benchmark files.")
+        if args.data:
+            raise BenchmarkError("--data and --benchmark are alternatives: give one (a benchmark reads its files "
+                                 "from --root).")
         names, missing = resolve_names(args.benchmark, args.root)
         benches = [load_benchmark(n, args.root, strict=args.strict) for n in names]  # before any model loads
         groups = init_parallel(args.tensor_parallel)
         models = {args.name or Path(args.model).name: load_any_model(args.model, args.tensor_parallel,
                                                                        args.teacher_path, groups)}
         if args.baseline:
-            models[Path(args.baseline).name] = load_any_model(args.baseline, args.tensor_parallel, None, groups)
+            name = Path(args.baseline).name
+            name = name if name not in models else f"{name} (baseline)"
+            models[name] = load_any_model(args.baseline, args.tensor_parallel, None, groups)
         rank0 = groups.rank == 0
         results = run_benchmarks(models, benches, batch_size=args.batch_size,
                                  log=print if rank0 else (lambda *a: None))
