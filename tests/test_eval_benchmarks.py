@@ -117,10 +117,10 @@ def test_imagenet_zero_shot_with_the_80_templates(tmp_path):
 
 
 def _clip_benchmark_module(name):
-    """clip_benchmark's metric module file alone (its package __init__ is not needed)."""
-    import clip_benchmark
-
-    path = f"{clip_benchmark.__path__[0]}/metrics/{name}.py"
+    """clip_benchmark's metric module file alone: no package __init__ runs, so nothing pulls torchvision
+    or open_clip (installed --no-deps, clip-benchmark has neither here)."""
+    pkg = importlib.util.find_spec("clip_benchmark")  # locates the package without executing it
+    path = f"{pkg.submodule_search_locations[0]}/metrics/{name}.py"
     spec = importlib.util.spec_from_file_location(f"cb_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
