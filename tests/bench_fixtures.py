@@ -118,6 +118,12 @@ def write_urban1k(root: Path) -> Path:
         (d / "caption").mkdir(parents=True, exist_ok=True)
         (d / "caption" / f"{k + 1}.txt").write_text(LONG[k] + "\nsecond line, never read\n")
     (d / "caption" / "4.txt").write_text("a caption whose image is missing\n")
+    # bad images are skipped and counted by the one decoder's reasons
+    (d / "caption" / "5.txt").write_text("a caption whose image is not an image\n")
+    (d / "image" / "5.jpg").write_bytes(b"<html>not found</html>")
+    (d / "caption" / "6.txt").write_text("a caption whose image ends early\n")
+    data = write_image(d / "image" / "6.jpg", 5).read_bytes()
+    (d / "image" / "6.jpg").write_bytes(data[: len(data) // 2])
     return d
 
 

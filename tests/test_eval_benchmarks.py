@@ -83,7 +83,8 @@ def test_one_caption_per_image_sets_score_by_hand(tmp_path, name, writer):
     b, r, fake = _score(name, tmp_path, ONE_IMG, LONG_TXT)
     _assert_close(r, ONE_EXPECTED)
     assert (r["n_images"], r["n_texts"]) == (3, 3)
-    skipped = {"urban1k": {"missing_image": 1}, "docci": {}, "sharegpt4v": {"missing_image": 997}}[name]
+    skipped = {"urban1k": {"corrupt_image": 1, "missing_image": 1, "truncated_image": 1}, "docci": {},
+               "sharegpt4v": {"missing_image": 997}}[name]
     assert r["skipped_by_reason"] == skipped
     assert sorted(set(fake.texts_seen)) == sorted(LONG_TXT)  # first caption line; newlines as spaces; 1,000 cut
 
@@ -191,11 +192,18 @@ def test_results_table_in_paper_layout_json_markdown_and_plot(tmp_path):
     (lambda d: (d / "coco").mkdir() or (d / "coco" / "dataset_coco.json").write_text('{"dataset": "coco"}'),
      "coco", "coco/dataset_coco.json: the top level has no 'images' field"),
     (lambda d: (d / "docci").mkdir() or (d / "docci" / "docci_descriptions.jsonlines").write_text('{"split": "test"}\n{'),
-     "docci", "docci/docci_descriptions.jsonlines: not valid JSON"),
+     "docci", "docci/docci_descriptions.jsonlines: line 2 is not valid JSON"),
     (lambda d: (d / "sugarcrepe").mkdir() or [(d / "sugarcrepe" / f"{f}.json").write_text("[]") for f in
                                              ("add_obj", "add_att", "replace_obj", "replace_att", "replace_rel",
                                               "swap_obj", "swap_att")],
      "sugarcrepe", "sugarcrepe/add_obj.json: top level is list, expected"),
+    (lambda d: (d / "xm3600").mkdir() or (d / "xm3600" / "captions.jsonl").write_text('{"en": {"caption": ["x"]}}\n'),
+     "xm3600", "xm3600/captions.jsonl: line 1 has no 'image/key' field"),
+    (lambda d: (d / "sharegpt4v").mkdir() or (d / "sharegpt4v" / "share-captioner_coco_lcs_sam_1246k_1107.json")
+     .write_text('[{"image": "a.jpg", "conversations": [{"from": "human", "value": "hi"}]}]'),
+     "sharegpt4v", "entry 0 (a.jpg): 'conversations' has no turn from 'gpt'"),
+    (lambda d: write_imagenet(d) and (d / "imagenet" / "classnames.txt").write_text("dog\n"),
+     "imagenet", "imagenet/classnames.txt: lists 1 class names but"),
     (None, "all", "no benchmark files found"),
     (None, "cifar", "unknown benchmark 'cifar': choose from flickr30k, coco"),
 ])

@@ -147,9 +147,16 @@ def _read_json(path: Path, lines: bool = False):
     if not path.is_file():
         raise _bad(path, "file not found (see the README's benchmark layout).")
     text = path.read_text(encoding="utf-8")
+    if lines:  # JSON Lines: one object a line; a bad line is named by its line number in the file
+        out = []
+        for n, t in enumerate(text.splitlines(), 1):
+            try:
+                if t.strip():
+                    out.append(json.loads(t))
+            except json.JSONDecodeError as e:
+                raise _bad(path, f"line {n} is not valid JSON ({e.msg} at column {e.colno}).") from e
+        return out
     try:
-        if lines:
-            return [json.loads(t) for t in text.splitlines() if t.strip()]
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise _bad(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from e
