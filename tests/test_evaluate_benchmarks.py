@@ -139,3 +139,23 @@ def test_training_run_and_nemo_score_as_their_export(setup, tmp_path, layout):
     assert list(tables[layout]) == ["Urban-1k I2T", "Urban-1k T2I", "CRA"]
     for col, v in tables["export"].items():
         assert tables[layout][col] == pytest.approx(v, abs=1e-4), col
+
+
+def test_stock_clip_through_evaluate_data_equals_its_own_encoders(setup, tmp_path):
+    from llm2clip_nemo.hf_model import preprocess_images
+    from llm2clip_nemo.models.stock_clip import StockCLIP
+    from llm2clip_nemo.recipes.evaluate import main
+
+    b = load_benchmark("urban1k", setup["root"])
+    caps = b.groups[""].captions
+    manifest = tmp_path / "urban.json"
+    manifest.write_text(json.dumps([{"image": p, "caption": c} for p, c in zip(b.images, caps)]))
+    out = tmp_path / "out"
+    assert main(["--model", str(setup["clip"]), "--data", str(manifest), "--out", str(out), "--name", "clip",
+                 "--no-plots"]) == 0
+    got = json.loads((out / "report.json").read_text())["results"]["clip"]["retrieval"]
+    m = StockCLIP.from_pretrained(setup["clip"])
+    ref = M.retrieval_metrics(m.get_image_features(preprocess_images(b.images, 16, m.mean, m.std)),
+                              m.get_text_features(caps), list(range(len(caps))))
+    for k in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5"):
+        assert got[k] == pytest.approx(ref[k], abs=1e-9), k

@@ -4,8 +4,10 @@ zero-shot classification of an LLM2CLIP model, written as report.json, report.md
     llm2clip-nemo evaluate --model runs/pretrain_tiny --data 'demo/test/shard-{000000..000001}.tar' \
         --caption-field txt,short_list --labels-field group --out eval/
 
-Model: any layout `models.loading.load_llm2clip` accepts (run dir, .nemo, .ckpt, HF export), or in
-Python an `LLM2CLIP` (the HF inference class). Data: webdataset shards (every sample once, in
+Model: any layout `models.loading.load_llm2clip` accepts (run dir, .nemo, .ckpt, HF export), a stock
+Hugging Face `CLIPModel` directory (its own text tower, as a baseline), or in Python an `LLM2CLIP`
+(the HF inference class). The public benchmarks from their published files: `--benchmark NAME --root
+DIR` (`recipes.benchmark`, `eval.benchmarks`). Data: webdataset shards (every sample once, in
 order; captions from `txt` and/or json fields, a long caption from a json field, labels from a
 json field) or a JSON manifest (`eval.manifest`: simple, Karpathy or COCO captions).
 
@@ -286,9 +288,9 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
 
     t0 = time.time()
     if isinstance(model, (str, Path)):
-        from ..models.loading import load_llm2clip
+        from .benchmark import load_any_model
 
-        model = load_llm2clip(model)
+        model = load_any_model(str(model))
     if not isinstance(data, EvalData):
         data = load_eval_data(str(data), caption_fields, long_field, labels_field, strict, max_samples)
     enc = encoders_for(model)
@@ -447,8 +449,9 @@ def main(argv: list[str]) -> int:
     from ..config import ConfigError
     from ..eval.manifest import ManifestError
     from ..eval.report import markdown_table
-    from ..models.loading import UnknownLayoutError, load_llm2clip
+    from ..models.loading import UnknownLayoutError
     from ..runtime import init_parallel
+    from .benchmark import load_any_model
 
     args = build_parser().parse_args(argv)
     if args.benchmark:
@@ -464,8 +467,8 @@ def main(argv: list[str]) -> int:
                               args.long_field or None, args.labels_field, args.strict, args.max_samples,
                               args.image_root, args.split)
         groups = init_parallel(args.tensor_parallel)
-        model = load_llm2clip(args.model, tensor_parallel=args.tensor_parallel, teacher_path=args.teacher_path,
-                              groups=groups)
+        model = load_any_model(args.model, tensor_parallel=args.tensor_parallel, teacher_path=args.teacher_path,
+                               groups=groups)
         res = evaluate(model, data, args.tasks, args.out, name=args.name or Path(args.model).name,
                        batch_size=args.batch_size, templates=args.templates, plots=not args.no_plots)
     except (EvalDataError, ManifestError, UnknownLayoutError, ConfigError, ValueError, FileNotFoundError) as e:
