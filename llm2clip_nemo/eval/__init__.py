@@ -3,6 +3,8 @@ eval data from manifests or samples, data-parallel feature extraction, reports a
 
 Model-agnostic: functions take feature tensors or encode callables, never a model class.
 """
+from .bench_run import score_benchmark, table_row, write_benchmark_report
+from .benchmarks import BENCHMARKS, Benchmark, BenchmarkError, find_benchmarks, load_benchmark
 from .features import extract_features, shard_indices
 from .manifest import EvalSet, ManifestError, from_samples, load_manifest
 from .metrics import (
@@ -37,6 +39,14 @@ def __getattr__(name):
 
 
 __all__ = [
+    "BENCHMARKS",
+    "Benchmark",
+    "BenchmarkError",
+    "find_benchmarks",
+    "load_benchmark",
+    "score_benchmark",
+    "table_row",
+    "write_benchmark_report",
     "IMAGENET_TEMPLATES",
     "SHORT_TEMPLATES",
     "EvalSet",

@@ -232,7 +232,7 @@ def _parse_coco(obj: dict, where: str) -> list[_Entry]:
 
 # ---------------------------------------------------------------- image checks and assembly
 
-def _image_problem(path: Path) -> tuple[str, str] | None:
+def image_problem(path: Path) -> tuple[str, str] | None:
     """None if the one decoder decodes the file, else (reason, detail); a file not there is missing_image."""
     if not path.is_file():
         return "missing_image", f"{path} does not exist"
@@ -295,7 +295,7 @@ def load_manifest(path: str | Path, image_root: str | Path | None = None, split:
             problem = ("missing_image", f"{e.image} does not exist", True)
         elif not e.captions and e.label is None:
             problem = ("missing_caption", "no usable caption and no label", True)
-        elif check_images and (img := _image_problem(Path(e.image))) is not None:
+        elif check_images and (img := image_problem(Path(e.image))) is not None:
             problem = (*img, True)
         if problem is not None and strict:
             raise ManifestError(f"{path}: {e.where}: {problem[0]} ({problem[1]}); fix the entry or image_root "

@@ -154,6 +154,30 @@ def plot_lines(series: Mapping[str, Sequence[tuple[float, float]]], path: str | 
     return _save(fig, path)
 
 
+def plot_bars(table: Mapping[str, Mapping[str, float]], path: str | Path, *, title: str = "",
+              ylabel: str = "%", dpi: int = 100, height_in: float = 4.5) -> Path:
+    """Grouped bars: one group per column (union in first-seen order), one bar per row (model).
+
+    Width grows with the columns (0.9 in per column, at least 6 in); a missing value is no bar.
+    """
+    columns = list(dict.fromkeys(c for r in table.values() for c in r))
+    fig = _figure(max(6.0, 0.9 * len(columns) + 1.5), height_in, dpi)
+    ax = fig.subplots()
+    n = max(len(table), 1)
+    width = 0.8 / n
+    for k, (model, row) in enumerate(table.items()):
+        xs = [i + (k - (n - 1) / 2) * width for i, c in enumerate(columns) if row.get(c) is not None]
+        ys = [row[c] for c in columns if row.get(c) is not None]
+        ax.bar(xs, ys, width=width, label=model)
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels(columns, rotation=45, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, ylim=(0, 100), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    if table:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def wrap_caption(text: str, width: int = 28, max_lines: int = 5) -> str:
     """Wrap to `width` characters a line, at most `max_lines` lines (the last ends with '...' if cut)."""
     lines = textwrap.wrap(" ".join(str(text).split()), width=width, break_long_words=True) or [""]

@@ -4,8 +4,10 @@ zero-shot classification of an LLM2CLIP model, written as report.json, report.md
     llm2clip-nemo evaluate --model runs/pretrain_tiny --data 'demo/test/shard-{000000..000001}.tar' \
         --caption-field txt,short_list --labels-field group --out eval/
 
-Model: any layout `models.loading.load_llm2clip` accepts (run dir, .nemo, .ckpt, HF export), or in
-Python an `LLM2CLIP` (the HF inference class). Data: webdataset shards (every sample once, in
+Model: any layout `models.loading.load_llm2clip` accepts (run dir, .nemo, .ckpt, HF export), a stock
+Hugging Face `CLIPModel` directory (its own text tower, as a baseline), or in Python an `LLM2CLIP`
+(the HF inference class). The public benchmarks from their published files: `--benchmark NAME --root
+DIR` (`recipes.benchmark`, `eval.benchmarks`). Data: webdataset shards (every sample once, in
 order; captions from `txt` and/or json fields, a long caption from a json field, labels from a
 json field) or a JSON manifest (`eval.manifest`: simple, Karpathy or COCO captions).
 
@@ -183,8 +185,15 @@ def _dist_groups(groups=None):
 
 
 def encoders_for(model) -> Encoders:
-    """Encoders of an `LLM2CLIPModel` (Megatron teacher) or an `LLM2CLIP` (exported, HF)."""
+    """Encoders of an `LLM2CLIPModel` (Megatron teacher), an `LLM2CLIP` (exported, HF), or a
+    `StockCLIP` (a stock HF CLIPModel: its own text tower, `adapt` the identity)."""
     from ..hf_model import LLM2CLIP
+    from ..models.stock_clip import StockCLIP
+
+    if isinstance(model, StockCLIP):
+        img_g, txt_g = _dist_groups()
+        return Encoders(model.get_image_features, model.get_text_features, lambda x: x, model.image_size,
+                        model.mean, model.std, img_g, txt_g, f"stock CLIP {model.path}".strip())
 
     if isinstance(model, LLM2CLIP):
         t = model.config["export"]["model_config"]["train_ds"]["transform"]
@@ -280,9 +289,9 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
 
     t0 = time.time()
     if isinstance(model, (str, Path)):
-        from ..models.loading import load_llm2clip
+        from .benchmark import load_any_model
 
-        model = load_llm2clip(model)
+        model = load_any_model(str(model))
     if not isinstance(data, EvalData):
         data = load_eval_data(str(data), caption_fields, long_field, labels_field, strict, max_samples)
     enc = encoders_for(model)
@@ -412,7 +421,13 @@ def write_comparison_report(results: dict[str, dict], out_dir: str | Path, title
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm2clip-nemo evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="run dir, .nemo, .ckpt, or an export-hf directory")
-    p.add_argument("--data", required=True, help="shards (brace pattern, dir, manifest.json) or an eval JSON manifest")
+    p.add_argument("--data", default=None, help="shards (brace pattern, dir, manifest.json) or an eval JSON manifest")
+    p.add_argument("--benchmark", default=None, help="instead of --data: a public benchmark read from its published "
+                                                     "files under --root (flickr30k, coco, sharegpt4v, urban1k, docci, "
+                                                     "xm3600, sugarcrepe, imagenet, cra; a comma list; or all)")
+    p.add_argument("--root", default=None, help="--benchmark: folder holding the benchmark folders (README layout)")
+    p.add_argument("--baseline", default=None, help="--benchmark: a second model (e.g. a stock HF CLIPModel "
+                                                    "directory) scored into the same table")
     p.add_argument("--tasks", default="auto", help=f"comma list of {','.join(TASKS)}, or auto (what the data has)")
     p.add_argument("--caption-field", default="txt", help="retrieval caption field(s), comma list: txt, or json keys "
                                                           "such as long, short_list")
@@ -439,17 +454,26 @@ def main(argv: list[str]) -> int:
     from ..config import ConfigError
     from ..eval.manifest import ManifestError
     from ..eval.report import markdown_table
-    from ..models.loading import UnknownLayoutError, load_llm2clip
+    from ..models.loading import UnknownLayoutError
     from ..runtime import init_parallel
+    from .benchmark import load_any_model
 
     args = build_parser().parse_args(argv)
+    if args.benchmark:
+        from .benchmark import main_benchmark
+
+        return main_benchmark(args)
+    if not args.data:
+        print("llm2clip-nemo evaluate: error: give --data SPEC (shards or a manifest), or --benchmark NAME --root DIR.",
+              file=sys.stderr)
+        return 2
     try:
         data = load_eval_data(args.data, [f.strip() for f in args.caption_field.split(",") if f.strip()],
                               args.long_field or None, args.labels_field, args.strict, args.max_samples,
                               args.image_root, args.split)
         groups = init_parallel(args.tensor_parallel)
-        model = load_llm2clip(args.model, tensor_parallel=args.tensor_parallel, teacher_path=args.teacher_path,
-                              groups=groups)
+        model = load_any_model(args.model, tensor_parallel=args.tensor_parallel, teacher_path=args.teacher_path,
+                               groups=groups)
         res = evaluate(model, data, args.tasks, args.out, name=args.name or Path(args.model).name,
                        batch_size=args.batch_size, templates=args.templates, plots=not args.no_plots)
     except (EvalDataError, ManifestError, UnknownLayoutError, ConfigError, ValueError, FileNotFoundError) as e:
