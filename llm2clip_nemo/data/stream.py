@@ -2,8 +2,10 @@
 
 Shards form pools: with `upsampling_factors` (open_clip's rule) one pool holds every shard, each
 weighted by its source's factor; with `weights` (sample shares, energon's blend rule) each source
-is a pool and every item of a window first draws its pool by weight, so shares hold whatever the
-shard sizes. Per DataLoader worker (and rank) each pool reads its own sequence of shards:
+is a pool and item t of a worker comes from the pool whose slice of [0, 1) holds
+frac(u + t / golden ratio) (u drawn by seed and worker): a low-discrepancy (Weyl) sequence, so
+every prefix of n items holds each source's share to within O(log n / n) rather than the
+O(1/sqrt n) of independent draws, whatever the shard sizes; windows are shuffled as before. Per DataLoader worker (and rank) each pool reads its own sequence of shards:
   epoch mode:     the pool's epoch shard list (repeated by factor, shuffled by (seed, pool,
                   epoch)), taken [global_worker :: global_workers] so ranks and workers get
                   disjoint shards; with weights each source runs its own epochs (a small source
@@ -23,6 +25,7 @@ records whose turn is next and a resumed loader starts at that worker.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import io
 import itertools
@@ -47,6 +50,7 @@ from .transforms import ImageTransform, normalize_batch, to_uint8_batch
 
 log = logging.getLogger("llm2clip_nemo.data")
 STATE_VERSION = 2
+_INV_PHI = (5 ** 0.5 - 1) / 2  # 1 / golden ratio: the most evenly spread Weyl step
 
 
 class NoValidSamplesError(DataSourceError):
@@ -104,6 +108,7 @@ class ImageTextStream(IterableDataset):
         n = len(self.shards)
         self.pools = [list(range(n))] if self.weights is None else [
             [i for i in range(n) if self.shards[i][1] == p] for p in range(len(self.sources))]
+        self._wcum = list(itertools.accumulate(self.weights or [1.0]))
         self._cum = [list(itertools.accumulate(self.shard_factor[i] for i in pool)) for pool in self.pools]
         self.policy = CaptionPolicy(dict(cfg.caption_fields))
         self.transform = ImageTransform(cfg.transform)
@@ -151,6 +156,7 @@ class ImageTextStream(IterableDataset):
         cfg = self.cfg
         gw = self.rank * nw + lw
         multi = self.weights is not None
+        u = random.Random(f"mix:{cfg.seed}:{gw}").random()  # weights mode: this worker's offset in the Weyl sequence
         skiplog = _SkipLog(cfg.log_first, cfg.log_interval_s, gw)
         sidecars: dict[str, SidecarReader] = {}
         pos = copy.deepcopy(pos)
@@ -182,9 +188,10 @@ class ImageTextStream(IterableDataset):
                 pools = [{"epoch": pp["epoch"], "next": pp["next"]} for pp in pos["pools"]]
                 items: list[tuple[RawSample, int]] = []
                 last_window = False
+                t0 = pos["window"] * cfg.shuffle_buffer  # weights mode: windows are full until the last one
                 fresh = [False] * len(pools)  # pool just started a pass: it must yield before it may end again
                 while len(items) < cfg.shuffle_buffer and not last_window:
-                    p = rng.choices(range(len(pools)), weights=self.weights)[0] if multi else 0
+                    p = self._pick(u, t0 + len(items)) if multi else 0
                     got = self._pull(p, pools[p], opened[p], order(p, pools[p]["epoch"]), gw, rng)
                     if got is not None:
                         items.append(got)
@@ -222,6 +229,11 @@ class ImageTextStream(IterableDataset):
                 o[2].close()
             for r in sidecars.values():
                 r.close()
+
+    def _pick(self, u: float, t: int) -> int:
+        """Weights mode: the pool of item t of the worker whose offset is u (see the module docstring)."""
+        x = (u + t * _INV_PHI) % 1.0 * self._wcum[-1]
+        return min(bisect.bisect_right(self._wcum, x), len(self._wcum) - 1)
 
     def _pull(self, p: int, pp: dict, opened: list, order: list[int] | None, gw: int, rng: random.Random):
         """The next (item, shard) of pool p from one of its open shards picked at random, opening
