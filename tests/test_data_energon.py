@@ -208,3 +208,33 @@ def test_weights_resume_exactly(tmp_path, resampled):
     second = ImageTextStream(stream_cfg(urls, **cfg))
     second.load_state_dict(json.loads(json.dumps(first.state_dict())))
     assert before + _keys(second.loader(num_workers=2), None if n is None else n - 7) == full
+
+
+def test_blend_false_concatenates_a_metadataset_once_per_epoch(energon_dir, tmp_path):
+    write_energon(str(tmp_path / "other"), n_shards=2, per_shard=4, tag="o")
+    meta = _metadataset(tmp_path / "mix.yaml", {"train": {"blend": [
+        {"weight": 9, "path": energon_dir}, {"weight": 1, "path": "./other"}]}})
+    s = ImageTextStream(stream_cfg(meta, resampled=False, epochs=1, blend=False))
+    assert s.weights is None
+    got = _keys(s)  # energon's val mode: every sample of every dataset once, weights ignored
+    assert sorted(got) == sorted([f"{i:06d}" for i in range(40) if f"{i:06d}" not in EXCLUDED] + ["o000000", "o000001",
+                                                                                                     "o000002", "o000003"])
+
+
+def test_version_1_state_resumes_exactly(tmp_path):
+    make_shards(str(tmp_path), n_shards=4, per_shard=6)
+    cfg = stream_cfg(f"{tmp_path}/shard-{{000000..000003}}.tar", resampled=False, epochs=2)
+    full = _keys(ImageTextStream(cfg))
+    first = ImageTextStream(cfg)
+    before = _keys(first, 5)
+    st = json.loads(json.dumps(first.state_dict()))
+    # the layout version 1 wrote (one pool, no mixing keys)
+    for w, p in st["positions"].items():
+        (pool,) = p.pop("pools")
+        st["positions"][w] = {"epoch": p["epoch"], "next": pool["next"], "open": pool["open"],
+                              "window": p["window"], "done": p["done"]}
+    del st["weights"], st["upsampling_factors"]
+    st["version"] = 1
+    second = ImageTextStream(cfg)
+    second.load_state_dict(st)
+    assert before + _keys(second) == full and len(full) == 48

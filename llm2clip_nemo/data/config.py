@@ -25,6 +25,10 @@ class StreamConfig:
     '1::3' = a quarter of the samples from the first source whatever its shard sizes. Excludes
     upsampling_factors. Each sample's source is drawn by weight; an energon blend splits its part's
     weight by its own blend weights."""
+    blend: bool = True
+    """False: sources are concatenated, not mixed: an energon metadataset blend's weights and
+    data.weights are ignored and every shard is read once per epoch (energon's val mode); the
+    validation stream sets it."""
     resampled: bool = True
     """True: draw shards with replacement forever (open_clip --dataset-resampled). False: epoch mode,
     every shard once per epoch, split by rank and worker."""

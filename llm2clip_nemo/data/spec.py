@@ -82,13 +82,14 @@ def _numbers(name: str, value: str | None, n: int) -> list[float] | None:
 
 
 def parse_sources(urls: str, upsampling_factors: str | None = None, check_paths: bool = True,
-                  weights: str | None = None) -> list[Source]:
+                  weights: str | None = None, blend: bool = True) -> list[Source]:
     """`"a/{000..009}.tar::b/{00..03}.tar"` with factors `"1::2"` (or weights `"1::3"`) -> Sources.
 
     A part is a brace pattern, a directory of .tar, a manifest.json, or an energon dataset dir /
     metadataset .yaml with an optional `#split` (`data.energon`). Mixing rules: see the module doc.
     Weights mode is chosen by `weights`, or by a part that is an energon blend of several datasets
     (each part then weighs 1); every Source then carries `weight` (shares summing to 1).
+    blend=False concatenates instead (energon's val mode): weights ignored, factor mode with 1s.
     Raises DataSourceError (one line, naming the value and the fix)."""
     parts = [p.strip() for p in urls.split("::")]
     if not urls.strip() or any(not p for p in parts):
@@ -102,7 +103,9 @@ def parse_sources(urls: str, upsampling_factors: str | None = None, check_paths:
         es = split_spec(p)
         expanded.append([(s.spec, s.urls, s.weight, s.exclude, s.rename) for s in expand_energon(*es)]
                         if es else [(p, tuple(_expand_one(p)), 1.0, {}, None)])
-    blend = any(len(e) > 1 for e in expanded)
+    if not blend:
+        part_w = None
+    blend = blend and any(len(e) > 1 for e in expanded)
     if blend and factors is not None:
         raise DataSourceError(
             f"data.urls={urls!r} holds an energon blend (weights are sample shares) but data.upsampling_factors is "

@@ -100,7 +100,7 @@ class ImageTextStream(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths, cfg.weights)
+        self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths, cfg.weights, cfg.blend)
         self.shards: list[tuple[str, int]] = [(u, s) for s, src in enumerate(self.sources) for u in src.urls]
         self.shard_factor = [self.sources[s].factor for _, s in self.shards]
         self.weights = mixing_weights(self.sources)
@@ -380,17 +380,21 @@ class ImageTextStream(IterableDataset):
 
         RNG state needs no saving: every draw is seeded by (seed, worker, epoch, window, item)."""
         return {"version": STATE_VERSION, "rank": self.rank, "world_size": self.world_size, "seed": self.cfg.seed,
-                "urls": self.cfg.urls, "weights": self.cfg.weights, "upsampling_factors": self.cfg.upsampling_factors,
+                "urls": self.cfg.urls, "weights": self.weights, "upsampling_factors": self.cfg.upsampling_factors,
                 "num_workers": self._num_workers, "next_worker": self._next_worker,
                 "positions": {str(w): copy.deepcopy(p) for w, p in self._positions.items()},
                 "stats": {str(w): copy.deepcopy(s) for w, s in self._stats.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`; version 1 states (before pools; factor mode only) are upgraded,
+        and resume exactly: factor mode's sequences did not change."""
+        if state.get("version") == 1:
+            state = _upgrade_v1(state)
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
         for k, mine in (("world_size", self.world_size), ("rank", self.rank), ("seed", self.cfg.seed), ("urls", self.cfg.urls),
-                         ("weights", self.cfg.weights), ("upsampling_factors", self.cfg.upsampling_factors)):
-            if state[k] != mine:
+                         ("weights", self.weights), ("upsampling_factors", self.cfg.upsampling_factors)):
+            if k in state and state[k] != mine:
                 raise DataSourceError(
                     f"stream state was saved with {k}={state[k]!r} but this stream has {k}={mine!r}: an exact resume "
                     f"needs the same {k}; restore the original setting or start the data stream fresh"
@@ -430,6 +434,14 @@ class ImageTextStream(IterableDataset):
 
     def loader(self, num_workers: int = 2, **kw) -> TrackedLoader:
         return TrackedLoader(self, num_workers=num_workers, **kw)
+
+
+def _upgrade_v1(state: dict) -> dict:
+    """A version 1 state (one pool: {"epoch", "next", "open", "window", "done"}) in version 2 form."""
+    def pos(p: dict) -> dict:
+        return {"epoch": p["epoch"], "pools": [{"epoch": p["epoch"], "next": p["next"], "open": p["open"]}],
+                "window": p["window"], "done": p["done"]}
+    return {**state, "version": 2, "positions": {w: pos(p) for w, p in state["positions"].items()}}
 
 
 class TrackedLoader:
