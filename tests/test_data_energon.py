@@ -132,7 +132,7 @@ def test_metadataset_blend_weights_are_sample_shares_and_nest(energon_dir, tmp_p
 
 
 @pytest.mark.parametrize("node, named", [
-    ({"join": [{"path": "./a"}, {"path": "./b"}]}, r"'join' is not supported by llm2clip_nemo; join several"),
+    ({"join": [{"path": "./a"}, {"path": "./b"}]}, r"splits.train: 'join' is not supported by llm2clip_nemo; joining datasets sample by sample"),
     ({"blend_epochized": [{"repetitions": 2, "path": "./a"}]}, r"'blend_epochized' is not supported"),
     ({"path": "DS", "subflavors": {"augmentation_type": "small"}}, r"splits.train: subflavors is not supported"),
 ])

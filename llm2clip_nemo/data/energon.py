@@ -130,8 +130,13 @@ def _dataset(root: str, split: str, dataset_config: str = "dataset.yaml", split_
 
 
 _ENTRY_KEYS = ("path", "weight", "split_part", "subflavors", "dataset_config", "split_config")
-_REFUSED = {"join": "join several datasets into one sample", "blend_epochized": "list the parts in a blend with weights",
-            "subset": "shard or split the dataset instead", "shuffle_over_epochs_multiplier": "remove it"}
+_REFUSED = {
+    "join": "joining datasets sample by sample has no equivalent here: write shards holding the joined members "
+            "(`llm2clip-nemo data build`)",
+    "blend_epochized": "use blend with weights (sample shares) instead",
+    "subset": "list the wanted shards in the dataset's split.yaml instead",
+    "shuffle_over_epochs_multiplier": "remove it (shard order is data.shard_shuffle and data.seed)",
+}
 
 
 def _node(node, base: str, split: str, where: str, weight: float, seen: tuple[str, ...]) -> list[EnergonPart]:
