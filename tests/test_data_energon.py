@@ -10,8 +10,10 @@ import pytest
 import torch
 import yaml
 
+from llm2clip_nemo.data.cli import inspect_shards
 from llm2clip_nemo.data.cli import main as data_main
 from llm2clip_nemo.data.energon import EnergonUnsupported
+from llm2clip_nemo.data.pairs import PairConfig, read_caption_records
 from llm2clip_nemo.data.spec import DataSourceError, parse_sources
 from llm2clip_nemo.data.stream import ImageTextStream
 from llm2clip_nemo.data.synthetic import jpeg
@@ -71,6 +73,11 @@ def test_split_parts_and_excludes_resolve_to_sources(energon_dir):
     assert val.urls == (f"{energon_dir}/shards/shard-000005.tar",)
     with pytest.raises(DataSourceError, match=r"has no split 'test'; choose one of \['train', 'val'\]"):
         parse_sources(f"{energon_dir}#test")
+    # the other readers go through the same Source: `data inspect` and stage 1's caption pairs
+    t = inspect_shards(energon_dir)
+    assert (t["samples"], t["valid"], t["problems"]) == (38, 38, {"excluded": 2})
+    recs = read_caption_records(energon_dir, PairConfig())
+    assert len(recs) == 38 and not {r.key for r in recs} & set(EXCLUDED)
 
 
 def test_energon_epoch_equals_plain_parts_minus_excluded_and_resumes(energon_dir):
@@ -238,3 +245,16 @@ def test_version_1_state_resumes_exactly(tmp_path):
     second = ImageTextStream(cfg)
     second.load_state_dict(st)
     assert before + _keys(second) == full and len(full) == 48
+
+
+def test_extract_keeps_excluded_keys_as_empty_records(energon_dir):
+    from llm2clip_nemo.data.tario import count_samples
+    from llm2clip_nemo.recipes.extract import read_shard_captions
+
+    (src,) = parse_sources(energon_dir)
+    shard = src.urls[1]
+    keys, caps, problems = read_shard_captions(shard, ["txt"], check_images=False, source=src)
+    # one sidecar record per shard sample (so a finished sidecar is recognised), none embedded for the excluded
+    assert len(keys) == count_samples(shard) == 10 and problems == {"excluded": 2}
+    assert [k for k, c in zip(keys, caps) if c is None] == list(EXCLUDED)
+    assert caps[0] == ["alt 10"]
