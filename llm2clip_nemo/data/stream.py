@@ -5,7 +5,8 @@ weighted by its source's factor; with `weights` (sample shares, energon's blend 
 is a pool and item t of a worker comes from the pool whose slice of [0, 1) holds
 frac(u + t / golden ratio) (u drawn by seed and worker): a low-discrepancy (Weyl) sequence, so
 every prefix of n items holds each source's share to within O(log n / n) rather than the
-O(1/sqrt n) of independent draws, whatever the shard sizes; windows are shuffled as before. Per DataLoader worker (and rank) each pool reads its own sequence of shards:
+O(1/sqrt n) of independent draws, whatever the shard sizes; windows are shuffled as before.
+Per DataLoader worker (and rank) each pool reads its own sequence of shards:
   epoch mode:     the pool's epoch shard list (repeated by factor, shuffled by (seed, pool,
                   epoch)), taken [global_worker :: global_workers] so ranks and workers get
                   disjoint shards; with weights each source runs its own epochs (a small source
@@ -140,7 +141,8 @@ class ImageTextStream(IterableDataset):
         order = self.epoch_shards(epoch, pool)
         if len(order) < n_gw:
             raise DataSourceError(
-                ("" if self.weights is None else f"source {self.sources[pool].spec!r}: ") + f"epoch {epoch} has {len(order)} shards for {self.world_size} ranks x {num_workers} workers = {n_gw} "
+                ("" if self.weights is None else f"source {self.sources[pool].spec!r}: ")
+                + f"epoch {epoch} has {len(order)} shards for {self.world_size} ranks x {num_workers} workers = {n_gw} "
                 f"readers: some would get none. Use fewer DataLoader workers, more (smaller) shards "
                 f"(`llm2clip-nemo data build --samples-per-shard`), or data.resampled=true"
             )
