@@ -258,3 +258,12 @@ def test_extract_keeps_excluded_keys_as_empty_records(energon_dir):
     assert len(keys) == count_samples(shard) == 10 and problems == {"excluded": 2}
     assert [k for k, c in zip(keys, caps) if c is None] == list(EXCLUDED)
     assert caps[0] == ["alt 10"]
+
+
+def test_one_mixing_rule_per_run():
+    from llm2clip_nemo.config.loader import ConfigError
+    from llm2clip_nemo.data.config import StreamConfig
+
+    with pytest.raises(ConfigError, match=r"^data.weights='1::3' and data.upsampling_factors='1::1' are both set; choose one "
+                                          r"mixing rule: weights \(sample shares\) or upsampling_factors \(open_clip, per shard\)$"):
+        StreamConfig(urls="a::b", weights="1::3", upsampling_factors="1::1").validate()
