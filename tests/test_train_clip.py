@@ -167,3 +167,20 @@ def test_bad_configs(tiny, tmp_path):
     assert per_rank_batch(32768, 4096) == 8
     with pytest.raises(RuntimeError, match=r"vision.fp8=true but FP8 is unavailable on this machine"):
         run(load_config(TrainCLIPConfig, None, base + ["model.vision.fp8=true"]))
+
+
+def test_unmapped_energon_construct_exits_2_in_one_line(tiny, tmp_path, capsys):
+    from llm2clip_nemo.recipes.train_clip import main
+
+    teacher, train, val = tiny
+    meta = tmp_path / "mix.yaml"
+    meta.write_text("__module__: megatron.energon\n__class__: MetadatasetV2\n"
+                    "splits:\n  train:\n    join:\n    - path: ./a\n    - path: ./b\n")
+    argv = tiny_overrides(teacher, train, val, tmp_path, steps=2, **{"model.train_ds.urls": str(meta)})
+    assert main(argv, "pretrain") == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"llm2clip-nemo pretrain: data error: {meta}: splits.train: 'join' is not supported by llm2clip_nemo; joining "
+        f"datasets sample by sample has no equivalent here: write shards holding the joined members "
+        f"(`llm2clip-nemo data build`)")
+    assert "Traceback" not in err

@@ -8,7 +8,6 @@ from collections import Counter
 
 from .samples import check_sample, decode_json
 from .spec import DataSourceError, parse_sources
-from .tario import iter_tar_samples
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +57,7 @@ def inspect_shards(urls: str, decode: bool = False, caption_fields: list[str] | 
     for src in parse_sources(urls):
         for u in src.urls:
             n, valid, probs = 0, 0, Counter()
-            for raw in iter_tar_samples(u):
+            for raw in src.read(u):
                 c = check_sample(raw, fields, decode=decode)
                 probs.update(c.reasons)
                 if raw.error:

@@ -13,11 +13,22 @@ OUTPUTS = ("captions", "embeddings")
 class StreamConfig:
     urls: str = ""
     """Shards: brace patterns, directories or manifest.json files; several sources joined by '::'
-    (open_clip style), e.g. 'laion/{000000..099999}.tar::recap/{00000..09999}.tar'."""
+    (open_clip style), e.g. 'laion/{000000..099999}.tar::recap/{00000..09999}.tar'. An energon-prepared
+    dataset dir (with .nv-meta/) or an energon metadataset .yaml is a source too, with an optional
+    '#split' (default train), e.g. '/data/coco#train::/data/blend.yaml' (see data/energon.py)."""
     upsampling_factors: str | None = None
     """One factor per source, '::'-separated (open_clip's --train-data-upsampling-factors). A source's
     share is proportional to its shard count x factor. In epoch mode a factor is a per-epoch repeat
     count (fractions drawn per shard by seed and epoch)."""
+    weights: str | None = None
+    """One weight per source, '::'-separated: expected shares of samples (energon's blend rule), e.g.
+    '1::3' = a quarter of the samples from the first source whatever its shard sizes. Excludes
+    upsampling_factors. Each sample's source is drawn by weight; an energon blend splits its part's
+    weight by its own blend weights."""
+    blend: bool = True
+    """False: sources are concatenated, not mixed: an energon metadataset blend's weights and
+    data.weights are ignored and every shard is read once per epoch (energon's val mode); the
+    validation stream sets it."""
     resampled: bool = True
     """True: draw shards with replacement forever (open_clip --dataset-resampled). False: epoch mode,
     every shard once per epoch, split by rank and worker."""
@@ -64,6 +75,11 @@ class StreamConfig:
         for name in ("batch_size", "open_shards", "shuffle_buffer", "no_valid_error_after"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
+        if self.weights not in (None, "") and self.upsampling_factors not in (None, ""):
+            raise ConfigError(
+                f"data.weights={self.weights!r} and data.upsampling_factors={self.upsampling_factors!r} are both set; "
+                f"choose one mixing rule: weights (sample shares) or upsampling_factors (open_clip, per shard)"
+            )
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"data.epochs={self.epochs} must be >= 1 or null (forever)")
         if not self.caption_fields or sum(self.caption_fields.values()) <= 0 or min(self.caption_fields.values()) < 0:

@@ -16,7 +16,6 @@ from torch.utils.data import Dataset
 from .captions import CaptionPolicy
 from .samples import check_sample
 from .spec import parse_sources
-from .tario import iter_tar_samples
 
 
 @dataclass
@@ -76,7 +75,7 @@ def read_caption_records(urls: str, cfg: PairConfig) -> list[CaptionRecord]:
     recs = []
     for src in parse_sources(urls):
         for u in src.urls:
-            for raw in iter_tar_samples(u):
+            for raw in src.read(u):
                 # the one sample checker (images neither decoded nor required: stage 1 reads captions only)
                 s = check_sample(raw, [*cfg.short_fields, *cfg.long_fields], require_image=False).sample
                 if s is None:

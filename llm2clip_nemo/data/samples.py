@@ -3,7 +3,8 @@
 `data build`, `data inspect`, the training stream, `extract`, `evaluate` and the caption-pair
 reader all call `check_sample`, so a sample is valid or skipped for the same reason, under the same
 name, at every stage. Checks run cheapest first and stop at the first fatal one:
-  1. reader markers: `truncated_tar`, `unreadable_shard` (fatal);
+  1. reader markers: `truncated_tar`, `unreadable_shard`, `excluded` (listed in an energon
+     dataset's `split.yaml` exclude list; data never read) (fatal);
   2. members dropped, the sample kept: `pickle_member` (never unpickled), `bad_text` (the `.txt` is
      not UTF-8), `bad_json` (the `.json` is not JSON, or is not an object, e.g. a list);
   3. `missing_image`: no `jpg|jpeg|png|webp` member (fatal);
@@ -26,7 +27,7 @@ from .tario import IMAGE_EXTS, RawSample
 
 MEMBER_REASONS = ("pickle_member", "bad_text", "bad_json")
 """Member-level problems: the member is dropped and counted, the sample goes on."""
-SAMPLE_REASONS = ("truncated_tar", "unreadable_shard", "missing_image", "missing_caption", *IMAGE_REASONS)
+SAMPLE_REASONS = ("truncated_tar", "unreadable_shard", "excluded", "missing_image", "missing_caption", *IMAGE_REASONS)
 """Sample-level problems: the sample is skipped and counted."""
 
 

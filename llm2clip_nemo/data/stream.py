@@ -1,13 +1,23 @@
 """The training stream over image-text shards: mixing, splitting, shuffling, exact resumption.
 
-Per DataLoader worker (and rank) the stream reads its own sequence of shards:
-  epoch mode:     the epoch's shard list (repeated by factor, shuffled by (seed, epoch)), taken
-                  [global_worker :: global_workers] so ranks and workers get disjoint shards;
-  resampled mode: shard j drawn with replacement by weight from Random(seed, global_worker, j).
-It keeps `open_shards` shards open, interleaves them at random into windows of `shuffle_buffer`
-items, permutes each window and yields batches. All randomness is a function of counters
-(seed, worker, epoch, window, item), so a position is a handful of integers:
-  {"epoch", "next" (shard-list index), "open": [[list index, item offset], ...], "window", "done"}
+Shards form pools: with `upsampling_factors` (open_clip's rule) one pool holds every shard, each
+weighted by its source's factor; with `weights` (sample shares, energon's blend rule) each source
+is a pool and item t of a worker comes from the pool whose slice of [0, 1) holds
+frac(u + t / golden ratio) (u drawn by seed and worker): a low-discrepancy (Weyl) sequence, so
+every prefix of n items holds each source's share to within O(log n / n) rather than the
+O(1/sqrt n) of independent draws, whatever the shard sizes; windows are shuffled as before.
+Per DataLoader worker (and rank) each pool reads its own sequence of shards:
+  epoch mode:     the pool's epoch shard list (repeated by factor, shuffled by (seed, pool,
+                  epoch)), taken [global_worker :: global_workers] so ranks and workers get
+                  disjoint shards; with weights each source runs its own epochs (a small source
+                  starts its next pass while a large one is mid-pass) and `epochs` ends the stream
+                  when the first source completes that many passes;
+  resampled mode: shard j drawn with replacement by weight from Random(seed, worker, pool, j).
+It keeps `open_shards` shards per pool open, interleaves them at random into windows of
+`shuffle_buffer` items, permutes each window and yields batches. All randomness is a function of
+counters (seed, worker, epoch, window, item), so a position is a handful of integers:
+  {"epoch", "pools": [{"epoch", "next" (shard-list index), "open": [[list index, item offset], ...]}],
+   "window", "done"}
 and resuming means reopening the listed shards at their offsets, re-reading one window and
 skipping the `done` items already delivered. Every batch carries its worker's position in
 `batch["stream_state"]`; the main process keeps the latest per worker (`track`), which is what
@@ -16,6 +26,7 @@ records whose turn is next and a resumed loader starts at that worker.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import io
 import itertools
@@ -34,12 +45,13 @@ from .config import StreamConfig
 from .images import ImageDecodeError, decode_image
 from .samples import check_sample
 from .sidecar import SidecarReader, sidecar_path
-from .spec import DataSourceError, parse_sources
-from .tario import IMAGE_EXTS, RawSample, iter_tar_samples
+from .spec import DataSourceError, mixing_weights, parse_sources
+from .tario import IMAGE_EXTS, RawSample
 from .transforms import ImageTransform, normalize_batch, to_uint8_batch
 
 log = logging.getLogger("llm2clip_nemo.data")
-STATE_VERSION = 1
+STATE_VERSION = 2
+_INV_PHI = (5 ** 0.5 - 1) / 2  # 1 / golden ratio: the most evenly spread Weyl step
 
 
 class NoValidSamplesError(DataSourceError):
@@ -50,8 +62,9 @@ def _empty_stats(n_sources: int) -> dict:
     return {"skipped": {}, "fields": {}, "valid": [0] * n_sources, "raw": [0] * n_sources}
 
 
-def _start_pos() -> dict:
-    return {"epoch": 0, "next": 0, "open": [], "window": 0, "done": 0}
+def _start_pos(n_pools: int, epoch: int = 0) -> dict:
+    return {"epoch": epoch, "pools": [{"epoch": epoch, "next": 0, "open": []} for _ in range(n_pools)],
+            "window": 0, "done": 0}
 
 
 class _SkipLog:
@@ -88,10 +101,16 @@ class ImageTextStream(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths)
+        self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths, cfg.weights, cfg.blend)
         self.shards: list[tuple[str, int]] = [(u, s) for s, src in enumerate(self.sources) for u in src.urls]
         self.shard_factor = [self.sources[s].factor for _, s in self.shards]
-        self._cum = list(itertools.accumulate(self.shard_factor))
+        self.weights = mixing_weights(self.sources)
+        """Per-source sample shares (weights mode: one pool per source), None (factor mode: one pool)."""
+        n = len(self.shards)
+        self.pools = [list(range(n))] if self.weights is None else [
+            [i for i in range(n) if self.shards[i][1] == p] for p in range(len(self.sources))]
+        self._wcum = list(itertools.accumulate(self.weights or [1.0]))
+        self._cum = [list(itertools.accumulate(self.shard_factor[i] for i in pool)) for pool in self.pools]
         self.policy = CaptionPolicy(dict(cfg.caption_fields))
         self.transform = ImageTransform(cfg.transform)
         # Main-process view of consumed batches (see track / state_dict).
@@ -101,100 +120,146 @@ class ImageTextStream(IterableDataset):
         self._next_worker = 0
 
     # ---- shard order -------------------------------------------------------------------------
-    def epoch_shards(self, epoch: int) -> list[int]:
-        """Epoch mode: the whole epoch's shard list (indices into self.shards), before splitting."""
-        rng = random.Random(f"order:{self.cfg.seed}:{epoch}")
+    def _tag(self, pool: int) -> str:
+        return "" if self.weights is None else f"{pool}:"  # factor mode keeps its historic seeds
+
+    def epoch_shards(self, epoch: int, pool: int = 0) -> list[int]:
+        """Epoch mode: a pool's whole epoch shard list (indices into self.shards), before splitting."""
+        rng = random.Random(f"order:{self.cfg.seed}:{self._tag(pool)}{epoch}")
         order = []
-        for i, f in enumerate(self.shard_factor):
+        for i in self.pools[pool]:
+            f = self.shard_factor[i]
             reps = math.floor(f) + (1 if rng.random() < f - math.floor(f) else 0)
             order += [i] * reps
         if self.cfg.shard_shuffle:
             rng.shuffle(order)
         return order
 
-    def worker_shards(self, epoch: int, rank: int, worker: int, num_workers: int) -> list[int]:
-        """Epoch mode: the shards of one (rank, worker): disjoint slices of the epoch list."""
+    def worker_shards(self, epoch: int, rank: int, worker: int, num_workers: int, pool: int = 0) -> list[int]:
+        """Epoch mode: a pool's shards of one (rank, worker): disjoint slices of the epoch list."""
         n_gw = self.world_size * num_workers
-        order = self.epoch_shards(epoch)
+        order = self.epoch_shards(epoch, pool)
         if len(order) < n_gw:
             raise DataSourceError(
-                f"epoch {epoch} has {len(order)} shards for {self.world_size} ranks x {num_workers} workers = {n_gw} "
+                ("" if self.weights is None else f"source {self.sources[pool].spec!r}: ")
+                + f"epoch {epoch} has {len(order)} shards for {self.world_size} ranks x {num_workers} workers = {n_gw} "
                 f"readers: some would get none. Use fewer DataLoader workers, more (smaller) shards "
                 f"(`llm2clip-nemo data build --samples-per-shard`), or data.resampled=true"
             )
         return order[rank * num_workers + worker :: n_gw]
 
-    def _draw(self, gw: int, j: int) -> int:
-        return random.Random(f"draw:{self.cfg.seed}:{gw}:{j}").choices(range(len(self.shards)), cum_weights=self._cum)[0]
+    def _draw(self, gw: int, j: int, pool: int = 0) -> int:
+        rng = random.Random(f"draw:{self.cfg.seed}:{gw}:{self._tag(pool)}{j}")
+        return rng.choices(self.pools[pool], cum_weights=self._cum[pool])[0]
 
     # ---- one worker's item sequence ----------------------------------------------------------
     def _items(self, lw: int, nw: int, pos: dict, stats: dict) -> Iterator[tuple[dict | None, dict]]:
         """Yield (sample or None, position after it) forever or until the last epoch ends."""
         cfg = self.cfg
         gw = self.rank * nw + lw
+        multi = self.weights is not None
+        u = random.Random(f"mix:{cfg.seed}:{gw}").random()  # weights mode: this worker's offset in the Weyl sequence
         skiplog = _SkipLog(cfg.log_first, cfg.log_interval_s, gw)
         sidecars: dict[str, SidecarReader] = {}
         pos = copy.deepcopy(pos)
-        opened: list[list] = []  # [list index, offset, generator, shard]; reopened from `pos` on (re)start
-        opened_epoch = None
-        orders: dict[int, list[int]] = {}  # epoch -> this worker's shard list (computed once per epoch)
+        # Per pool: [list index, offset, generator, shard] of its open shards; reopened from `pos` on (re)start.
+        opened: list[list[list]] = [[] for _ in self.pools]
+        opened_at = None
+        orders: dict[tuple[int, int], list[int]] = {}  # (pool, epoch) -> this worker's shard list
+
+        def order(p: int, epoch: int) -> list[int] | None:
+            if cfg.resampled:
+                return None
+            if (p, epoch) not in orders:
+                for k in [k for k in orders if k[0] == p]:
+                    del orders[k]
+                orders[(p, epoch)] = self.worker_shards(epoch, self.rank, lw, nw, p)
+            return orders[(p, epoch)]
+
         try:
             while True:
                 epoch = pos["epoch"]
                 if not cfg.resampled and cfg.epochs is not None and epoch >= cfg.epochs:
                     return
-                if not cfg.resampled and epoch not in orders:
-                    orders.clear()
-                    orders[epoch] = self.worker_shards(epoch, self.rank, lw, nw)
-                order = None if cfg.resampled else orders[epoch]
-                if opened_epoch != (epoch, pos["window"]):
-                    # (Re)start: open the snapshot's shards at their offsets.
-                    for o in opened:
+                if opened_at != (epoch, pos["window"]):
+                    for o in itertools.chain.from_iterable(opened):
                         o[2].close()
-                    opened = [self._open(order, gw, oi, off) for oi, off in pos["open"]]
+                    opened = [[self._open(order(p, pp["epoch"]), gw, p, oi, off) for oi, off in pp["open"]]
+                              for p, pp in enumerate(pos["pools"])]
                 rng = random.Random(f"win:{cfg.seed}:{gw}:{epoch}:{pos['window']}")
-                nxt = pos["next"]
+                pools = [{"epoch": pp["epoch"], "next": pp["next"]} for pp in pos["pools"]]
                 items: list[tuple[RawSample, int]] = []
-                while len(items) < cfg.shuffle_buffer:
-                    while len(opened) < cfg.open_shards and (order is None or nxt < len(order)):
-                        opened.append(self._open(order, gw, nxt, 0))
-                        nxt += 1
-                    if not opened:
-                        break
-                    k = rng.randrange(len(opened))
-                    o = opened[k]
-                    item = next(o[2], None)
-                    if item is None:
-                        opened.pop(k)
+                last_window = False
+                t0 = pos["window"] * cfg.shuffle_buffer  # weights mode: windows are full until the last one
+                fresh = [False] * len(pools)  # pool just started a pass: it must yield before it may end again
+                while len(items) < cfg.shuffle_buffer and not last_window:
+                    p = self._pick(u, t0 + len(items)) if multi else 0
+                    got = self._pull(p, pools[p], opened[p], order(p, pools[p]["epoch"]), gw, rng)
+                    if got is not None:
+                        items.append(got)
+                        fresh[p] = False
                         continue
-                    o[1] += 1
-                    items.append((item, o[3]))
-                end = {"epoch": epoch, "next": nxt, "open": [[o[0], o[1]] for o in opened],
+                    if not multi:
+                        break  # the epoch ended for this worker
+                    if fresh[p]:
+                        raise DataSourceError(f"source {self.sources[p].spec!r} holds no samples for reader {gw}: "
+                                              f"its shards are empty; drop it from data.urls")
+                    pools[p] = {"epoch": pools[p]["epoch"] + 1, "next": 0}  # this source's pass ended: next pass
+                    opened[p], fresh[p] = [], True
+                    last_window = cfg.epochs is not None and pools[p]["epoch"] >= cfg.epochs
+                end = {"epoch": max(pp["epoch"] for pp in pools),
+                       "pools": [{**pp, "open": [[o[0], o[1]] for o in op]} for pp, op in zip(pools, opened)],
                        "window": pos["window"] + 1, "done": 0}
-                if not items:  # epoch finished for this worker
+                if not items and not multi:  # epoch finished for this worker
                     self._check_sources(stats, final=True)
-                    pos = {**_start_pos(), "epoch": epoch + 1}
-                    opened, opened_epoch = [], None
+                    pos = _start_pos(1, epoch + 1)
+                    opened, opened_at = [[]], None
                     continue
                 rng.shuffle(items)
-                opened_epoch = (epoch, end["window"])
+                opened_at = (end["epoch"], end["window"])
                 for j in range(pos["done"], len(items)):
                     item, shard = items[j]
                     srng = random.Random(f"s:{cfg.seed}:{gw}:{epoch}:{pos['window']}:{j}")
                     sample = self._process(item, self.shards[shard][1], srng, stats, skiplog, sidecars)
                     after = end if j + 1 == len(items) else {**pos, "done": j + 1}
                     yield sample, after
+                if last_window:
+                    self._check_sources(stats, final=True)
                 pos = end
         finally:
-            for o in opened:
+            for o in itertools.chain.from_iterable(opened):
                 o[2].close()
             for r in sidecars.values():
                 r.close()
 
-    def _open(self, order, gw: int, oi: int, offset: int) -> list:
-        """[list index, item offset, sample generator, shard index] for the oi-th shard of the list."""
-        shard = self._draw(gw, oi) if order is None else order[oi]
-        return [oi, offset, iter_tar_samples(self.shards[shard][0], start=offset), shard]
+    def _pick(self, u: float, t: int) -> int:
+        """Weights mode: the pool of item t of the worker whose offset is u (see the module docstring)."""
+        x = (u + t * _INV_PHI) % 1.0 * self._wcum[-1]
+        return min(bisect.bisect_right(self._wcum, x), len(self._wcum) - 1)
+
+    def _pull(self, p: int, pp: dict, opened: list, order: list[int] | None, gw: int, rng: random.Random):
+        """The next (item, shard) of pool p from one of its open shards picked at random, opening
+        shards as needed; None when the pool's pass is over (epoch mode)."""
+        while True:
+            while len(opened) < self.cfg.open_shards and (order is None or pp["next"] < len(order)):
+                opened.append(self._open(order, gw, p, pp["next"], 0))
+                pp["next"] += 1
+            if not opened:
+                return None
+            k = rng.randrange(len(opened))
+            o = opened[k]
+            item = next(o[2], None)
+            if item is None:
+                opened.pop(k)
+                continue
+            o[1] += 1
+            return item, o[3]
+
+    def _open(self, order, gw: int, p: int, oi: int, offset: int) -> list:
+        """[list index, item offset, sample generator, shard index] for the oi-th shard of pool p's list."""
+        shard = self._draw(gw, oi, p) if order is None else order[oi]
+        url, src = self.shards[shard]
+        return [oi, offset, self.sources[src].read(url, start=offset), shard]
 
     def _check_sources(self, stats: dict, final: bool) -> None:
         for s, src in enumerate(self.sources):
@@ -273,7 +338,7 @@ class ImageTextStream(IterableDataset):
                 f"loader has {nw}: positions are per worker, so resume with num_workers={self._num_workers}"
             )
         lw = (pw + self._next_worker) % nw
-        pos = self._positions.get(lw, _start_pos())
+        pos = self._positions.get(lw, _start_pos(len(self.pools)))
         stats = copy.deepcopy(self._stats.get(lw, _empty_stats(len(self.sources))))
         # A finished batch is held until the next sample arrives, so that a worker's last batch can
         # carry the final position and skip counts (items after its last sample included).
@@ -317,15 +382,21 @@ class ImageTextStream(IterableDataset):
 
         RNG state needs no saving: every draw is seeded by (seed, worker, epoch, window, item)."""
         return {"version": STATE_VERSION, "rank": self.rank, "world_size": self.world_size, "seed": self.cfg.seed,
-                "urls": self.cfg.urls, "num_workers": self._num_workers, "next_worker": self._next_worker,
+                "urls": self.cfg.urls, "weights": self.weights, "upsampling_factors": self.cfg.upsampling_factors,
+                "num_workers": self._num_workers, "next_worker": self._next_worker,
                 "positions": {str(w): copy.deepcopy(p) for w, p in self._positions.items()},
                 "stats": {str(w): copy.deepcopy(s) for w, s in self._stats.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`; version 1 states (before pools; factor mode only) are upgraded,
+        and resume exactly: factor mode's sequences did not change."""
+        if state.get("version") == 1:
+            state = _upgrade_v1(state)
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
-        for k, mine in (("world_size", self.world_size), ("rank", self.rank), ("seed", self.cfg.seed), ("urls", self.cfg.urls)):
-            if state[k] != mine:
+        for k, mine in (("world_size", self.world_size), ("rank", self.rank), ("seed", self.cfg.seed), ("urls", self.cfg.urls),
+                         ("weights", self.weights), ("upsampling_factors", self.cfg.upsampling_factors)):
+            if k in state and state[k] != mine:
                 raise DataSourceError(
                     f"stream state was saved with {k}={state[k]!r} but this stream has {k}={mine!r}: an exact resume "
                     f"needs the same {k}; restore the original setting or start the data stream fresh"
@@ -336,7 +407,9 @@ class ImageTextStream(IterableDataset):
         self._stats = {int(w): copy.deepcopy(s) for w, s in state["stats"].items()}
 
     def summary(self) -> dict:
-        """Totals over this rank's workers: samples per source, skips by reason, caption field counts."""
+        """Totals over this rank's workers: samples per source ("valid", "raw"), the achieved "share" of
+        valid samples per source and the "target" share (weights mode; None in factor mode), skips by
+        reason, caption field counts."""
         out = _empty_stats(len(self.sources))
         for s in self._stats.values():
             for k in ("skipped", "fields"):
@@ -347,17 +420,30 @@ class ImageTextStream(IterableDataset):
         out["skipped"] = dict(sorted(out["skipped"].items()))
         out["fields"] = dict(sorted(out["fields"].items()))
         out["epoch"] = max((p["epoch"] for p in self._positions.values()), default=0)
+        total = sum(out["valid"])
+        out["share"] = [v / total if total else 0.0 for v in out["valid"]]
+        out["target"] = None if self.weights is None else list(self.weights)
         return out
 
     def summary_text(self) -> str:
         """One line for logs: samples per source, skips by reason, caption fields."""
         s = self.summary()
-        per_src = ", ".join(f"{src.spec}: {v}/{r}" for src, v, r in zip(self.sources, s["valid"], s["raw"]))
+        tgt = s["target"] or [None] * len(self.sources)
+        per_src = ", ".join(f"{src.spec}: {v}/{r} (share {sh:.3f}" + ("" if t is None else f", target {t:.3f}") + ")"
+                            for src, v, r, sh, t in zip(self.sources, s["valid"], s["raw"], s["share"], tgt))
         return (f"data: epoch {s['epoch']}; valid/read per source: {per_src}; skipped: {s['skipped'] or 'none'}; "
                 f"caption fields: {s['fields']}")
 
     def loader(self, num_workers: int = 2, **kw) -> TrackedLoader:
         return TrackedLoader(self, num_workers=num_workers, **kw)
+
+
+def _upgrade_v1(state: dict) -> dict:
+    """A version 1 state (one pool: {"epoch", "next", "open", "window", "done"}) in version 2 form."""
+    def pos(p: dict) -> dict:
+        return {"epoch": p["epoch"], "pools": [{"epoch": p["epoch"], "next": p["next"], "open": p["open"]}],
+                "window": p["window"], "done": p["done"]}
+    return {**state, "version": 2, "positions": {w: pos(p) for w, p in state["positions"].items()}}
 
 
 class TrackedLoader:

@@ -60,12 +60,17 @@ def _clean_end(f, offset: int) -> bool:
     return len(tail) == 512 and not tail.strip(b"\0")
 
 
-def iter_tar_samples(url: str, start: int = 0, keys_only: bool = False) -> Iterator[RawSample]:
+def iter_tar_samples(url: str, start: int = 0, keys_only: bool = False, exclude: frozenset[str] = frozenset(),
+                     rename: dict[str, str] | None = None) -> Iterator[RawSample]:
     """Yield the samples of one shard from item `start` on (items before it are skipped unread).
 
     Members of one sample are consecutive and share a key. Pickle members are dropped and noted in
     `skipped`. A truncated or unreadable tail ends the shard with one marker item
     (`error="truncated_tar"`); the incomplete sample in progress is dropped with it.
+    exclude: sample keys to leave out (an energon `split.yaml` exclude list); each becomes a marker
+    item (`error="excluded"`, data never read) so positions and resume stay exact.
+    rename: member extension -> the name readers expect (an energon field map, see
+    `data.energon.member_renames`); members mapped to None are dropped.
     """
     try:
         f, proc = _open_stream(url)
@@ -109,8 +114,14 @@ def iter_tar_samples(url: str, start: int = 0, keys_only: bool = False) -> Itera
                         yield cur
                     index += 1
                 cur = RawSample(key=key, url=url, index=index)
-            if cur.index < start or keys_only:
+                if key in exclude:
+                    cur.error = "excluded"
+            if cur.index < start or keys_only or cur.error is not None:
                 continue  # skipping: seek mode never reads the data
+            if rename is not None and ext in rename:
+                ext = rename[ext]
+                if ext is None:
+                    continue
             if ext.rsplit(".", 1)[-1] in PICKLE_EXTS:
                 cur.skipped.append("pickle_member")
                 continue

@@ -292,7 +292,7 @@ class LLM2CLIPModel(_model_pt()):
         tc, vc = self.typed, self.typed.validation_ds
         ds = dc.replace(tc.train_ds, urls=vc.urls, resampled=False, epochs=1, shard_shuffle=False, open_shards=1,
                         shuffle_buffer=1, caption_fields={vc.caption_field: 1.0}, sidecar_dir=vc.sidecar_dir or None,
-                        drop_last=False, upsampling_factors=None,
+                        drop_last=False, upsampling_factors=None, weights=None, blend=False,
                         transform=dc.replace(tc.train_ds.transform, train=False,
                                              image_size=vc.image_size or tc.vision.image_size))
         if tc.teacher_mode == "offline":

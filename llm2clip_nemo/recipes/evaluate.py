@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from ..data.errors import DataSourceError
+
 TASKS = ("retrieval", "long", "cra", "zeroshot")
 
 
@@ -84,18 +86,18 @@ def load_shard_data(spec: str, caption_fields: Sequence[str] = ("txt",), long_fi
     at the first problem, naming the shard and the sample key."""
     from ..data.samples import check_sample
     from ..data.spec import parse_sources
-    from ..data.tario import iter_tar_samples
     from ..eval.manifest import EvalSet
 
-    urls = [u for s in parse_sources(spec) for u in s.urls]
+    # every shard read through its Source, so energon excludes and field maps apply as in training
+    reads = [(u, src) for src in parse_sources(spec) for u in src.urls]
     es = EvalSet(images=[], captions=[], text_to_image=[], keys=[], source=f"shards {spec}")
     fields = list(dict.fromkeys([*caption_fields, *(f for f in (long_field, labels_field) if f)]))
     longs, labels = [], []
-    for url in urls:
-        for raw in iter_tar_samples(url):
+    for url, src in reads:
+        for raw in src.read(url):
             checked = check_sample(raw, fields, decode=True)
             key = raw.key or f"#{raw.index}"
-            if strict and checked.reasons:
+            if strict and [r for r in checked.reasons if r != "excluded"]:  # excluded by the dataset: not a fault
                 detail = f" ({checked.detail})" if checked.fatal else ""
                 raise EvalDataError(f"{url}: sample {key}: {checked.reasons[0]}{detail}; fix the shard or run "
                                     "without --strict to skip and count such samples.")
@@ -476,7 +478,8 @@ def main(argv: list[str]) -> int:
                                groups=groups)
         res = evaluate(model, data, args.tasks, args.out, name=args.name or Path(args.model).name,
                        batch_size=args.batch_size, templates=args.templates, plots=not args.no_plots)
-    except (EvalDataError, ManifestError, UnknownLayoutError, ConfigError, ValueError, FileNotFoundError) as e:
+    except (EvalDataError, ManifestError, UnknownLayoutError, ConfigError, DataSourceError, ValueError,
+            FileNotFoundError) as e:
         print(f"llm2clip-nemo evaluate: error: {e}", file=sys.stderr)
         return 2
     if groups.rank == 0:

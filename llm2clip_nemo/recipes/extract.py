@@ -23,13 +23,15 @@ import torch.distributed as dist
 from ..config import ConfigError, load_config, parse_recipe_args
 from ..config.help import recipe_help, wants_help
 from ..config.plan import PlanConfig
+from ..data.errors import DataSourceError
 from ..text.config import TeacherConfig
 
 
 @dataclass
 class ExtractData:
     urls: str = ""
-    """Image-text shards: brace patterns, directories or manifests, '::'-joined sources."""
+    """Image-text shards: brace patterns, directories, manifests or energon datasets (`DIR#split`,
+    metadataset .yaml), '::'-joined sources (mixing weights do not matter here: every shard is read)."""
     sidecar_dir: str = ""
     """Where sidecars go; empty = beside each shard (`shard-000000.emb.tar`)."""
     fields: list[str] = field(default_factory=lambda: ["txt", "long"])
@@ -86,24 +88,25 @@ def shard_done(shard: str, sidecar: str, fingerprint: str, fields: list[str]) ->
         r.close()
 
 
-def read_shard_captions(shard: str, fields: list[str], check_images: bool = True
+def read_shard_captions(shard: str, fields: list[str], check_images: bool = True, source=None
                         ) -> tuple[list[str], list[list[str | None] | None], dict[str, int]]:
     """(keys, per sample its caption per field (None: field empty) or None if skipped, problems by reason).
 
     Samples go through `data.samples.check_sample` (the training stream's checks; images decoded
     when `check_images`): a sample it skips keeps its key (the sidecar holds one record per shard
     sample, all zeros for it) and its reasons are counted. A list-valued field is embedded by its
-    first caption. Raises OSError for a shard that cannot be opened."""
+    first caption. `source` (a `data.spec.Source`) applies an energon dataset's excludes and field
+    map; an excluded sample keeps its key too. Raises OSError for a shard that cannot be opened."""
     from ..data.samples import ReasonCounter, check_sample
     from ..data.tario import iter_tar_samples
 
     keys, caps, problems = [], [], ReasonCounter()
-    for raw in iter_tar_samples(shard):
+    for raw in (iter_tar_samples(shard) if source is None else source.read(shard)):
         if raw.error is not None and raw.error.startswith("unreadable_shard"):
             raise OSError(raw.error)
         checked = check_sample(raw, fields, decode=check_images)
         problems.add(checked.reasons)
-        if raw.error is not None:
+        if raw.error is not None and raw.error != "excluded":
             continue
         s = checked.sample
         keys.append(raw.key)
@@ -136,7 +139,7 @@ def run(cfg: ExtractConfig) -> dict:
 
     groups = init_parallel(cfg.teacher.tensor_parallel)
     teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.contract(), cfg.teacher.torch_dtype())
-    shards = [u for s in parse_sources(cfg.data.urls) for u in s.urls]
+    shards = [(u, s) for s in parse_sources(cfg.data.urls) for u in s.urls]
     mine = shards[groups.dp_rank::groups.dp_size]
     fields = list(cfg.data.fields)
     writer_rank = groups.tp_rank == 0
@@ -147,14 +150,14 @@ def run(cfg: ExtractConfig) -> dict:
 
         bar = tqdm(total=len(mine), desc="extract", unit="shard", file=sys.stderr)
     t0 = time.perf_counter()
-    for shard in mine:
+    for shard, source in mine:
         out = sidecar_path(shard, cfg.data.sidecar_dir or None)
         if _tp_agree(shard_done(shard, out, teacher.fingerprint, fields), groups):
             summ.skipped += 1
             bar and bar.update(1)
             continue
         try:
-            keys, caps, problems = read_shard_captions(shard, fields, cfg.data.check_images)
+            keys, caps, problems = read_shard_captions(shard, fields, cfg.data.check_images, source)
         except OSError as e:
             summ.failed += 1
             summ.failures.append(f"{shard}: {e}")
@@ -263,7 +266,11 @@ def main(argv: list[str]) -> int:
     except (ConfigError, ValueError) as e:
         print(f"llm2clip-nemo extract: config error: {e}", file=sys.stderr)
         return 2
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except DataSourceError as e:  # unusable data.urls (missing shards, energon constructs we do not map...)
+        print(f"llm2clip-nemo extract: data error: {e}", file=sys.stderr)
+        return 2
     if dist.get_rank() == 0:
         print(format_summary(result))
     return 1 if result["shards_failed"] else 0

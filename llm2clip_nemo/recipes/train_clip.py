@@ -14,6 +14,7 @@ from pathlib import Path
 from ..config import ConfigError, load_config, parse_recipe_args
 from ..config.help import recipe_help, wants_help
 from ..config.plan import PlanConfig
+from ..data.errors import DataSourceError
 from ..models.llm2clip_config import LLM2CLIPConfig
 from .trainer import ExpManagerConfig, SamplesPerSecond, TrainerConfig, build_trainer
 
@@ -91,6 +92,9 @@ def main(argv: list[str], mode: str = "pretrain") -> int:
         res = run(cfg, mode)
     except ConfigError as e:
         print(f"llm2clip-nemo {mode}: config error: {e}", file=sys.stderr)
+        return 2
+    except DataSourceError as e:  # unusable data.urls (missing shards, energon constructs we do not map...)
+        print(f"llm2clip-nemo {mode}: data error: {e}", file=sys.stderr)
         return 2
     last = res["validation"][-1] if res["validation"] else {}
     print(f"done: {res['global_step']} steps, last loss {res['losses'][-1][1] if res['losses'] else float('nan'):.4f}"
