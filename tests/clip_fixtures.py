@@ -12,9 +12,11 @@ from llm2clip_nemo.data.shards import ShardSample, write_shards
 from llm2clip_nemo.recipes.extract import ExtractConfig
 from llm2clip_nemo.recipes.extract import run as extract
 
-# The teacher's attention mode as the *_tiny configs set it; it is part of the teacher fingerprint, so
-# sidecars and training must agree on it.
+# The teacher's attention mode and caption length as the *_tiny configs set them; both are part of the
+# teacher contract the fingerprint covers, so sidecars and training must agree on them (the tiny
+# random teacher records no contract: the config's values are its contract).
 TINY_TEACHER_BIDIRECTIONAL = "false"
+TINY_TEACHER_MAX_LENGTH = 32
 TINY_VISION = ["model.vision.image_size=16", "model.vision.patch_size=8", "model.vision.width=32",
                "model.vision.num_layers=2", "model.vision.num_heads=2", "model.vision.mlp_dim=64",
                "model.vision.embed_dim=32", "model.adapter.joint_dim=32", "model.train_ds.transform.image_size=16"]
@@ -56,7 +58,8 @@ def tiny_offline_setup(root, n_train=64, n_val=16):
     val = word_shards(root / "val", n_val, 16, seed=2)
     for d in (train, val):
         extract(load_config(ExtractConfig, None, [f"data.urls={d}", f"teacher.path={teacher}", "progress=false",
-                                                  f"teacher.bidirectional={TINY_TEACHER_BIDIRECTIONAL}"]))
+                                                  f"teacher.bidirectional={TINY_TEACHER_BIDIRECTIONAL}",
+                                                  f"teacher.max_length={TINY_TEACHER_MAX_LENGTH}"]))
     return teacher, train, val
 
 
@@ -65,6 +68,7 @@ def tiny_overrides(teacher, train, val, exp_dir, steps=10, **extra):
             "model.train_ds.batch_size=8", "model.adapter.input_dim=64", "model.train_ds.shuffle_buffer=16",
             "model.train_ds.caption_fields={txt: 0.5, long: 0.5}", f"model.validation_ds.urls={val}",
             "model.train_ds.sidecar_dir=null", "model.validation_ds.sidecar_dir=null", f"model.teacher.bidirectional={TINY_TEACHER_BIDIRECTIONAL}",
+            f"model.teacher.max_length={TINY_TEACHER_MAX_LENGTH}",
             "model.validation_ds.every_n_steps=5", f"trainer.max_steps={steps}", f"exp_manager.exp_dir={exp_dir}",
             "exp_manager.checkpoint_every_n_steps=5", "trainer.enable_progress_bar=false", *TINY_VISION]
     return over + [f"{k}={v}" for k, v in extra.items()]
