@@ -53,6 +53,14 @@ def _dp_worker(rank, world, loss_kind, pixels, emb, mask=None):
     if world > 1:
         dist.all_reduce(losses)
         losses /= world
+    if world == 1 and mask is not None:  # also: K=1 under caption_sampling=all vs the one-caption loss
+        k1 = []
+        for sampling, e in (("one", emb[:, 0]), ("all", emb[:, :1])):
+            torch.manual_seed(0)
+            other = LLM2CLIP(tiny_model_cfg(loss_kind, sampling=sampling), g)
+            with torch.no_grad():
+                k1.append(other(pixels, e, caption_mask=None if sampling == "one" else mask[:, :1] | True).item())
+        return losses.item(), grads, k1
     return losses.item(), grads
 
 
@@ -75,13 +83,11 @@ def test_every_caption_dp2_equals_dp1_and_one_caption_is_the_single_loss(loss_ki
     pixels, emb = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 24)
     mask = torch.ones(8, 3, dtype=torch.bool)
     mask[0, 1] = mask[2, 2] = mask[3, 0] = False  # all on rank 0's half: the text->image mean is global
-    (l1, g1), = run_workers(_dp_worker, 1, loss_kind, pixels, emb, mask)
+    (l1, g1, (one, all_k1)), = run_workers(_dp_worker, 1, loss_kind, pixels, emb, mask)
     l2, g2 = run_workers(_dp_worker, 2, loss_kind, pixels, emb, mask)[0]
     assert l2 == pytest.approx(l1, rel=1e-5, abs=1e-6)
     for name in g1:
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
-    (one, _), = run_workers(_dp_worker, 1, loss_kind, pixels, emb[:, 0])
-    (all_k1, _), = run_workers(_dp_worker, 1, loss_kind, pixels, emb[:, :1], mask[:, :1] | True)
     assert all_k1 == pytest.approx(one, rel=1e-6, abs=1e-6)
 
 
