@@ -103,13 +103,13 @@ def lr_at(step: int, oc: OptimConfig, max_steps: int) -> float:
 
 
 def init_vision_from_hf(net: LLM2CLIP, path: str) -> None:
-    """finetune: copy a HF CLIP vision checkpoint into the ViT (shapes must match model.vision)."""
+    """finetune: copy a HF CLIP or SigLIP vision checkpoint into the ViT (shapes must match model.vision)."""
     from ..convert.clip_vision import match_vision_architecture, vit_from_hf
 
     hf_cfg, sd = vit_from_hf(path)
     mine = net.vision.cfg
     match_vision_architecture(mine, hf_cfg, f"model.init_from={path}")  # the config load adopted or checked it
-    if "projection.weight" not in sd or sd["projection.weight"].shape[0] != mine.embed_dim:
+    if mine.family != "siglip" and ("projection.weight" not in sd or sd["projection.weight"].shape[0] != mine.embed_dim):
         # the projection head is re-initialised (as in LLM2CLIP's fine-tune) when absent or resized
         sd["projection.weight"] = net.vision.projection.weight.detach().clone()
     net.vision.load_canonical_state_dict(sd)
