@@ -19,10 +19,10 @@ def groups():
     destroy_parallel()
 
 
-def _random_siglip(seed: int = 0) -> SiglipVisionModel:
+def _random_siglip(seed: int = 0, image_size: int = 32) -> SiglipVisionModel:
     torch.manual_seed(seed)
     cfg = SiglipVisionConfig(hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
-                             image_size=32, patch_size=8, layer_norm_eps=1e-6)
+                             image_size=image_size, patch_size=8, layer_norm_eps=1e-6)
     hf = SiglipVisionModel(cfg).eval()
     with torch.no_grad():  # HF inits norms to (1, 0) and some biases to 0: randomise so every map is checked
         for name, p in hf.named_parameters():
@@ -77,3 +77,15 @@ def test_unsupported_siglip_configs_are_refused_by_field(tmp_path):
     with pytest.raises(ValueError, match=r"vision.family=siglip has no projection, so vision.embed_dim=32 must "
                                          r"equal vision.width=64: set vision.embed_dim=64."):
         ViTConfig(family="siglip", width=64, num_heads=4, embed_dim=32).validate()
+
+
+def test_patch_grid_is_floored_like_so400m(groups):
+    """36 px with 8 px patches: a floored 4 x 4 grid, as So400m/14 at 384 px (27 x 27) in transformers."""
+    hf = _random_siglip(2, image_size=36)
+    cfg, sd = vit_from_hf(hf)
+    assert (cfg.image_size, cfg.grid_size, cfg.seq_len) == (36, 4, 16)
+    ours = VisionTransformer(cfg, groups).eval()
+    ours.load_canonical_state_dict(sd)
+    pixels = torch.randn(2, 3, 36, 36)
+    with torch.no_grad():
+        assert (ours(pixels) - hf(pixel_values=pixels).pooler_output).abs().max() <= 1e-5

@@ -35,7 +35,8 @@ class ViTConfig:
     'checkpoint' = the fine-tune checkpoint's."""
 
     image_size: int = 64
-    """Square input resolution in pixels; must be a multiple of `patch_size`."""
+    """Square input resolution in pixels; a multiple of `patch_size` (family='siglip': the patch grid is
+    floor(image_size / patch_size), as HF's conv does: So400m/14 at 384 px has 27 x 27 patches)."""
     patch_size: int = 8
     """Side of the square patches (the conv kernel and stride)."""
     num_channels: int = 3
@@ -120,6 +121,10 @@ class ViTConfig:
         s, w, m = self.seq_len, self.width, self.mlp_dim
         per_layer = 2 * s * (3 * w * w + w * w + 2 * w * m) + 2 * 2 * s * s * w
         patch = 2 * (s - 1) * self.num_channels * self.patch_size**2 * w
+        if self.family == "siglip":  # no class token (s patches), attention-pooling head, no projection
+            patch = 2 * s * self.num_channels * self.patch_size**2 * w
+            head = 2 * s * 2 * w * w + 2 * 2 * w * w + 2 * 2 * s * w + 2 * 2 * w * m
+            return float(patch + self.num_layers * per_layer + head)
         return float(patch + self.num_layers * per_layer + 2 * w * self.embed_dim)
 
     def validate(self) -> None:
@@ -135,7 +140,7 @@ class ViTConfig:
                 f"{(self.width // self.num_heads + 1) * self.num_heads}) or choose a vision.num_heads "
                 f"that divides {self.width}."
             )
-        if self.image_size % self.patch_size:
+        if self.image_size % self.patch_size and self.family != "siglip":  # SigLIP floors (So400m: 384 px, 14 px patches)
             raise ValueError(
                 f"vision.image_size={self.image_size} is not divisible by vision.patch_size="
                 f"{self.patch_size}: use an image size that is a multiple of the patch size (e.g. "
