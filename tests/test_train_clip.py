@@ -242,3 +242,27 @@ def test_unmapped_energon_construct_exits_2_in_one_line(tiny, tmp_path, capsys):
         f"datasets sample by sample has no equivalent here: write shards holding the joined members "
         f"(`llm2clip-nemo data build`)")
     assert "Traceback" not in err
+
+
+def test_every_caption_run_logs_the_multi_positive_loss_of_its_batches(tiny, tmp_path):
+    """A 2-step offline run with caption_sampling=all: its step-0 loss equals the multi-positive loss
+    of a fresh model (same seed) on the stream's first batch, all of txt and long as positives."""
+    from llm2clip_nemo.losses import MultiPositiveInfoNCELoss
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPModel
+    from llm2clip_nemo.models.nemo_base import to_dictconfig
+
+    teacher, train, val = tiny
+    over = tiny_overrides(teacher, train, val, tmp_path, steps=2, **{
+        "model.train_ds.caption_sampling": "all", "model.num_workers": 0,
+        "model.train_ds.epochs": 1, "model.train_ds.resampled": False})
+    over = [o for o in over if not o.startswith("model.validation_ds.urls=")]  # no validation
+    fresh = LLM2CLIPModel(to_dictconfig(load_config(TrainCLIPConfig, None, over).model))
+    batch = next(iter(fresh.build_stream()))
+    assert batch["teacher_emb"].shape == (8, 2, 64) and bool(batch["caption_mask"].all())
+    assert isinstance(fresh.net.loss, MultiPositiveInfoNCELoss)
+    with torch.no_grad():
+        want = fresh.net(batch["image"], batch["teacher_emb"], caption_mask=batch["caption_mask"]).item()
+    res = run(load_config(TrainCLIPConfig, None, over))
+    assert [s for s, _ in res["losses"]] == [0, 1]
+    assert res["losses"][0][1] == pytest.approx(want, rel=1e-6, abs=1e-6)
+    assert res["data"]["fields"] == {"txt": 16, "long": 16}  # both fields of every trained sample
