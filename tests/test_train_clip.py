@@ -266,3 +266,26 @@ def test_every_caption_run_logs_the_multi_positive_loss_of_its_batches(tiny, tmp
     assert [s for s, _ in res["losses"]] == [0, 1]
     assert res["losses"][0][1] == pytest.approx(want, rel=1e-6, abs=1e-6)
     assert res["data"]["fields"] == {"txt": 16, "long": 16}  # both fields of every trained sample
+
+
+def test_every_caption_online_embeds_present_captions_only():
+    """Online teacher with caption_sampling=all: only present captions reach the teacher, in row-major
+    order, and come back at their [b, k] slot; absent slots are zero rows."""
+    from types import SimpleNamespace
+
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPModel
+
+    seen = []
+
+    def encode_online(texts, batch_size, max_tokens):
+        seen.append(list(texts))
+        return torch.tensor([[float(len(t)), float(t.count("w"))] for t in texts])
+
+    me = SimpleNamespace(typed=SimpleNamespace(teacher_mode="online",
+                                               teacher=SimpleNamespace(batch_size=4, max_tokens=0)),
+                         teacher=SimpleNamespace(encode_online=encode_online))
+    batch = {"captions": [["w1", "w2 w3 w4"], ["w5 w6", ""]],
+             "caption_mask": torch.tensor([[True, True], [True, False]])}
+    out = LLM2CLIPModel.teacher_embeddings(me, batch)
+    assert seen == [["w1", "w2 w3 w4", "w5 w6"]]
+    assert out.tolist() == [[[2.0, 1.0], [8.0, 3.0]], [[5.0, 2.0], [0.0, 0.0]]]
