@@ -186,3 +186,98 @@ class CaptionInfoNCELoss(nn.Module):
             docs.append(gather_with_grad(F.normalize(negatives, dim=-1), group))
         logits = self.scale * q @ torch.cat(docs, dim=0).T
         return F.cross_entropy(logits, _local_labels(n, rank, query.device))
+
+
+def _multi_inputs(image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor | None,
+                  group: dist.ProcessGroup | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check [B, D] images against [B, K, D] texts and a [B, K] bool mask; return the mask (all True
+    when None) and the number of valid texts over every rank of `group` (a float tensor, no grad)."""
+    if text_features.dim() != 3 or text_features.shape[0] != image_features.shape[0] \
+            or text_features.shape[2] != image_features.shape[1]:
+        raise ValueError(f"text features {list(text_features.shape)} must be [B, K, D] for images "
+                         f"{list(image_features.shape)} [B, D].")
+    if mask is None:
+        mask = torch.ones(text_features.shape[:2], dtype=torch.bool, device=text_features.device)
+    if mask.shape != text_features.shape[:2]:
+        raise ValueError(f"caption mask {list(mask.shape)} must be [B, K] = {list(text_features.shape[:2])}.")
+    mask = mask.to(device=text_features.device, dtype=torch.bool)
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError("every image needs at least one valid caption (a row of the caption mask is all False).")
+    count = mask.sum().to(image_features.dtype).detach()
+    if _group_rank_world(group)[1] > 1:
+        count = count.clone()
+        dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
+    return mask, count
+
+
+def _positive_columns(n: int, k: int, rank: int, device: torch.device) -> torch.Tensor:
+    """[B, K] column indices of local image i's K texts among the W*B*K gathered texts (row-major)."""
+    return (_local_labels(n, rank, device)[:, None] * k + torch.arange(k, device=device)[None, :])
+
+
+class MultiPositiveInfoNCELoss(ClipInfoNCELoss):
+    """Symmetric InfoNCE with K captions (positives) per image, as a local loss over gathered features.
+
+    Formula, on the global batch of N images x_i with texts y_ik (valid where m_ik), s = t * cosine:
+      image -> text (supervised-contrastive "L_out" form, Khosla et al. 2020, eq. 2; the multi-caption
+      objective of FLAME, Cao et al. 2024):
+        L_i2t = -(1/N) sum_i (1/|P_i|) sum_{k in P_i} log( exp(s(x_i, y_ik)) / sum_{j,l valid} exp(s(x_i, y_jl)) )
+      text -> image (each text has exactly one positive image):
+        L_t2i = -(1/M) sum_{i,k valid} log( exp(s(y_ik, x_i)) / sum_j exp(s(y_ik, x_j)) ),  M = valid texts
+      loss = (L_i2t + L_t2i) / 2.  With K = 1 it equals `ClipInfoNCELoss`.
+    Rank r computes its B images / its valid texts against every rank's texts / images; L_t2i's local
+    sum is divided by M/W (M all-reduced), so the mean over ranks is the global loss.
+    """
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor | None = None,
+                group: dist.ProcessGroup | None = None) -> torch.Tensor:
+        """image_features [B, D], text_features [B, K, D], mask [B, K] bool (True = caption present;
+        None = all present). Raises ValueError on shape mismatch, on an image without a valid caption,
+        or when ranks hold different B."""
+        if self.normalize:
+            image_features, text_features = F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1)
+        rank, world = _group_rank_world(group)
+        n, k, d = text_features.shape if text_features.dim() == 3 else (image_features.shape[0], 0, 0)
+        mask, count = _multi_inputs(image_features, text_features, mask, group)
+        check_equal_local_batch(n, group, image_features.device)
+        all_images = gather_with_grad(image_features, group)  # [W*B, D]
+        all_texts = gather_with_grad(text_features, group).reshape(-1, d)  # [W*B*K, D]
+        all_mask = gather_with_grad(mask.to(image_features.dtype), group).reshape(-1) > 0.5
+        scale = self.scale()
+        logits = (scale * image_features @ all_texts.T).masked_fill(~all_mask, float("-inf"))  # [B, W*B*K]
+        log_prob = logits.log_softmax(dim=1).gather(1, _positive_columns(n, k, rank, logits.device))  # [B, K]
+        per_image = log_prob.masked_fill(~mask, 0.0).sum(1) / mask.sum(1)
+        i2t = -per_image.mean()
+        logits_t = scale * text_features.reshape(n * k, d) @ all_images.T  # [B*K, W*B]
+        labels = _local_labels(n, rank, logits.device).repeat_interleave(k)
+        per_text = F.cross_entropy(logits_t, labels, reduction="none")
+        t2i = (per_text * mask.reshape(-1)).sum() / (count / world)
+        return (i2t + t2i) / 2
+
+
+class MultiPositiveSigLIPLoss(SigLIPLoss):
+    """Sigmoid pairwise loss (SigLIP, Zhai et al. 2023, eq. 1) with K captions per image.
+
+    Global form: -(1/N) sum_i sum_{j,l valid} log sigmoid(z_ijl * (t * <x_i, y_jl> + b)), with
+    z_ijl = +1 when j = i (every valid caption of image i is a positive) and -1 otherwise, N the
+    global number of images. Every pair is an independent binary term, so the positives need no
+    reweighting; with K = 1 it equals `SigLIPLoss`. Rank r sums its own images' pairs with every
+    rank's valid texts, divided by its local B, so the mean over ranks is the global loss.
+    """
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor | None = None,
+                group: dist.ProcessGroup | None = None) -> torch.Tensor:
+        """image_features [B, D], text_features [B, K, D], mask [B, K] bool (None = all present).
+        Raises ValueError like `MultiPositiveInfoNCELoss.forward`."""
+        if self.normalize:
+            image_features, text_features = F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1)
+        rank, _ = _group_rank_world(group)
+        n, k, d = text_features.shape if text_features.dim() == 3 else (image_features.shape[0], 0, 0)
+        mask, _ = _multi_inputs(image_features, text_features, mask, group)
+        check_equal_local_batch(n, group, image_features.device)
+        all_texts = gather_with_grad(text_features, group).reshape(-1, d)  # [W*B*K, D]
+        all_mask = gather_with_grad(mask.to(image_features.dtype), group).reshape(-1)  # 1 = valid
+        logits = self.scale() * image_features @ all_texts.T + self.logit_bias  # [B, W*B*K]
+        signs = -torch.ones_like(logits)
+        signs.scatter_(1, _positive_columns(n, k, rank, logits.device), 1.0)
+        return -(F.logsigmoid(signs * logits) * all_mask).sum() / n

@@ -269,3 +269,45 @@ def test_other_teacher_with_same_width_is_refused_by_fingerprint(tiny, tmp_path)
     other = write_tiny_llama(tmp_path / "other", seed=5)
     with pytest.raises(ConfigError, match=r"teacher mismatch: the checkpoint was trained against teacher fingerprint"):
         load_llm2clip(tiny["ckpt"], teacher_path=other)
+
+
+def test_siglip_finetune_trains_with_sigmoid_loss_and_exports_to_stock_siglip(tiny, tmp_path):
+    """A tiny random transformers SiglipVisionModel -> fine-tune init (the ViT equals it bit-exactly)
+    -> 2 steps with the sigmoid loss -> export: stock SiglipVisionModel gives our ViT's embeddings."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from llm2clip_nemo.convert.hf_export import export_hf
+    from llm2clip_nemo.convert.siglip_vision import siglip_state_dict_from_hf
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPModel
+    from llm2clip_nemo.models.loading import load_llm2clip
+    from llm2clip_nemo.models.nemo_base import to_dictconfig
+    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig, run
+
+    torch.manual_seed(5)
+    src = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                               num_attention_heads=2, image_size=16, patch_size=8)).eval()
+    src.save_pretrained(tmp_path / "siglip")
+    over = [f"model.teacher.path={tiny['teacher']}", "model.teacher_mode=online", "model.mode=finetune",
+            f"model.init_from={tmp_path / 'siglip'}", "model.vision.family=checkpoint",
+            "model.vision.activation=checkpoint", "model.vision.layernorm_eps=0", "model.loss.kind=siglip",
+            f"model.train_ds.urls={tiny['train']}", "model.train_ds.batch_size=8", "model.train_ds.shuffle_buffer=8",
+            "model.num_workers=0", "trainer.max_steps=2", f"exp_manager.exp_dir={tmp_path / 'runs'}",
+            "exp_manager.checkpoint_every_n_steps=2", "trainer.enable_progress_bar=false", *TINY]
+    cfg = load_config(TrainCLIPConfig, None, over)
+    assert (cfg.model.vision.family, cfg.model.vision.activation, cfg.model.vision.layernorm_eps) == (
+        "siglip", "gelu_tanh", 1e-6)
+    fresh = LLM2CLIPModel(to_dictconfig(cfg.model)).net.vision.canonical_state_dict()
+    want = siglip_state_dict_from_hf(src.state_dict(), cfg.model.vision)
+    assert fresh.keys() == want.keys() and all(torch.equal(fresh[k], want[k]) for k in want)
+    assert run(cfg)["global_step"] == 2
+    ckpt = sorted((tmp_path / "runs").rglob("*last.ckpt"))[0]
+    ours = load_llm2clip(ckpt)
+    assert type(ours.net.loss).__name__ == "SigLIPLoss"
+    trained = ours.net.vision.canonical_state_dict()
+    assert any(not torch.equal(trained[k], want[k]) for k in want)  # the steps changed the tower
+    export = export_hf(ckpt, tmp_path / "export")
+    hf = SiglipVisionModel.from_pretrained(export / "vision").eval()  # stock class, no trust_remote_code
+    pixels = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert (hf(pixel_values=pixels).pooler_output - ours.net.vision(pixels)).abs().max().item() <= 1e-5
+    assert "SiglipVisionModel.from_pretrained" in (export / "README.md").read_text()

@@ -22,13 +22,19 @@ def test_vit_l14_params_match_openai_clip():
     assert P.vit_param_count(1024, 24, 4096, 14, 224, embed_dim=768) == 303_966_208
 
 
+def test_siglip_param_counts_match_transformers():
+    # transformers SiglipVisionModel of google/siglip-so400m-patch14-384 and siglip-base-patch16-224
+    assert P.vit_param_count(1152, 27, 4304, 14, 384, family="siglip") == 428_225_600
+    assert P.vit_param_count(768, 12, 3072, 16, 224, family="siglip") == 92_884_224
+
+
 def test_vit_param_count_matches_the_vit_config_of_the_built_model():
     """ViTConfig.num_params() is checked against the built megatron ViT and HF in test_vision."""
     from llm2clip_nemo.vision.config import PRESETS
 
     for name, cfg in PRESETS.items():
         got = P.vit_param_count(cfg.width, cfg.num_layers, cfg.mlp_dim, cfg.patch_size, cfg.image_size,
-                                cfg.num_channels, cfg.embed_dim)
+                                cfg.num_channels, cfg.embed_dim, cfg.family)
         assert got == cfg.num_params(), name
         assert P.vit_forward_flops(P.vision_shape(cfg)) == pytest.approx(cfg.forward_flops(), rel=1e-9), name
 

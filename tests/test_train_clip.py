@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from clip_fixtures import TINY_VISION, tiny_offline_setup, tiny_overrides
+from clip_fixtures import TINY_TEACHER_BIDIRECTIONAL, TINY_VISION, tiny_offline_setup, tiny_overrides
 from dist_utils import run_workers
 
 from llm2clip_nemo.config import ConfigError, load_config
@@ -22,12 +22,13 @@ def tiny(tmp_path_factory):
     return tiny_offline_setup(tmp_path_factory.mktemp("clip"))
 
 
-def tiny_model_cfg(loss, teacher_dim=24):
-    over = TINY_VISION + [f"model.loss.kind={loss}", f"model.adapter.input_dim={teacher_dim}"]
+def tiny_model_cfg(loss, teacher_dim=24, sampling="one"):
+    over = TINY_VISION + [f"model.loss.kind={loss}", f"model.adapter.input_dim={teacher_dim}",
+                          f"model.train_ds.caption_sampling={sampling}"]
     return load_config(TrainCLIPConfig, None, over).model
 
 
-def _dp_worker(rank, world, loss_kind, pixels, emb):
+def _dp_worker(rank, world, loss_kind, pixels, emb, mask=None):
     import torch.distributed as dist
 
     from llm2clip_nemo.models.llm2clip import LLM2CLIP
@@ -35,10 +36,11 @@ def _dp_worker(rank, world, loss_kind, pixels, emb):
 
     g = init_parallel(1)
     torch.manual_seed(0)
-    net = LLM2CLIP(tiny_model_cfg(loss_kind), g)
+    net = LLM2CLIP(tiny_model_cfg(loss_kind, sampling="one" if mask is None else "all"), g)
     n = pixels.shape[0] // world
     sl = slice(rank * n, (rank + 1) * n)
-    loss = net(pixels[sl], emb[sl], group=dist.group.WORLD if world > 1 else None)
+    loss = net(pixels[sl], emb[sl], group=dist.group.WORLD if world > 1 else None,
+               caption_mask=None if mask is None else mask[sl])
     loss.backward()
     grads = {}
     for name, p in net.named_parameters():  # what DDP does: average the gradients over ranks
@@ -51,6 +53,14 @@ def _dp_worker(rank, world, loss_kind, pixels, emb):
     if world > 1:
         dist.all_reduce(losses)
         losses /= world
+    if world == 1 and mask is not None:  # also: K=1 under caption_sampling=all vs the one-caption loss
+        k1 = []
+        for sampling, e in (("one", emb[:, 0]), ("all", emb[:, :1])):
+            torch.manual_seed(0)
+            other = LLM2CLIP(tiny_model_cfg(loss_kind, sampling=sampling), g)
+            with torch.no_grad():
+                k1.append(other(pixels, e, caption_mask=None if sampling == "one" else mask[:, :1] | True).item())
+        return losses.item(), grads, k1
     return losses.item(), grads
 
 
@@ -63,6 +73,54 @@ def test_dp2_equals_dp1_same_global_batch(loss_kind):
     assert l2 == pytest.approx(l1, rel=1e-5, abs=1e-6)
     for name in g1:
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_every_caption_dp2_equals_dp1_and_one_caption_is_the_single_loss(loss_kind="clip"):
+    """caption_sampling=all: 3 teacher vectors per image, 3 of them absent (all on rank 0, so the ranks
+    hold 9 and 12 valid texts), 2 ranks equal one process; with K=1 it equals the one-caption loss.
+    (InfoNCE only here: both multi-positive losses are checked DP=2 vs DP=1 in test_losses.py.)"""
+    torch.manual_seed(1)
+    pixels, emb = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 24)
+    mask = torch.ones(8, 3, dtype=torch.bool)
+    mask[0, 1] = mask[2, 2] = mask[3, 0] = False  # all on rank 0's half: the text->image mean is global
+    (l1, g1, (one, all_k1)), = run_workers(_dp_worker, 1, loss_kind, pixels, emb, mask)
+    l2, g2 = run_workers(_dp_worker, 2, loss_kind, pixels, emb, mask)[0]
+    assert l2 == pytest.approx(l1, rel=1e-5, abs=1e-6)
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert all_k1 == pytest.approx(one, rel=1e-6, abs=1e-6)
+
+
+def test_every_caption_batches_hold_each_fields_sidecar_vector(tiny, tmp_path):
+    """caption_sampling=all over shards where some samples lack the long field: teacher_emb [B,2,dim]
+    holds the sidecar's txt and long rows, caption_mask marks the absent long captions."""
+    from clip_fixtures import make_shards
+
+    from llm2clip_nemo.data.sidecar import SidecarReader, sidecar_path
+    from llm2clip_nemo.data.stream import ImageTextStream
+    from llm2clip_nemo.data.synthetic import tiny_stream_config
+    from llm2clip_nemo.recipes.extract import ExtractConfig
+    from llm2clip_nemo.recipes.extract import run as extract
+
+    teacher = tiny[0]
+    shorts = [f"w{i} w{i + 1}" for i in range(8)]
+    longs = [None if i % 3 == 0 else f"w{i} w{i + 2} w{i + 4} w{i + 6}" for i in range(8)]
+    shards = make_shards(tmp_path / "s", shorts, longs, per_shard=8)
+    extract(load_config(ExtractConfig, None, [f"data.urls={shards}", f"teacher.path={teacher}", "progress=false",
+                                              f"teacher.bidirectional={TINY_TEACHER_BIDIRECTIONAL}"]))
+    stream = ImageTextStream(tiny_stream_config(str(shards), caption_sampling="all", output="embeddings",
+                                                batch_size=8, epochs=1, resampled=False))
+    batch = next(iter(stream))
+    url = batch["url"][0]
+    reader = SidecarReader(sidecar_path(url))
+    assert batch["teacher_emb"].shape == (8, 2, 64) and batch["caption_mask"].shape == (8, 2)
+    for b, key in enumerate(batch["key"]):
+        i = int(key)
+        torch.testing.assert_close(batch["teacher_emb"][b], reader.get(key), atol=0, rtol=0)
+        assert batch["caption_mask"][b].tolist() == [True, longs[i] is not None]
+        assert batch["captions"][b] == [shorts[i], longs[i] or ""]
+        assert batch["caption"][b] == shorts[i] and batch["caption_field"][b] == "txt"
+    assert batch["stream_state"]["stats"]["fields"] == {"txt": 8, "long": 5}
 
 
 def _online_offline_worker(rank, world, teacher_dir, sidecar, captions, keys):
@@ -184,3 +242,50 @@ def test_unmapped_energon_construct_exits_2_in_one_line(tiny, tmp_path, capsys):
         f"datasets sample by sample has no equivalent here: write shards holding the joined members "
         f"(`llm2clip-nemo data build`)")
     assert "Traceback" not in err
+
+
+def test_every_caption_run_logs_the_multi_positive_loss_of_its_batches(tiny, tmp_path):
+    """A 2-step offline run with caption_sampling=all: its step-0 loss equals the multi-positive loss
+    of a fresh model (same seed) on the stream's first batch, all of txt and long as positives."""
+    from llm2clip_nemo.losses import MultiPositiveInfoNCELoss
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPModel
+    from llm2clip_nemo.models.nemo_base import to_dictconfig
+
+    teacher, train, val = tiny
+    over = tiny_overrides(teacher, train, val, tmp_path, steps=2, **{
+        "model.train_ds.caption_sampling": "all", "model.num_workers": 0,
+        "model.train_ds.epochs": 1, "model.train_ds.resampled": False})
+    over = [o for o in over if not o.startswith("model.validation_ds.urls=")]  # no validation
+    fresh = LLM2CLIPModel(to_dictconfig(load_config(TrainCLIPConfig, None, over).model))
+    batch = next(iter(fresh.build_stream()))
+    assert batch["teacher_emb"].shape == (8, 2, 64) and bool(batch["caption_mask"].all())
+    assert isinstance(fresh.net.loss, MultiPositiveInfoNCELoss)
+    with torch.no_grad():
+        want = fresh.net(batch["image"], batch["teacher_emb"], caption_mask=batch["caption_mask"]).item()
+    res = run(load_config(TrainCLIPConfig, None, over))
+    assert [s for s, _ in res["losses"]] == [0, 1]
+    assert res["losses"][0][1] == pytest.approx(want, rel=1e-6, abs=1e-6)
+    assert res["data"]["fields"] == {"txt": 16, "long": 16}  # both fields of every trained sample
+
+
+def test_every_caption_online_embeds_present_captions_only():
+    """Online teacher with caption_sampling=all: only present captions reach the teacher, in row-major
+    order, and come back at their [b, k] slot; absent slots are zero rows."""
+    from types import SimpleNamespace
+
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPModel
+
+    seen = []
+
+    def encode_online(texts, batch_size, max_tokens):
+        seen.append(list(texts))
+        return torch.tensor([[float(len(t)), float(t.count("w"))] for t in texts])
+
+    me = SimpleNamespace(typed=SimpleNamespace(teacher_mode="online",
+                                               teacher=SimpleNamespace(batch_size=4, max_tokens=0)),
+                         teacher=SimpleNamespace(encode_online=encode_online))
+    batch = {"captions": [["w1", "w2 w3 w4"], ["w5 w6", ""]],
+             "caption_mask": torch.tensor([[True, True], [True, False]])}
+    out = LLM2CLIPModel.teacher_embeddings(me, batch)
+    assert seen == [["w1", "w2 w3 w4", "w5 w6"]]
+    assert out.tolist() == [[[2.0, 1.0], [8.0, 3.0]], [[5.0, 2.0], [0.0, 0.0]]]

@@ -56,6 +56,8 @@ QKV_KEYS = [
 # HF entries that are not weights (older checkpoints persisted the position_ids buffer).
 _HF_IGNORED = (HF + "embeddings.position_ids",)
 _HF_SUPPORTED_TYPES = ("clip", "clip_vision_model")
+SIGLIP_FAMILY_TYPES = ("siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model")
+"""model_type values handed to `convert.siglip_vision` (which refuses the NaFlex siglip2 ones)."""
 
 
 def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -150,6 +152,10 @@ def vit_config_from_hf(hf_cfg: dict | PretrainedConfig, embed_dim: int | None = 
     `projection_dim` (CLIPModel keeps the true value at the top level, not in vision_config)."""
     d = hf_cfg if isinstance(hf_cfg, dict) else hf_cfg.to_dict()
     model_type = d.get("model_type")
+    if model_type in SIGLIP_FAMILY_TYPES:  # SigLIP towers: their own key map
+        from .siglip_vision import siglip_config_from_hf
+
+        return siglip_config_from_hf(d)
     if model_type not in _HF_SUPPORTED_TYPES:
         raise ValueError(
             f"unknown checkpoint layout: model_type={model_type!r}; expected one of {list(_HF_SUPPORTED_TYPES)} "
@@ -178,7 +184,7 @@ def vit_config_from_hf(hf_cfg: dict | PretrainedConfig, embed_dim: int | None = 
 
 
 # ViTConfig field -> the HF CLIPVisionConfig key it comes from (how the messages name the checkpoint's side).
-HF_NAMES = {"image_size": "image_size", "patch_size": "patch_size", "num_channels": "num_channels",
+HF_NAMES = {"family": "family", "image_size": "image_size", "patch_size": "patch_size", "num_channels": "num_channels",
             "width": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
             "mlp_dim": "intermediate_size", "activation": "hidden_act", "layernorm_eps": "layer_norm_eps"}
 
@@ -196,7 +202,7 @@ def match_vision_architecture(cfg: ViTConfig, ckpt: ViTConfig, source: str, pref
         if mine in (0, FROM_CHECKPOINT):
             updates[f] = theirs
         elif mine != theirs:
-            keep = FROM_CHECKPOINT if f == "activation" else 0
+            keep = FROM_CHECKPOINT if f in ("activation", "family") else 0
             raise ConfigError(f"{source} has {HF_NAMES[f]}={theirs!r} but {prefix}.{f}={mine!r}: set {prefix}.{f}="
                               f"{theirs} (or {keep} to take the checkpoint's value).")
     return dataclasses.replace(cfg, **updates)
@@ -264,7 +270,7 @@ def _load_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def vit_from_hf(src: str | Path | PreTrainedModel, require_projection: bool = False) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
-    """A HF CLIP vision model (instance, or a directory path) -> (ViTConfig, canonical state dict).
+    """A HF CLIP or SigLIP vision model (instance, or a directory path) -> (ViTConfig, canonical state dict).
 
     Load the result with `VisionTransformer(cfg, groups).load_canonical_state_dict(sd)`. Training
     switches (fp8, recompute, dtype) keep their defaults: set them with `dataclasses.replace`.
@@ -273,6 +279,11 @@ def vit_from_hf(src: str | Path | PreTrainedModel, require_projection: bool = Fa
         config, hf_sd = _load_hf_dir(Path(src))
     else:
         config, hf_sd = src.config.to_dict(), src.state_dict()
+    if config.get("model_type") in SIGLIP_FAMILY_TYPES:
+        from .siglip_vision import siglip_state_dict_from_hf
+
+        cfg = vit_config_from_hf(config)
+        return cfg, siglip_state_dict_from_hf(hf_sd, cfg)
     proj = hf_sd.get("visual_projection.weight")
     cfg = vit_config_from_hf(config, embed_dim=proj.shape[0] if proj is not None else None)
     return cfg, vit_state_dict_from_hf(hf_sd, cfg, require_projection=require_projection)
@@ -280,10 +291,15 @@ def vit_from_hf(src: str | Path | PreTrainedModel, require_projection: bool = Fa
 
 def vit_to_hf(model: VisionTransformer) -> CLIPVisionModelWithProjection:
     """Our VisionTransformer -> an eval-mode transformers CLIPVisionModelWithProjection (fp32 copy
-    of the weights); `save_pretrained(dir)` then writes a stock safetensors checkpoint."""
+    of the weights), or SiglipVisionModel for family='siglip'; `save_pretrained(dir)` then writes a
+    stock safetensors checkpoint."""
     from transformers import CLIPVisionModelWithProjection
 
     cfg = model.cfg
+    if cfg.family == "siglip":
+        from .siglip_vision import siglip_to_hf
+
+        return siglip_to_hf(model)
     hf = CLIPVisionModelWithProjection(hf_config_from_vit(cfg))
     sd = vit_state_dict_to_hf(model.canonical_state_dict(), cfg)
     hf.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)

@@ -1,6 +1,7 @@
 """A trained LLM2CLIP model -> Hugging Face directories (`llm2clip-nemo convert export-hf`).
 
-    out/vision/      CLIPVisionModelWithProjection (safetensors) + preprocessor_config.json:
+    out/vision/      CLIPVisionModelWithProjection (SiglipVisionModel for vision.family=siglip;
+                     safetensors) + preprocessor_config.json (CLIPImageProcessor, our eval transform):
                      stock `transformers` loads it, no trust_remote_code
     out/adapter/     model.safetensors (`adapter.*` weights, `loss.logit_scale`[, `loss.logit_bias`])
                      + config.json (AdapterConfig fields, logit scale, teacher fingerprint and switches)
@@ -105,7 +106,7 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
             raise ValueError(f"teacher mismatch: the checkpoint was trained against teacher fingerprint "
                              f"{info.teacher_fingerprint}, but {tc.teacher.path} gives {fingerprint}: export with "
                              "the original teacher.")
-        # 2. vision tower: a stock CLIPVisionModelWithProjection + the matching image processor
+        # 2. vision tower: a stock CLIPVisionModelWithProjection / SiglipVisionModel + the matching image processor
         vit_to_hf(model.net.vision).save_pretrained(tmp / VISION, safe_serialization=True)
         t = tc.train_ds.transform
         (tmp / VISION / "preprocessor_config.json").write_text(
@@ -155,6 +156,9 @@ def model_card(meta: dict, adapter_cfg: dict, contract: TeacherContract, name: s
     v, a, opt = mc["vision"], mc["adapter"], mc["optim"]
     steps = tr["global_step"] if tr["global_step"] is not None else "unknown"
     scale = adapter_cfg["logit_scale"]
+    siglip = v.get("family", "clip") == "siglip"
+    vision_cls = "SiglipVisionModel" if siglip else "CLIPVisionModelWithProjection"
+    embeds_attr = "pooler_output" if siglip else "image_embeds"
     lines = [
         f"# {name}: an LLM2CLIP model",
         "",
@@ -165,7 +169,7 @@ def model_card(meta: dict, adapter_cfg: dict, contract: TeacherContract, name: s
         "",
         "## Contents",
         "",
-        f"- `{meta['vision']}/`: the vision tower as a stock `transformers` `CLIPVisionModelWithProjection` "
+        f"- `{meta['vision']}/`: the vision tower as a stock `transformers` `{vision_cls}` "
         f"(ViT, {v['num_layers']} layers, width {v['width']}, patch {v['patch_size']}, {v['image_size']} px, "
         f"embedding {v['embed_dim']}) with its `preprocessor_config.json`.",
         f"- `{meta['adapter']}/`: the adapter ({a['num_blocks']} residual MLP blocks, {a['input_dim']} -> "
@@ -202,11 +206,11 @@ def model_card(meta: dict, adapter_cfg: dict, contract: TeacherContract, name: s
         "The vision tower alone with plain `transformers` (no trust_remote_code):",
         "",
         "```python",
-        "from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection",
+        f"from transformers import CLIPImageProcessor, {vision_cls}",
         "",
-        f'vision = CLIPVisionModelWithProjection.from_pretrained("{name}/{meta["vision"]}")',
+        f'vision = {vision_cls}.from_pretrained("{name}/{meta["vision"]}")',
         f'processor = CLIPImageProcessor.from_pretrained("{name}/{meta["vision"]}")',
-        'embeds = vision(**processor(images=[image], return_tensors="pt")).image_embeds',
+        f'embeds = vision(**processor(images=[image], return_tensors="pt")).{embeds_attr}',
         "```",
         "",
         f"The text side needs the LLM in `{meta['llm']}/` run as its `teacher_contract.json` says "

@@ -1,4 +1,5 @@
-"""Caption policy: pick one caption per sample among named fields, by weight, and count picks.
+"""Caption policy: pick one caption per sample among named fields, by weight (or one per field, for
+`caption_sampling=all`), and count picks.
 
 Field names: `txt` is the alt text member; any other name is looked up in the sample's json
 (`long`, `short`, ...). A json value that is a list (e.g. `short_list`) contributes one element
@@ -47,3 +48,12 @@ class CaptionPolicy:
         i = rng.choices(range(len(present)), weights=weights)[0] if len(present) > 1 else 0
         c = cands[i]
         return CaptionChoice(text=c[rng.randrange(len(c))] if len(c) > 1 else c[0], field=present[i])
+
+    def choose_all(self, txt: str | None, meta: dict | None, rng: random.Random) -> list[CaptionChoice | None]:
+        """One caption per weighted field, in `self.fields` order (None where the sample has no text
+        for that field); a list-valued field contributes one element drawn at random."""
+        out: list[CaptionChoice | None] = []
+        for f in self.fields:
+            c = self.candidates(f, txt, meta)
+            out.append(CaptionChoice(text=c[rng.randrange(len(c))] if len(c) > 1 else c[0], field=f) if c else None)
+        return out

@@ -49,6 +49,10 @@ class StreamConfig:
     caption_fields: dict[str, float] = field(default_factory=lambda: {"txt": 1.0})
     """Caption field -> weight. 'txt' is the alt text; other names are json keys ('long', 'short_list').
     Overrides merge into the default {txt: 1.0}: set caption_fields.txt=0 to leave alt text out."""
+    caption_sampling: str = "one"
+    """'one': one caption field per sample per step, drawn by caption_fields' weights (LLM2CLIP).
+    'all': every weighted field of the sample at once, as K positives of a multi-positive loss (FLAME);
+    batches then carry "captions" [B][K], "caption_mask" [B,K] and (embeddings) teacher_emb [B,K,dim]."""
     output: str = "captions"
     """'captions' (text only; the online teacher prepares them by its contract, `text.contract`) or
     'embeddings' (teacher_emb from sidecars, offline training)."""
@@ -72,6 +76,9 @@ class StreamConfig:
     def validate(self) -> None:
         if self.output not in OUTPUTS:
             raise ConfigError(f"data.output={self.output!r} must be one of {OUTPUTS}")
+        if self.caption_sampling not in ("one", "all"):
+            raise ConfigError(f"data.caption_sampling={self.caption_sampling!r}: choose one (a field per sample "
+                              "per step) or all (every caption field as a positive)")
         for name in ("batch_size", "open_shards", "shuffle_buffer", "no_valid_error_after"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")

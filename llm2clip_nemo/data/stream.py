@@ -93,6 +93,9 @@ class ImageTextStream(IterableDataset):
     "caption_field" list[str], "source" list[int], "url" list[str], "stream_state" dict;
     output="captions" (the online teacher prepares them by its contract) adds nothing;
     output="embeddings" adds "teacher_emb" float32 [B,dim].
+    caption_sampling="all" adds "captions" list[list[str]] [B][K] (K = fields with weight > 0, in
+    caption_fields order; "" where absent) and "caption_mask" bool [B,K], and teacher_emb is [B,K,dim]
+    (zero rows where absent); "caption"/"caption_field" then hold each sample's first present field.
     Use with `DataLoader(stream, batch_size=None, num_workers=N)` or `stream.loader(N)`.
     """
 
@@ -285,7 +288,8 @@ class ImageTextStream(IterableDataset):
             s = checked.sample
             if s is None:
                 return None
-            choice = self.policy.choose(s.txt, s.meta, rng)
+            picks = self.policy.choose_all(s.txt, s.meta, rng) if self.cfg.caption_sampling == "all" else None
+            choice = next(c for c in picks if c is not None) if picks else self.policy.choose(s.txt, s.meta, rng)
             try:
                 image = self.transform(s.image, rng)
             except ImageDecodeError as e:
@@ -293,10 +297,19 @@ class ImageTextStream(IterableDataset):
                 return None
             sample = {"key": item.key, "image": image, "caption": choice.text, "caption_field": choice.field,
                       "source": src, "url": item.url}
+            if picks:
+                sample["captions"] = [c.text if c else "" for c in picks]
+                sample["caption_mask"] = [c is not None for c in picks]
             if self.cfg.output == "embeddings":
-                sample["teacher_emb"] = self._sidecar(item.url, sidecars).vector(item.key, choice.field)
+                reader = self._sidecar(item.url, sidecars)
+                if picks:  # absent fields are zero rows in the sidecar (and masked)
+                    sample["teacher_emb"] = torch.stack([reader.vector(item.key, f) for f in self.policy.fields])
+                else:
+                    sample["teacher_emb"] = reader.vector(item.key, choice.field)
             stats["valid"][src] += 1
-            stats["fields"][choice.field] = stats["fields"].get(choice.field, 0) + 1
+            for c in picks or [choice]:
+                if c is not None:
+                    stats["fields"][c.field] = stats["fields"].get(c.field, 0) + 1
             return sample
         finally:
             self._check_sources(stats, final=False)
@@ -325,6 +338,9 @@ class ImageTextStream(IterableDataset):
             "stream_state": {"worker": lw, "num_workers": nw, "rank": self.rank,
                              "position": copy.deepcopy(pos), "stats": copy.deepcopy(stats)},
         }
+        if self.cfg.caption_sampling == "all":
+            batch["captions"] = [s["captions"] for s in buf]
+            batch["caption_mask"] = torch.tensor([s["caption_mask"] for s in buf], dtype=torch.bool)
         if self.cfg.output == "embeddings":
             batch["teacher_emb"] = torch.stack([s["teacher_emb"] for s in buf])
         return batch

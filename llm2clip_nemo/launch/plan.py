@@ -74,10 +74,12 @@ class VisionShape:
     channels: int = 3
     embed_dim: int = 0
     """Output projection size (0: no projection)."""
+    family: str = "clip"
+    """'clip' (class token, CLS pooling) or 'siglip' (no class token, attention-pooling head, no projection)."""
 
     @property
     def tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2 + 1
+        return (self.image_size // self.patch_size) ** 2 + (0 if self.family == "siglip" else 1)
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,11 @@ def vision_shape(section: Any) -> VisionShape:
     v = VisionShape(width=int(_pick(d, "width", "vision")), layers=int(_pick(d, "layers", "vision")),
                     heads=int(_pick(d, "heads", "vision")), mlp_dim=int(_pick(d, "mlp_dim", "vision")),
                     patch_size=int(_pick(d, "patch_size", "vision")), image_size=int(_pick(d, "image_size", "vision")),
-                    channels=int(_pick(d, "channels", "vision", 3)), embed_dim=int(d.get("embed_dim") or 0))
-    if v.image_size % v.patch_size:
+                    channels=int(_pick(d, "channels", "vision", 3)), embed_dim=int(d.get("embed_dim") or 0),
+                    family=str(d.get("family") or "clip"))
+    if v.family == "siglip":  # no projection: the pooled output is the embedding
+        v = dataclasses.replace(v, embed_dim=0)
+    if v.image_size % v.patch_size and v.family != "siglip":  # SigLIP floors the patch grid
         raise ValueError(f"vision.image_size={v.image_size} is not a multiple of vision.patch_size={v.patch_size}.")
     return v
 
@@ -202,22 +207,30 @@ def teacher_shape(section: Any) -> TeacherShape | None:
 
 # ---------------------------------------------------------------- counts
 def vit_param_count(width: int, layers: int, mlp_dim: int, patch_size: int, image_size: int,
-                    channels: int = 3, embed_dim: int = 0) -> int:
+                    channels: int = 3, embed_dim: int = 0, family: str = "clip") -> int:
     """Parameters of a CLIP ViT: bias-free patch conv, class token, learned positions, pre-LN,
     `layers` pre-LN blocks (QKV/out/MLP with biases, two LayerNorms), post-LN, bias-free projection
-    to `embed_dim` (0: none). Matches HF CLIPVisionModelWithProjection."""
+    to `embed_dim` (0: none). Matches HF CLIPVisionModelWithProjection.
+    family='siglip' (HF SiglipVisionModel): patch conv with bias, no class token, no pre-LN, post-LN,
+    attention-pooling head (probe, in/out projections, one LayerNorm, MLP), no projection."""
     w, m = width, mlp_dim
+    per_layer = (3 * w * w + 3 * w) + (w * w + w) + (w * m + m) + (m * w + w) + 2 * 2 * w
+    if family == "siglip":
+        embed = channels * patch_size**2 * w + w + (image_size // patch_size) ** 2 * w
+        return embed + layers * per_layer + 2 * w + (w + per_layer - 2 * w)
     tokens = (image_size // patch_size) ** 2 + 1
     embed = channels * patch_size**2 * w + w + tokens * w
-    per_layer = (3 * w * w + 3 * w) + (w * w + w) + (w * m + m) + (m * w + w) + 2 * 2 * w
     return embed + 2 * w + layers * per_layer + 2 * w + w * embed_dim
 
 
 def vit_forward_flops(v: VisionShape) -> float:
     """Forward FLOPs per image."""
     s, w, m = v.tokens, v.width, v.mlp_dim
-    patch = 2 * (s - 1) * v.channels * v.patch_size**2 * w
+    patch = 2 * (v.image_size // v.patch_size) ** 2 * v.channels * v.patch_size**2 * w
     per_layer = 2 * s * (4 * w * w + 2 * w * m) + 4 * s * s * w
+    if v.family == "siglip":  # attention-pooling head: k/v over s tokens, one query, out proj, MLP
+        head = 2 * s * 2 * w * w + 2 * 2 * w * w + 2 * 2 * s * w + 2 * 2 * w * m
+        return float(patch + v.layers * per_layer + head)
     return float(patch + v.layers * per_layer + 2 * w * v.embed_dim)
 
 
@@ -281,7 +294,7 @@ def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float 
 
     # FLOPs per sample
     r["vision_params"] = vit_param_count(v.width, v.layers, v.mlp_dim, v.patch_size, v.image_size,
-                                         v.channels, v.embed_dim)
+                                         v.channels, v.embed_dim, v.family)
     r["vision_forward_flops"] = vit_forward_flops(v)
     r["vision_train_flops"] = 3 * r["vision_forward_flops"]
     teacher_fwd = 0.0

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import ConfigError
-from ..losses import ClipInfoNCELoss, SigLIPLoss
+from ..losses import ClipInfoNCELoss, MultiPositiveInfoNCELoss, MultiPositiveSigLIPLoss, SigLIPLoss
 from ..text.adapter import LLM2CLIPAdapter, check_teacher_dim
 from ..text.config import TeacherConfig
 from .llm2clip_config import LLM2CLIPConfig, LossConfig, OptimConfig, ValidationConfig  # noqa: F401  (re-exported)
@@ -40,19 +40,27 @@ class LLM2CLIP(nn.Module):
         self.vision = VisionTransformer(cfg.vision, groups)
         self.adapter = LLM2CLIPAdapter(cfg.adapter)
         lc = cfg.loss
+        self.multi_positive = cfg.train_ds.caption_sampling == "all"
         if lc.kind == "clip":
-            self.loss = ClipInfoNCELoss(lc.init_logit_scale, lc.max_logit_scale)
+            cls = MultiPositiveInfoNCELoss if self.multi_positive else ClipInfoNCELoss
+            self.loss = cls(lc.init_logit_scale, lc.max_logit_scale)
         else:
             init = lc.init_logit_scale if lc.init_logit_scale != math.log(1 / 0.07) else math.log(10)
-            self.loss = SigLIPLoss(init_logit_scale=init, max_logit_scale=lc.max_logit_scale)
+            cls = MultiPositiveSigLIPLoss if self.multi_positive else SigLIPLoss
+            self.loss = cls(init_logit_scale=init, max_logit_scale=lc.max_logit_scale)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vision(pixels)
 
     def text_features(self, teacher_emb: torch.Tensor) -> torch.Tensor:
+        """[..., teacher dim] teacher embeddings -> [..., joint dim] text features (any leading dims)."""
         return self.adapter(teacher_emb.to(next(self.adapter.parameters()).dtype))
 
-    def forward(self, pixels, teacher_emb, group=None) -> torch.Tensor:
+    def forward(self, pixels, teacher_emb, group=None, caption_mask=None) -> torch.Tensor:
+        """Loss of pixels [B,3,S,S] and teacher_emb [B,dim] (one caption per image) or, with
+        train_ds.caption_sampling=all, [B,K,dim] and caption_mask bool [B,K] (the multi-positive losses)."""
+        if self.multi_positive:
+            return self.loss(self.image_features(pixels), self.text_features(teacher_emb), caption_mask, group=group)
         return self.loss(self.image_features(pixels), self.text_features(teacher_emb), group=group)
 
 
@@ -95,13 +103,13 @@ def lr_at(step: int, oc: OptimConfig, max_steps: int) -> float:
 
 
 def init_vision_from_hf(net: LLM2CLIP, path: str) -> None:
-    """finetune: copy a HF CLIP vision checkpoint into the ViT (shapes must match model.vision)."""
+    """finetune: copy a HF CLIP or SigLIP vision checkpoint into the ViT (shapes must match model.vision)."""
     from ..convert.clip_vision import match_vision_architecture, vit_from_hf
 
     hf_cfg, sd = vit_from_hf(path)
     mine = net.vision.cfg
     match_vision_architecture(mine, hf_cfg, f"model.init_from={path}")  # the config load adopted or checked it
-    if "projection.weight" not in sd or sd["projection.weight"].shape[0] != mine.embed_dim:
+    if mine.family != "siglip" and ("projection.weight" not in sd or sd["projection.weight"].shape[0] != mine.embed_dim):
         # the projection head is re-initialised (as in LLM2CLIP's fine-tune) when absent or resized
         sd["projection.weight"] = net.vision.projection.weight.detach().clone()
     net.vision.load_canonical_state_dict(sd)
@@ -222,7 +230,14 @@ class LLM2CLIPModel(_model_pt()):
         if self.typed.teacher_mode == "offline":
             return batch["teacher_emb"]
         t = self.typed.teacher
-        return self.teacher.encode_online(batch["caption"], t.batch_size, t.max_tokens or None)
+        if "captions" not in batch:
+            return self.teacher.encode_online(batch["caption"], t.batch_size, t.max_tokens or None)
+        mask = batch["caption_mask"]  # caption_sampling=all: embed the present captions only
+        texts = [c for row, m in zip(batch["captions"], mask.tolist()) for c, ok in zip(row, m) if ok]
+        emb = self.teacher.encode_online(texts, t.batch_size, t.max_tokens or None)
+        out = emb.new_zeros((*mask.shape, emb.shape[-1]))
+        out[mask.to(emb.device)] = emb
+        return out
 
     def configure_optimizers(self):
         oc = self.typed.optim
@@ -246,7 +261,9 @@ class LLM2CLIPModel(_model_pt()):
             g["lr"] = lr * g["lr_scale"]
         group = dist.group.WORLD if dist.is_initialized() and dist.get_world_size() > 1 else None
         emb = self.teacher_embeddings(batch)
-        loss = self.net(batch["image"].to(self.device), emb.to(self.device), group=group)
+        mask = batch.get("caption_mask")
+        loss = self.net(batch["image"].to(self.device), emb.to(self.device), group=group,
+                        caption_mask=None if mask is None else mask.to(self.device))
         opt.zero_grad(set_to_none=True)
         if not self._all_finite(loss):
             self.nonfinite_steps += 1
@@ -291,7 +308,7 @@ class LLM2CLIPModel(_model_pt()):
 
         tc, vc = self.typed, self.typed.validation_ds
         ds = dc.replace(tc.train_ds, urls=vc.urls, resampled=False, epochs=1, shard_shuffle=False, open_shards=1,
-                        shuffle_buffer=1, caption_fields={vc.caption_field: 1.0}, sidecar_dir=vc.sidecar_dir or None,
+                        shuffle_buffer=1, caption_fields={vc.caption_field: 1.0}, caption_sampling="one", sidecar_dir=vc.sidecar_dir or None,
                         drop_last=False, upsampling_factors=None, weights=None, blend=False,
                         transform=dc.replace(tc.train_ds.transform, train=False,
                                              image_size=vc.image_size or tc.vision.image_size))

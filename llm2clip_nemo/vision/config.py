@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-ACTIVATIONS = ("gelu", "quick_gelu")
+ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
+FAMILIES = ("clip", "siglip")
 TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
 FP8_RECIPES = ("delayed", "tensorwise")
 PARAMS_DTYPES = ("float32", "bfloat16", "float16")
@@ -18,16 +19,24 @@ FROM_CHECKPOINT = "checkpoint"
 # Fields that change a checkpoint's numbers: at fine-tune init each is taken from the checkpoint (when
 # set to 0 / FROM_CHECKPOINT) or must equal it (`convert.clip_vision.match_vision_architecture`).
 # embed_dim is not among them: a resized projection head is re-initialised by design.
-ARCH_FIELDS = ("image_size", "patch_size", "num_channels", "width", "num_layers", "num_heads", "mlp_dim",
+ARCH_FIELDS = ("family", "image_size", "patch_size", "num_channels", "width", "num_layers", "num_heads", "mlp_dim",
                "activation", "layernorm_eps")
 
 
 @dataclass
 class ViTConfig:
-    """A CLIP-style ViT: conv patches, class token, learned positions, pre-LN blocks, CLS pooling."""
+    """A CLIP-style ViT: conv patches, class token, learned positions, pre-LN blocks, CLS pooling;
+    or (family='siglip') the SigLIP / SigLIP2 layout: conv patches with bias, no class token, no
+    pre-LayerNorm, post-LayerNorm over every token, attention-pooling (MAP) head, no projection."""
+
+    family: str = "clip"
+    """'clip' (OpenAI/open_clip layout, HF CLIPVisionModelWithProjection) or 'siglip' (HF
+    SiglipVisionModel, fixed resolution; embed_dim must equal width: its pooled output is the embedding);
+    'checkpoint' = the fine-tune checkpoint's."""
 
     image_size: int = 64
-    """Square input resolution in pixels; must be a multiple of `patch_size`."""
+    """Square input resolution in pixels; a multiple of `patch_size` (family='siglip': the patch grid is
+    floor(image_size / patch_size), as HF's conv does: So400m/14 at 384 px has 27 x 27 patches)."""
     patch_size: int = 8
     """Side of the square patches (the conv kernel and stride)."""
     num_channels: int = 3
@@ -43,8 +52,9 @@ class ViTConfig:
     embed_dim: int = 128
     """Joint embedding size: output of the bias-free `visual_projection`."""
     activation: str = "gelu"
-    """MLP activation: 'gelu' (exact) or 'quick_gelu' (x * sigmoid(1.702 x), OpenAI CLIP checkpoints);
-    'checkpoint' = the fine-tune checkpoint's (as do 0 in image_size, patch_size, num_channels, width,
+    """MLP activation: 'gelu' (exact), 'quick_gelu' (x * sigmoid(1.702 x), OpenAI CLIP checkpoints) or
+    'gelu_tanh' (tanh-approximated GELU, HF 'gelu_pytorch_tanh', SigLIP);
+    'checkpoint' = the fine-tune checkpoint's (as do family='checkpoint' and 0 in image_size, patch_size, num_channels, width,
     num_layers, num_heads, mlp_dim and layernorm_eps)."""
     layernorm_eps: float = 1e-5
     """Epsilon of every LayerNorm."""
@@ -92,13 +102,17 @@ class ViTConfig:
 
     @property
     def seq_len(self) -> int:
-        """Tokens per image: patches plus the class token."""
-        return self.grid_size**2 + 1
+        """Tokens per image: patches plus the class token (none in the siglip family)."""
+        return self.grid_size**2 + (0 if self.family == "siglip" else 1)
 
     def num_params(self) -> int:
         """Parameter count of the tower (projection included), from the config alone."""
         w, m = self.width, self.mlp_dim
         per_layer = 2 * 2 * w + (3 * w * w + 3 * w) + (w * w + w) + (m * w + m) + (w * m + w)
+        if self.family == "siglip":  # patch bias, post-LN, MAP head (probe, attention, LN, MLP); no projection
+            embed = self.num_channels * self.patch_size**2 * w + w + self.seq_len * w
+            head = w + per_layer - 2 * w  # probe + a block's weights with one LayerNorm instead of two
+            return embed + self.num_layers * per_layer + 2 * w + head
         embed = self.num_channels * self.patch_size**2 * w + w + self.seq_len * w
         return embed + 2 * w + self.num_layers * per_layer + 2 * w + w * self.embed_dim
 
@@ -107,6 +121,10 @@ class ViTConfig:
         s, w, m = self.seq_len, self.width, self.mlp_dim
         per_layer = 2 * s * (3 * w * w + w * w + 2 * w * m) + 2 * 2 * s * s * w
         patch = 2 * (s - 1) * self.num_channels * self.patch_size**2 * w
+        if self.family == "siglip":  # no class token (s patches), attention-pooling head, no projection
+            patch = 2 * s * self.num_channels * self.patch_size**2 * w
+            head = 2 * s * 2 * w * w + 2 * 2 * w * w + 2 * 2 * s * w + 2 * 2 * w * m
+            return float(patch + self.num_layers * per_layer + head)
         return float(patch + self.num_layers * per_layer + 2 * w * self.embed_dim)
 
     def validate(self) -> None:
@@ -122,12 +140,18 @@ class ViTConfig:
                 f"{(self.width // self.num_heads + 1) * self.num_heads}) or choose a vision.num_heads "
                 f"that divides {self.width}."
             )
-        if self.image_size % self.patch_size:
+        if self.image_size % self.patch_size and self.family != "siglip":  # SigLIP floors (So400m: 384 px, 14 px patches)
             raise ValueError(
                 f"vision.image_size={self.image_size} is not divisible by vision.patch_size="
                 f"{self.patch_size}: use an image size that is a multiple of the patch size (e.g. "
                 f"{(self.image_size // self.patch_size) * self.patch_size})."
             )
+        if "family" not in pending and self.family not in FAMILIES:
+            raise ValueError(f"vision.family={self.family!r} is not supported: choose one of {list(FAMILIES)} "
+                             f"(or '{FROM_CHECKPOINT}' to take the fine-tune checkpoint's).")
+        if self.family == "siglip" and self.embed_dim != self.width:
+            raise ValueError(f"vision.family=siglip has no projection, so vision.embed_dim={self.embed_dim} must "
+                             f"equal vision.width={self.width}: set vision.embed_dim={self.width}.")
         if "activation" not in pending and self.activation not in ACTIVATIONS:
             raise ValueError(f"vision.activation={self.activation!r} is not supported: choose one of "
                              f"{list(ACTIVATIONS)} (or '{FROM_CHECKPOINT}' to take the fine-tune checkpoint's).")
@@ -165,4 +189,10 @@ PRESETS: dict[str, ViTConfig] = {
                       embed_dim=1024),
     "g/14": ViTConfig(image_size=224, patch_size=14, width=1408, num_layers=40, num_heads=16, mlp_dim=6144,
                       embed_dim=1024),
+    # SigLIP / SigLIP2 towers (google/siglip[2]-base-patch16-224, google/siglip[2]-so400m-patch14-384)
+    "siglip-B/16": ViTConfig(family="siglip", image_size=224, patch_size=16, width=768, num_layers=12,
+                             num_heads=12, mlp_dim=3072, embed_dim=768, activation="gelu_tanh", layernorm_eps=1e-6),
+    "siglip-So400m/14": ViTConfig(family="siglip", image_size=384, patch_size=14, width=1152, num_layers=27,
+                                  num_heads=16, mlp_dim=4304, embed_dim=1152, activation="gelu_tanh",
+                                  layernorm_eps=1e-6),
 }

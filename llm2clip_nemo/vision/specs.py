@@ -70,9 +70,20 @@ def resolve_fp8(cfg: ViTConfig) -> bool:
     )
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """Tanh-approximated GELU (HF 'gelu_pytorch_tanh', SigLIP's MLP activation)."""
+    return F.gelu(x, approximate="tanh")
+
+
+def activation_function(name: str):
+    """The MLP activation of `ViTConfig.activation` ('gelu', 'quick_gelu', 'gelu_tanh')."""
+    from megatron.core.activations import quick_gelu
+
+    return {"quick_gelu": quick_gelu, "gelu_tanh": gelu_tanh}.get(name, F.gelu)
+
+
 def transformer_config(cfg: ViTConfig) -> TransformerConfig:
     """The megatron `TransformerConfig` of the ViT blocks."""
-    from megatron.core.activations import quick_gelu
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     use_fp8 = resolve_fp8(cfg)
@@ -94,7 +105,7 @@ def transformer_config(cfg: ViTConfig) -> TransformerConfig:
         attention_dropout=cfg.attention_dropout,
         layernorm_epsilon=cfg.layernorm_eps,
         normalization="LayerNorm",
-        activation_func=quick_gelu if cfg.activation == "quick_gelu" else F.gelu,
+        activation_func=activation_function(cfg.activation),
         gated_linear_unit=False,
         add_bias_linear=True,
         add_qkv_bias=True,
