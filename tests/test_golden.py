@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from clip_fixtures import tiny_offline_setup, tiny_overrides
+from llm_fixtures import random_word_captions, write_tiny_llama
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("LLM2CLIP_UPDATE_GOLDEN") == "1"
@@ -45,7 +46,8 @@ def _check(name: str, overrides: list[str], losses: list[tuple[int, float]], roo
     path = GOLDEN / f"{name}.json"
     record = {"overrides": _relative(overrides, root), "losses": [[int(s), float(v)] for s, v in losses]}
     if UPDATE:
-        path.write_text(json.dumps(record, indent=1) + "\n")
+        lines = ",\n".join(f"  {json.dumps(x)}" for x in record["losses"])
+        path.write_text(f'{{"overrides": {json.dumps(record["overrides"])},\n "losses": [\n{lines}\n]}}\n')
         return
     golden = json.loads(path.read_text())
     assert record["overrides"] == golden["overrides"], f"{path}: the test's overrides changed; rerun with LLM2CLIP_UPDATE_GOLDEN=1"
@@ -61,7 +63,9 @@ def tiny(tmp_path_factory):
 
 
 def _pretrain_overrides(teacher, train, val, exp, **extra):
-    return tiny_overrides(teacher, train, val, exp, **{**PRETRAIN, **extra})
+    """tiny_overrides with PRETRAIN and `extra` applied, one entry per key (the last value wins)."""
+    merged = dict(o.split("=", 1) for o in tiny_overrides(teacher, train, val, exp, **{**PRETRAIN, **extra}))
+    return [f"{k}={v}" for k, v in merged.items()]
 
 
 def _env():
@@ -90,7 +94,26 @@ def test_pretrain_tiny_online_teacher_tp2(tiny):
     over = ["--config-name", "pretrain_tiny", *_pretrain_overrides(
         teacher, train, val, root / "online", **{"model.teacher_mode": "online", "model.train_ds.output": "captions",
                                                  "model.teacher.tensor_parallel": 2, "trainer.devices": 2})]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "llm2clip_nemo.cli", "pretrain", *over]
     _run(cmd)
     _check("pretrain_tiny_online_tp2", over, _losses(root / "online" / "pretrain_tiny" / "losses.jsonl"), root)
+
+
+def test_caption_contrastive_tiny(tmp_path):
+    """Stage 1 in this process (as tests/test_caption_contrastive_train.py runs it), LoRA dropout off."""
+    from llm2clip_nemo.recipes.caption_contrastive import load, run
+
+    write_tiny_llama(tmp_path / "llm")
+    caps = random_word_captions(64, seed=1)
+    rows = [json.dumps({"id": i, "captions": [caps[2 * i], caps[2 * i + 1]]}) for i in range(32)]
+    (tmp_path / "train.jsonl").write_text("\n".join(rows[:24]))
+    (tmp_path / "val.jsonl").write_text("\n".join(rows[24:]))
+    o = {"model.llm_path": tmp_path / "llm", "model.data.train_path": tmp_path / "train.jsonl",
+         "model.data.val_path": tmp_path / "val.jsonl", "model.data.global_batch_size": 8, "model.data.max_length": 32,
+         "model.data.instruction": "w7 w8", "model.lora.dropout": 0.0, "model.lora.top_layers": 1,
+         "model.optim.warmup_steps": 1, "trainer.max_steps": 5, "trainer.val_check_interval": 5,
+         "trainer.enable_progress_bar": False, "exp_manager.checkpoint_every_n_steps": 100,
+         "exp_manager.exp_dir": tmp_path / "exp", "cra_before": "false", "export_merged": "false"}
+    over = [f"{k}={v}" for k, v in o.items()]
+    _check("caption_contrastive_tiny", over, run(load("caption_contrastive_tiny", over))["loss_curve"], tmp_path)
