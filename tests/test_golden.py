@@ -8,12 +8,12 @@ must say why in its commit message; rewrite the files with
 
     LLM2CLIP_UPDATE_GOLDEN=1 python -m pytest -q tests/test_golden.py
 
-Tolerance: relative 1e-5 (absolute 1e-6). The runs are deterministic on CPU (one thread, fixed seeds,
-no data workers: the same machine repeats them bit for bit), but float32 kernels may round
-differently on another CPU instruction set or torch build (AVX2 vs AVX-512 reductions differ in
-the last bits, about 1e-7 relative, and a few optimizer steps amplify that to ~1e-6). A refactor
-that changes the math (an operation order in the loss, a missed parameter group, another data
-order) moves the losses by 1e-3 or more within these steps, far above the tolerance.
+Tolerance: relative 1e-5 (absolute 1e-6). On one machine the runs are deterministic (one thread,
+fixed seeds, no data workers: three runs here wrote bitwise-equal files), but float32 kernels may
+round differently on another CPU instruction set or torch build, and a few optimizer steps amplify
+last-bit differences (not measured here: a margin, not a figure). A refactor that changes the math
+(an operation order in the loss, a missed parameter group, another data order) moves these losses
+far more than 1e-5 relative.
 """
 from __future__ import annotations
 
