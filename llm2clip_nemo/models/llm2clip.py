@@ -386,9 +386,9 @@ def _teacher_hidden_size(tc: TeacherConfig) -> int:
     path = tc.resolved_path()
     if (path / "teacher.json").is_file():
         return json.loads((path / "teacher.json").read_text())["spec"]["hidden_size"]
-    from ..text.hf_io import _find_gguf
+    from ..text.hf_io import find_gguf
 
-    d, gguf = _find_gguf(Path(path))
+    d, gguf = find_gguf(Path(path))
     if gguf:
         from transformers import AutoConfig
 

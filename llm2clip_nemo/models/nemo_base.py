@@ -32,12 +32,12 @@ def to_dictconfig(obj) -> DictConfig:
 
 def from_dictconfig(schema: type[T], cfg, drop: tuple[str, ...] = ("target", "nemo_version")) -> T:
     """The validated dataclass of a ModelPT's DictConfig (keys NeMo adds are dropped)."""
-    from ..config.loader import _run_validators
+    from ..config.loader import run_validators
 
     data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
     data = {k: v for k, v in data.items() if k not in drop}
     obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
-    _run_validators(obj)
+    run_validators(obj)
     return obj
 
 

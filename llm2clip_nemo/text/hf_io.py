@@ -19,7 +19,7 @@ class CheckpointError(ValueError):
     pass
 
 
-def _find_gguf(path: Path) -> tuple[Path, str | None]:
+def find_gguf(path: Path) -> tuple[Path, str | None]:
     """(directory, gguf file name or None) for a dir or a .gguf path."""
     if path.is_file() and path.suffix == ".gguf":
         return path.parent, path.name
@@ -84,7 +84,7 @@ def load_hf_causal_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float3
     from .llama_spec import LlamaSpec
 
     path = Path(path)
-    directory, gguf = _find_gguf(path)
+    directory, gguf = find_gguf(path)
     kw = {"gguf_file": gguf} if gguf else {}
     tok_dir, model = directory, None
     if gguf:

@@ -89,7 +89,7 @@ class Teacher:
         from transformers import AutoTokenizer
 
         from ..convert.llm import load_teacher_weights, teacher_shard_for
-        from .hf_io import _find_gguf
+        from .hf_io import find_gguf
 
         path = Path(path)
         recorded = read_contract(path)
@@ -105,7 +105,7 @@ class Teacher:
         if (path / "teacher.json").is_file():
             tok = AutoTokenizer.from_pretrained(path / "hf")
         else:
-            d, gguf = _find_gguf(path)
+            d, gguf = find_gguf(path)
             d = Path(meta.get("tokenizer_dir") or d)  # an adapter's tokenizer may live in its base
             tok = AutoTokenizer.from_pretrained(d, **({"gguf_file": gguf} if gguf else {}))
         if tok.pad_token is None:
