@@ -31,9 +31,9 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("LLM2CLIP_UPDATE_GOLDEN") == "1"
 REL, ABS = 1e-5, 1e-6
 # Overrides on top of tests/clip_fixtures.tiny_overrides: the tiny config's global batch (64) and
-# data workers replaced by a global batch of 8 read in the main process; the teacher's pooling and
-# length left to its contract, as the fixture's sidecars were extracted.
-PRETRAIN = {"model.teacher.pooling": "null", "model.teacher.max_length": "null", "model.global_batch_size": 8, "model.num_workers": 0, "trainer.max_steps": 6,
+# data workers replaced by a global batch of 8 read in the main process (the teacher embeds as the
+# tiny configs say: causal, mean pooling, 32 tokens, as the fixture's sidecars were extracted).
+PRETRAIN = {"model.global_batch_size": 8, "model.num_workers": 0, "trainer.max_steps": 6,
             "model.validation_ds.every_n_steps": 3, "exp_manager.checkpoint_every_n_steps": 100}
 
 
