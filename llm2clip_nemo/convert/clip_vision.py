@@ -82,11 +82,12 @@ def _expand(pairs, num_layers: int):
             yield ours, hf
 
 
-def vit_state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
-    """Canonical ViT state dict -> HF CLIPVisionModelWithProjection state dict (new tensors)."""
+def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig, global_keys, layout: str) -> dict[str, torch.Tensor]:
+    """Canonical ViT state dict -> HF state dict by `global_keys` + the shared block map (new
+    tensors; the fused QKV split per head). ValueError naming keys the HF `layout` has no place for."""
     sd = {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
     out, used = {}, set()
-    for ours, hf in _expand(GLOBAL_KEYS + LAYER_KEYS, cfg.num_layers):
+    for ours, hf in _expand(global_keys + LAYER_KEYS, cfg.num_layers):
         out[hf] = sd[ours].detach().clone()
         used.add(ours)
     for ours, (hq, hk, hv) in _expand(QKV_KEYS, cfg.num_layers):
@@ -94,8 +95,13 @@ def vit_state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[st
         used.add(ours)
     extra = sorted(set(sd) - used)
     if extra:
-        raise ValueError(f"ViT state dict has keys the HF CLIP layout has no place for: {extra[:8]}.")
+        raise ValueError(f"ViT state dict has keys the HF {layout} layout has no place for: {extra[:8]}.")
     return out
+
+
+def vit_state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """Canonical ViT state dict -> HF CLIPVisionModelWithProjection state dict (new tensors)."""
+    return state_dict_to_hf(sd, cfg, GLOBAL_KEYS, "CLIP")
 
 
 def vit_state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ViTConfig,

@@ -14,7 +14,7 @@ import torch
 
 from llm2clip_nemo.vision.config import ViTConfig
 
-from .clip_vision import HF, LAYER_KEYS, QKV_KEYS, _as_int, _expand, _fuse_qkv, _split_qkv
+from .clip_vision import HF, LAYER_KEYS, QKV_KEYS, _as_int, _expand, _fuse_qkv, state_dict_to_hf
 
 if TYPE_CHECKING:
     from transformers import SiglipVisionConfig, SiglipVisionModel
@@ -117,18 +117,7 @@ def siglip_state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ViTConfig) ->
 
 def siglip_state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """Canonical ViT (family='siglip') state dict -> HF state dict with `vision_model.` keys (new tensors)."""
-    sd = {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
-    out, used = {}, set()
-    for ours, hf in _expand(GLOBAL_KEYS + LAYER_KEYS, cfg.num_layers):
-        out[hf] = sd[ours].detach().clone()
-        used.add(ours)
-    for ours, (hq, hk, hv) in _expand(QKV_KEYS, cfg.num_layers):
-        out[hq], out[hk], out[hv] = _split_qkv(sd[ours].detach(), cfg.num_heads)
-        used.add(ours)
-    extra = sorted(set(sd) - used)
-    if extra:
-        raise ValueError(f"ViT state dict has keys the HF SigLIP layout has no place for: {extra[:8]}.")
-    return out
+    return state_dict_to_hf(sd, cfg, GLOBAL_KEYS, "SigLIP")
 
 
 def hf_config_from_siglip(cfg: ViTConfig) -> SiglipVisionConfig:

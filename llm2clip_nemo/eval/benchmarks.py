@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .manifest import image_problem
+from .manifest import image_problem, reason_counts
 from .templates import IMAGENET_TEMPLATES
 
 
@@ -69,11 +69,7 @@ class Benchmark:
     source: str = ""
 
     def reason_counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for d in (self.skipped, self.dropped):
-            for r, where in d.items():
-                out[r] = out.get(r, 0) + len(where)
-        return dict(sorted(out.items()))
+        return reason_counts(self.skipped, self.dropped)
 
     def summary(self) -> str:
         n_cap = sum(len(g.captions) for g in self.groups.values())

@@ -31,6 +31,16 @@ class ManifestError(ValueError):
     """A manifest that cannot be used as given; the message names the file, the entry and the fix."""
 
 
+def reason_counts(skipped: dict[str, list[str]], dropped: dict[str, list[str]]) -> dict[str, int]:
+    """reason -> count over skipped samples and dropped parts (each dict maps a reason to where it
+    happened), sorted by reason: the shape of the training stream's `skipped` summary."""
+    out: dict[str, int] = {}
+    for d in (skipped, dropped):
+        for r, where in d.items():
+            out[r] = out.get(r, 0) + len(where)
+    return dict(sorted(out.items()))
+
+
 @dataclass
 class EvalSet:
     """Images with their captions, in the layout the retrieval metrics take."""
@@ -76,11 +86,7 @@ class EvalSet:
 
     def reason_counts(self) -> dict[str, int]:
         """Every reason counted, skipped samples and dropped parts alike (the stream's `skipped` dict)."""
-        out: dict[str, int] = {}
-        for d in (self.skipped, self.dropped):
-            for r, where in d.items():
-                out[r] = out.get(r, 0) + len(where)
-        return dict(sorted(out.items()))
+        return reason_counts(self.skipped, self.dropped)
 
     def add_problem(self, reason: str, where: str, fatal: bool) -> None:
         (self.skipped if fatal else self.dropped).setdefault(reason, []).append(where)
