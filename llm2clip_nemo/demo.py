@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +41,43 @@ FAST = DemoSize(limit=120, stage1_steps=12, stage2_steps=30, val_max_images=24)
 
 def log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class ThirdPartyNoise(logging.Filter):
+    """Keeps the demo's screen for its own progress: NeMo's logger carries NeMo's INFO lines (the
+    exp_manager schema dump) and every Python warning (NeMo captures warnings into it). Below ERROR
+    they are dropped here and the warnings counted by the package they come from (summarised once at
+    the end); this package's own warnings and every error still print. `--verbose` skips the filter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        if record.levelno >= logging.WARNING:
+            text = record.getMessage()
+            m = re.search(r"site-packages/([A-Za-z0-9_]+)", text)
+            if m is None and "llm2clip_nemo" in text:
+                return True
+            self.counts[m.group(1) if m else record.name] += 1
+        return False
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k} {v}" for k, v in self.counts.most_common())
+        return f"third-party warnings not shown: {sum(self.counts.values())}" + (f" ({parts})" if parts else "") + \
+            "; python -m llm2clip_nemo.demo --verbose shows them"
+
+
+def quiet_third_party() -> ThirdPartyNoise:
+    """Install `ThirdPartyNoise` on NeMo's logger and keep Lightning's accelerator banner out."""
+    from nemo.utils import logging as nemo_logging  # noqa: F401  (creates 'nemo_logger', captures warnings)
+
+    noise = ThirdPartyNoise()
+    logging.getLogger("nemo_logger").addFilter(noise)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    return noise
 
 
 def stage(title: str):
@@ -246,11 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m llm2clip_nemo.demo")
     ap.add_argument("--out", default="demo_out")
     ap.add_argument("--fast", action="store_true", help="the < 5 minute variant (DEMO_FAST=1)")
+    ap.add_argument("--verbose", action="store_true", help="print third-party (NeMo, megatron, Lightning) logs")
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(max(os.cpu_count() or 1, 1))
+    noise = None if a.verbose else quiet_third_party()
     run(Path(a.out), FAST if a.fast else FULL)
+    if noise is not None:
+        log(noise.summary())
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import random
 import tarfile
 
 import pytest
@@ -38,7 +39,10 @@ def _planted_shard(d, marker: str) -> str:
             add_member(tf, f"{k:04d}.jpg", jpeg(i))
             add_member(tf, f"{k:04d}.txt", f"good {i}".encode())
             k += 1
-        for i, bad in enumerate([b"not an image at all", jpeg(1)[:60], b"\xff\xd8\xff" + os.urandom(200)][:N_CORRUPT]):
+        # a JPEG start marker then fixed garbage (seeded: about 1 in 6 random tails parse as a JPEG that
+        # runs out of data, i.e. truncated_image; this one is corrupt_image)
+        garbage = b"\xff\xd8\xff" + random.Random(1).randbytes(200)
+        for i, bad in enumerate([b"not an image at all", jpeg(1)[:60], garbage][:N_CORRUPT]):
             add_member(tf, f"{k:04d}.jpg", bad)
             add_member(tf, f"{k:04d}.txt", f"corrupt {i}".encode())
             k += 1

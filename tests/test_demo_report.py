@@ -14,3 +14,27 @@ def test_summary_table_labels_paper_cra_and_all_pairs_apart():
                         "| 30.0 -> 83.5 | 30.0 |")
     assert table[3] == ("| stage 1 all-pairs caption retrieval (each caption vs all others), held-out (before -> after) "
                         "| 0.2 -> 49.8 | 0.2 |")
+
+
+def test_third_party_noise_is_counted_not_printed():
+    """The demo's screen: NeMo INFO lines and third-party warnings (NeMo routes Python warnings through
+    its logger) are dropped and counted by package; our own warnings and any error still print."""
+    import logging
+
+    from llm2clip_nemo.demo import ThirdPartyNoise
+
+    def rec(level, msg):
+        return logging.LogRecord("nemo_logger", level, "nemo_logging.py", 364, msg, None, None)
+
+    f = ThirdPartyNoise()
+    kept = [f.filter(r) for r in (
+        rec(logging.WARNING, "/v/lib/python3.11/site-packages/megatron/core/optimizer/__init__.py:24: UserWarning: TE"),
+        rec(logging.WARNING, "/v/lib/python3.11/site-packages/megatron/core/optimizer/clip_grads.py:29: UserWarning"),
+        rec(logging.WARNING, "/v/lib/python3.11/site-packages/lightning/fabric/plugins/environments/slurm.py:204: srun"),
+        rec(logging.INFO, "ExpManager schema"),
+        rec(logging.WARNING, "/work/llm2clip_nemo/convert/hf_export.py:124: UserWarning: ours"),
+        rec(logging.ERROR, "/v/lib/python3.11/site-packages/megatron/x.py: boom"),
+    )]
+    assert kept == [False, False, False, False, True, True]
+    assert f.summary() == ("third-party warnings not shown: 3 (megatron 2, lightning 1); "
+                           "python -m llm2clip_nemo.demo --verbose shows them")
