@@ -122,8 +122,8 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
         adapter_cfg = {
             **dataclasses.asdict(tc.adapter),
             "loss": tc.loss.kind,
-            "logit_scale": float(loss.scale()),
-            "logit_bias": float(loss.logit_bias) if hasattr(loss, "logit_bias") else None,
+            "logit_scale": loss.scale().item(),
+            "logit_bias": loss.logit_bias.item() if hasattr(loss, "logit_bias") else None,
             "teacher_fingerprint": fingerprint,
             "teacher_hidden_size": hidden,
         }
