@@ -4,19 +4,12 @@ from __future__ import annotations
 import json
 import tarfile
 
+from test_fault_corpus import write_files  # img2dataset files layout
+
 from llm2clip_nemo.data.cli import inspect_shards, main
 from llm2clip_nemo.data.stream import ImageTextStream
 from llm2clip_nemo.data.synthetic import jpeg, tiny_stream_config
 from llm2clip_nemo.data.tario import add_member, iter_tar_samples
-
-
-def _files_layout(root, samples: dict[str, dict[str, bytes]]):
-    d = root / "00000"
-    d.mkdir(parents=True)
-    for key, members in samples.items():
-        for ext, data in members.items():
-            (d / f"{key}.{ext}").write_bytes(data)
-    return root
 
 
 def _keys(out):
@@ -25,7 +18,7 @@ def _keys(out):
 
 def test_dotted_keys_all_arrive_under_safe_keys_with_the_mapping_in_the_manifest(tmp_path, capsys):
     """Issue 14.4: `photo.v1`, `photo.v2`, `plain3` printed "wrote 3" but readers saw one sample."""
-    src = _files_layout(tmp_path / "i2d", {k: {"jpg": jpeg(i), "txt": f"cap {k}".encode()}
+    src = write_files(tmp_path / "i2d", {k: {"jpg": jpeg(i), "txt": f"cap {k}".encode()}
                                            for i, k in enumerate(["photo.v1", "photo.v2", "plain3"])})
     out = tmp_path / "o"
     assert main(["build", "--img2dataset", str(src), "--out", str(out)]) == 0
@@ -54,7 +47,7 @@ def test_tar_layout_samples_without_an_image_are_counted(tmp_path, capsys):
 
 def test_img2dataset_truncated_or_list_json_is_counted_and_the_shard_written(tmp_path, capsys):
     """Issue 14.5: a truncated `.json` or a JSON list gave a traceback and no shard."""
-    src = _files_layout(tmp_path / "i2d", {
+    src = write_files(tmp_path / "i2d", {
         "000": {"jpg": jpeg(0), "txt": b"fine", "json": b'{"status": "success", "long": "x"}'},
         "001": {"jpg": jpeg(1), "txt": b"cut json", "json": b'{"status": "succ'},
         "002": {"jpg": jpeg(2), "txt": b"list json", "json": b'["a", "b"]'},

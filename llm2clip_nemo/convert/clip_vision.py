@@ -104,6 +104,26 @@ def vit_state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[st
     return state_dict_to_hf(sd, cfg, GLOBAL_KEYS, "CLIP")
 
 
+def state_dict_from_hf(vision: dict[str, torch.Tensor], cfg: ViTConfig, global_keys
+                       ) -> tuple[dict[str, torch.Tensor], set[str], list[str]]:
+    """HF vision keys -> (canonical ViT state dict, HF keys used, HF keys missing) by `global_keys` +
+    the shared block map (q/k/v fused per head); the caller decides which gaps and leftovers it refuses."""
+    out, used, missing = {}, set(), []
+    for ours, hf in _expand(global_keys + LAYER_KEYS, cfg.num_layers):
+        if hf not in vision:
+            missing.append(hf)
+            continue
+        out[ours] = vision[hf].detach().clone()
+        used.add(hf)
+    for ours, hfs in _expand(QKV_KEYS, cfg.num_layers):
+        if any(h not in vision for h in hfs):
+            missing += [h for h in hfs if h not in vision]
+            continue
+        out[ours] = _fuse_qkv(*(vision[h].detach() for h in hfs), cfg.num_heads)
+        used.update(hfs)
+    return out, used, missing
+
+
 def vit_state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ViTConfig,
                            require_projection: bool = True) -> dict[str, torch.Tensor]:
     """HF CLIP vision state dict -> canonical ViT state dict; refuses keys it cannot map.
@@ -119,19 +139,7 @@ def vit_state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ViTConfig,
             "unknown checkpoint layout: no 'vision_model.*' keys (found e.g. "
             f"{sorted(hf_sd)[:5]}); expected a Hugging Face CLIPVisionModel(WithProjection) or CLIPModel."
         )
-    out, used, missing = {}, set(), []
-    for ours, hf in _expand(GLOBAL_KEYS + LAYER_KEYS, cfg.num_layers):
-        if hf not in vision:
-            missing.append(hf)
-            continue
-        out[ours] = vision[hf].detach().clone()
-        used.add(hf)
-    for ours, hfs in _expand(QKV_KEYS, cfg.num_layers):
-        if any(h not in vision for h in hfs):
-            missing += [h for h in hfs if h not in vision]
-            continue
-        out[ours] = _fuse_qkv(*(vision[h].detach() for h in hfs), cfg.num_heads)
-        used.update(hfs)
+    out, used, missing = state_dict_from_hf(vision, cfg, GLOBAL_KEYS)
     if not require_projection and missing == ["visual_projection.weight"]:
         missing = []
     unknown = sorted(set(vision) - used)

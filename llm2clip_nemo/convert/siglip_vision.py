@@ -14,7 +14,7 @@ import torch
 
 from llm2clip_nemo.vision.config import ViTConfig
 
-from .clip_vision import HF, LAYER_KEYS, QKV_KEYS, _as_int, _expand, _fuse_qkv, state_dict_to_hf
+from .clip_vision import HF, _as_int, state_dict_from_hf, state_dict_to_hf
 
 if TYPE_CHECKING:
     from transformers import SiglipVisionConfig, SiglipVisionModel
@@ -95,19 +95,7 @@ def siglip_state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ViTConfig) ->
     if not any(k.startswith(HF) for k in hf_sd):
         hf_sd = {HF + k: v for k, v in hf_sd.items()}
     vision = {k: v for k, v in hf_sd.items() if k.startswith(HF) and k not in _HF_IGNORED}
-    out, used, missing = {}, set(), []
-    for ours, hf in _expand(GLOBAL_KEYS + LAYER_KEYS, cfg.num_layers):
-        if hf not in vision:
-            missing.append(hf)
-            continue
-        out[ours] = vision[hf].detach().clone()
-        used.add(hf)
-    for ours, hfs in _expand(QKV_KEYS, cfg.num_layers):
-        if any(h not in vision for h in hfs):
-            missing += [h for h in hfs if h not in vision]
-            continue
-        out[ours] = _fuse_qkv(*(vision[h].detach() for h in hfs), cfg.num_heads)
-        used.update(hfs)
+    out, used, missing = state_dict_from_hf(vision, cfg, GLOBAL_KEYS)
     unknown = sorted(set(vision) - used)
     if missing or unknown:
         raise ValueError(f"unknown checkpoint layout: cannot map it onto the SigLIP ViT (missing {missing[:6]}, "
