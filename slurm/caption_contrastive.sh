@@ -17,8 +17,5 @@
 #SBATCH --output=slurm-%x-%j.out
 VERB=caption-contrastive
 CONFIG=caption_contrastive_llama3_8b
-RESUME_OVERRIDE=exp_manager.resume_if_exists=true
-NODES_KEY=trainer.num_nodes
-DEVICES_KEY=trainer.devices
 # Submit from the repository root (or set LLM2CLIP_SLURM_DIR): SLURM runs a copy of this file.
 source "${LLM2CLIP_SLURM_DIR:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/slurm}/common.sh" "$@"
