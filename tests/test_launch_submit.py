@@ -11,17 +11,10 @@ import submitit
 
 from llm2clip_nemo.launch import cli as launch_cli
 from llm2clip_nemo.launch.doctor import check_layout
-from llm2clip_nemo.launch.submit import (
-    REPO_SLURM_DIR,
-    LaunchSpec,
-    RecipeJob,
-    limit_warnings,
-    new_job_folder,
-    render_sbatch,
-    resolve_target,
-    timeout_threshold_min,
-    with_resume,
-)
+from llm2clip_nemo.launch.job import with_resume
+from llm2clip_nemo.launch.spec import LaunchSpec, limit_warnings, timeout_threshold_min
+from llm2clip_nemo.launch.submit import REPO_SLURM_DIR, new_job_folder, render_sbatch
+from llm2clip_nemo.launch.task import RecipeJob, resolve_target
 
 
 def sbatch_flags(script: str) -> dict[str, str]:

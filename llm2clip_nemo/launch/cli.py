@@ -15,17 +15,8 @@ import re
 import shlex
 import sys
 
-from .submit import (
-    CLUSTERS,
-    LaunchSpec,
-    limit_warnings,
-    new_job_folder,
-    render_sbatch,
-    resolve_target,
-    submit,
-    trainer_args,
-    wait,
-)
+from .spec import CLUSTERS, LaunchSpec, limit_warnings
+from .submit import new_job_folder, recipe_job, render_sbatch, submit, wait
 
 
 def parse_time(value: str) -> int:
@@ -103,14 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     args, verb_argv = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         spec = spec_from_args(args)
-        resolve_target(args.target)
+        folder = new_job_folder(spec)
+        task = recipe_job(args.target, verb_argv, spec, folder, args.resume_arg)  # refuses what cannot run
         for line in limit_warnings(spec):
             print(f"llm2clip-nemo launch: warning: {line}", file=sys.stderr)
         if args.dry_run:
             if spec.cluster != "slurm":
                 raise ValueError("--dry-run renders an sbatch script: use it with --cluster slurm.")
-            print(render_sbatch(spec, new_job_folder(spec)), end="")
-            shown = shlex.join([args.target, *trainer_args(args.target, spec), *verb_argv])
+            print(render_sbatch(spec, folder), end="")
+            shown = shlex.join([args.target, *task.argv])
             print(f"# each task runs: llm2clip-nemo {shown}")
             return 0
         job, folder = submit(args.target, verb_argv, spec, resume_args=args.resume_arg)

@@ -75,6 +75,22 @@ def _outermost(dirs: Sequence[str]) -> list[str]:
     return kept
 
 
+def srun_flags(container_image: str | None = None, shared_dirs: Sequence[str] = (),
+               container_mounts: str | None = None) -> list[str]:
+    """srun options of a job's step: one failed rank ends it (its peers would otherwise block in a
+    collective until the time limit); in a container, the last of `shared_dirs` is the working
+    directory and each of them is mounted at the same path (those inside another left out), then
+    `container_mounts`."""
+    flags = ["--kill-on-bad-exit=1"]
+    if container_image:
+        if not shared_dirs:
+            raise LaunchError("a container job needs its working directory (shared_dirs) to mount it.")
+        mounts = [f"{d}:{d}" for d in _outermost(shared_dirs)] + ([container_mounts] if container_mounts else [])
+        flags += [f"--container-image={container_image}", f"--container-workdir={shared_dirs[-1]}",
+                  f"--container-mounts={','.join(mounts)}"]
+    return flags
+
+
 @dataclass(frozen=True)
 class LaunchJob:
     """What every task of a job runs, given the verb and the allocation's shape."""
@@ -93,8 +109,7 @@ class LaunchJob:
     container_image: str | None = None
     """pyxis/enroot image each task runs in; None: on the host."""
     shared_dirs: tuple[str, ...] = ()
-    """Directories every task must see at the same path; the last is the working directory. Mounted
-    into the container in this order (those inside another left out)."""
+    """Directories every task must see at the same path; the last is the working directory (`srun_flags`)."""
     container_mounts: str | None = None
     """Extra pyxis mounts (`src:dst[,src:dst]`), after the shared directories."""
     launcher: str = "sbatch"
@@ -107,8 +122,6 @@ class LaunchJob:
                 raise LaunchError(f"{name}={getattr(self, name)} must be >= 1.")
         fix = f"submit with '{self._hint('tasks', self.gpus_per_node)} ...'"
         check_one_task_per_gpu(self.tasks_per_node, self.gpus_per_node, fix)
-        if self.container_image and not self.shared_dirs:
-            raise LaunchError("a container job needs its working directory (shared_dirs) to mount it.")
 
     def _hint(self, what: str, value: object) -> str:
         hints = RESIZE_HINTS[self.launcher]
@@ -130,15 +143,7 @@ class LaunchJob:
 
     @property
     def srun_flags(self) -> list[str]:
-        """srun options of the step: one failed rank ends it (its peers would block in a collective
-        until the time limit); the container, its working directory and mounts."""
-        flags = ["--kill-on-bad-exit=1"]
-        if self.container_image:
-            dirs = _outermost(self.shared_dirs)
-            mounts = ",".join([f"{d}:{d}" for d in dirs] + ([self.container_mounts] if self.container_mounts else []))
-            flags += [f"--container-image={self.container_image}", f"--container-workdir={self.shared_dirs[-1]}",
-                      f"--container-mounts={mounts}"]
-        return flags
+        return srun_flags(self.container_image, self.shared_dirs, self.container_mounts)
 
     def verb_args(self, args: Sequence[str]) -> list[str]:
         """The verb's arguments on the first attempt: [--config-name CONFIG] + pins + `args`.
