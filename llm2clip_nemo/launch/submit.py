@@ -53,11 +53,11 @@ def shared_dirs(folder: Path) -> tuple[str, str]:
     return str(Path(folder).parent), str(Path.cwd())
 
 
-def launch_job(target: str, spec: LaunchSpec, folder: Path) -> LaunchJob:
+def launch_job(target: str, spec: LaunchSpec, folder: Path, config_name: str | None = None) -> LaunchJob:
     """The launch description of `target` on `spec`'s allocation (the sbatch scripts build theirs in
     `launch.describe`)."""
     return LaunchJob(target, nodes=spec.nodes, tasks_per_node=spec.ntasks_per_node, gpus_per_node=spec.gpus_per_node,
-                     container_image=spec.container_image, shared_dirs=shared_dirs(folder),
+                     config=config_name, container_image=spec.container_image, shared_dirs=shared_dirs(folder),
                      container_mounts=spec.container_mounts, launcher="launch")
 
 
@@ -122,19 +122,22 @@ def make_executor(spec: LaunchSpec, folder: Path) -> submitit.core.core.Pickling
 
 
 def recipe_job(target: str, argv: Sequence[str], spec: LaunchSpec, folder: Path,
-               resume_args: Sequence[str] | None = None) -> RecipeJob:
-    """The task of `target` with `argv` on `spec`: the pins before `argv`, the verb's resume override
-    (or `resume_args`). ValueError for an unknown target or an argument that contradicts the allocation."""
-    job = launch_job(resolve_target(target), spec, folder)
+               resume_args: Sequence[str] | None = None, config_name: str | None = None) -> RecipeJob:
+    """The task of `target` on `spec`: `[--config-name config_name]`, the trainer pins, then `argv`; on a
+    restart the verb's resume override (or `resume_args`). ValueError for an unknown target or an argument
+    that contradicts the allocation (`launch.job.LaunchJob.verb_args`)."""
+    job = launch_job(resolve_target(target), spec, folder, config_name)
     resume = job.resume_args if resume_args is None else list(resume_args)
     return RecipeJob(target, job.verb_args(argv), resume)
 
 
-def submit(target: str, argv: Sequence[str], spec: LaunchSpec,
-           resume_args: Sequence[str] | None = None) -> tuple[submitit.Job, Path]:
-    """Submit `target` (a verb or a module with main(argv)) with `argv`; return (job, job folder)."""
+def submit(target: str, argv: Sequence[str], spec: LaunchSpec, resume_args: Sequence[str] | None = None,
+           config_name: str | None = None) -> tuple[submitit.Job, Path]:
+    """Submit `target` (a verb or a module with main(argv)) with `argv`; return (job, job folder).
+    `config_name`: the recipe's config, placed before the pins as the sbatch scripts do (None: `argv`
+    names it, if at all; the recipe reads `--config-name` wherever it stands)."""
     folder = new_job_folder(spec)
-    task = recipe_job(target, argv, spec, folder, resume_args)
+    task = recipe_job(target, argv, spec, folder, resume_args, config_name)
     job = make_executor(spec, folder).submit(task)
     return job, folder
 
