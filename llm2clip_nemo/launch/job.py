@@ -117,6 +117,8 @@ class LaunchJob:
 
     def validate(self) -> None:
         """LaunchError for a shape no task can run with."""
+        if self.launcher not in RESIZE_HINTS:
+            raise LaunchError(f"launcher={self.launcher!r}: choose one of {', '.join(RESIZE_HINTS)}.")
         for name in ("nodes", "tasks_per_node"):
             if getattr(self, name) < 1:
                 raise LaunchError(f"{name}={getattr(self, name)} must be >= 1.")
@@ -143,6 +145,7 @@ class LaunchJob:
 
     @property
     def srun_flags(self) -> list[str]:
+        """The step's srun options (module-level `srun_flags` of this job's container settings)."""
         return srun_flags(self.container_image, self.shared_dirs, self.container_mounts)
 
     def verb_args(self, args: Sequence[str]) -> list[str]:
