@@ -9,7 +9,7 @@ from dist_utils import run_workers
 from PIL import Image
 from test_hf_export import CLASSES, image_bytes, tiny_run, word_samples
 
-from llm2clip_nemo.eval import metrics as M
+from llm2clip_nemo import metrics as M
 
 TASK_KEYS = ("retrieval", "recall_curve", "long_retrieval", "long_recall_curve", "cra", "zeroshot")
 

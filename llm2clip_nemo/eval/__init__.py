@@ -3,11 +3,7 @@ eval data from manifests or samples, data-parallel feature extraction, reports a
 
 Model-agnostic: functions take feature tensors or encode callables, never a model class.
 """
-from .bench_run import score_benchmark, table_row, write_benchmark_report
-from .benchmarks import BENCHMARKS, Benchmark, BenchmarkError, find_benchmarks, load_benchmark
-from .features import extract_features, shard_indices
-from .manifest import EvalSet, ManifestError, from_samples, load_manifest
-from .metrics import (
+from ..metrics import (
     RetrievalRanks,
     build_class_embeddings,
     caption_retrieval_accuracy,
@@ -18,6 +14,10 @@ from .metrics import (
     top_retrievals,
     zeroshot_classification,
 )
+from .bench_run import score_benchmark, table_row, write_benchmark_report
+from .benchmarks import BENCHMARKS, Benchmark, BenchmarkError, find_benchmarks, load_benchmark
+from .features import extract_features, shard_indices
+from .manifest import EvalSet, ManifestError, from_samples, load_manifest
 from .templates import IMAGENET_TEMPLATES, SHORT_TEMPLATES, get_templates
 
 # matplotlib loads only when a report or suite name is first used (CRA during training needs none).

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import metrics as M
+from .. import metrics as M
 from .benchmarks import BENCHMARKS, Benchmark
 
 Encode = Callable[[list], torch.Tensor]

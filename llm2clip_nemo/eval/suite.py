@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import metrics as M
+from .. import metrics as M
 from .manifest import EvalSet
 
 

@@ -60,7 +60,7 @@ def _loss_curve_callback(curve: list):
 def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
     """Train; returns {"cra_before", "cra_after", "cra_all_pairs_before", "cra_all_pairs_after",
     "cra_history", "hf_merged", "loss_curve", "log_dir"}. CRA is the paper's protocol (each image's
-    first caption against all images' second captions, `eval.metrics.caption_retrieval_accuracy`);
+    first caption against all images' second captions, `metrics.caption_retrieval_accuracy`);
     cra_all_pairs every caption against all others (`caption_retrieval_all_pairs`); both in percent.
 
     `callbacks`: extra Lightning callbacks (e.g. a time budget in the demo)."""
