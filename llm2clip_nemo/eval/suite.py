@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import metrics as M
-from .manifest import EvalSet
+from .evalset import EvalSet
 
 
 def evaluate_features(image_feats: torch.Tensor, text_feats: torch.Tensor, text_to_image, *,
