@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .config.cli_args import usage_error
+
 VERBS: dict[str, tuple[str, str]] = {
     "caption-contrastive": ("llm2clip_nemo.recipes.caption_contrastive", "Stage 1: contrastive LoRA fine-tune of the LLM"),
     "extract": ("llm2clip_nemo.recipes.extract", "Teacher embeddings over image-text shards -> sidecars"),
@@ -24,7 +26,8 @@ VERBS: dict[str, tuple[str, str]] = {
 
 
 def usage() -> str:
-    lines = ["usage: llm2clip-nemo <verb> [--config-name NAME] [overrides...]", "", "verbs:"]
+    lines = ["usage: llm2clip-nemo VERB [SUBCOMMAND] [--config-name NAME] [--config-path DIR] [key=value ...] "
+             "[--flag [VALUE] ...] [-h | --help]", "", "verbs:"]
     lines += [f"  {v:<20} {doc}" for v, (_, doc) in VERBS.items()]
     return "\n".join(lines)
 
@@ -36,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        print(f"llm2clip-nemo: unknown verb {verb!r}.\n\n{usage()}", file=sys.stderr)
-        return 2
+        return usage_error("llm2clip-nemo", f"unknown verb {verb!r}; choose one of {', '.join(VERBS)}")
     module = importlib.import_module(VERBS[verb][0])
     if verb in ("pretrain", "finetune"):
         return int(module.main(rest, mode=verb) or 0)

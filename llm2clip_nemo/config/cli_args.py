@@ -18,12 +18,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PROG = "llm2clip-nemo"
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.-]*=")
 
 
 class UsageError(ValueError):
@@ -36,20 +38,39 @@ def usage_error(prog: str, message: str) -> int:
     return 2
 
 
-def _option_names(parser: argparse.ArgumentParser) -> set[str]:
-    names = set(parser._option_string_actions)
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """{option string: action} of `parser` and of its subcommands' parsers."""
+    names = dict(parser._option_string_actions)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
-                names |= _option_names(sub)
+                names |= _options(sub)
     return names
+
+
+def _unknown(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """The `--flags` `parser` does not know and the `key=value` overrides it cannot take (a flag's own
+    value, e.g. `--templates 'a photo of {}'`, is skipped)."""
+    options, unknown, skip = _options(parser), [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a.startswith("--"):
+            action = options.get(a.split("=", 1)[0])
+            if action is None:
+                unknown.append(a)
+            else:
+                skip = "=" not in a and action.nargs != 0
+        elif _OVERRIDE.match(a):
+            unknown.append(a)
+    return unknown
 
 
 class VerbParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` with the grammar's errors: one line, exit status 2.
 
-    `parse_args` names an unknown `--flag` before anything else (argparse would first complain about a
-    missing required argument); `parse_known_args` leaves unknown flags to the caller (launch hands
+    `parse_args` names an unknown `--flag` or a `key=value` (config verbs only) before anything else
+    (argparse would first complain about a missing required argument); `parse_known_args` leaves unknown flags to the caller (launch hands
     them to the verb it runs). Subcommand parsers inherit the class, so their errors read
     'llm2clip-nemo convert export-hf: error: ...'."""
 
@@ -59,9 +80,7 @@ class VerbParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Sequence[str] | None = None, namespace=None):
         argv = list(sys.argv[1:] if args is None else args)
-        head = argv[: argv.index("--")] if "--" in argv else argv
-        known = _option_names(self)
-        unknown = [a for a in head if a.startswith("--") and a.split("=", 1)[0] not in known]
+        unknown = _unknown(self, argv[: argv.index("--")] if "--" in argv else argv)
         if unknown:
             self.error(f"unrecognized arguments: {' '.join(unknown)}")
         return super().parse_args(argv, namespace)
