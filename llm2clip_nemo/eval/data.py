@@ -36,14 +36,17 @@ class EvalData:
 
     @property
     def n_long(self) -> int:
+        """Images with a long caption."""
         return sum(c is not None for c in self.long_captions)
 
     def summary(self) -> str:
+        """One line: the set's counts, what was skipped by reason, and the long captions."""
         s = self.set.summary()
         return s + (f"; {self.n_long} long captions" if self.n_long else "")
 
 
 def _is_shard_manifest(path: Path) -> bool:
+    """True for a `data build` manifest.json (a dict with "shards"), read by `data.spec`, not here."""
     try:
         obj = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
