@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import sys
 
+from .config.cli_args import usage_error
 from .verbs import VERBS, run
 
 
 def usage() -> str:
-    lines = ["usage: llm2clip-nemo <verb> [--config-name NAME] [overrides...]", "", "verbs:"]
+    lines = ["usage: llm2clip-nemo VERB [SUBCOMMAND] [--config-name NAME] [--config-path DIR] [key=value ...] "
+             "[--flag [VALUE] ...] [-h | --help]", "", "verbs:"]
     lines += [f"  {v:<20} {doc}" for v, (_, doc) in VERBS.items()]
     return "\n".join(lines)
 
@@ -19,8 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        print(f"llm2clip-nemo: unknown verb {verb!r}.\n\n{usage()}", file=sys.stderr)
-        return 2
+        return usage_error("llm2clip-nemo", f"unknown verb {verb!r}; choose one of {', '.join(VERBS)}")
     return run(verb, rest)
 
 

@@ -89,9 +89,9 @@ def run(out: Path, size: DemoSize) -> dict:
     from .convert.hf_export import export_hf
     from .convert.llm import import_llm
     from .data.demo_dataset import build_demo_dataset
+    from .eval import evaluate, write_comparison_report
     from .hf_model import LLM2CLIP
     from .recipes import caption_contrastive as cc
-    from .recipes.evaluate import evaluate, write_comparison_report
     from .recipes.extract import ExtractConfig, format_summary
     from .recipes.extract import run as extract
     from .recipes.train_clip import TrainCLIPConfig

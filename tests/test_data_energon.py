@@ -272,7 +272,7 @@ def test_one_mixing_rule_per_run():
 def test_evaluate_reads_an_energon_split_through_the_same_source(energon_dir):
     """`evaluate --data DIR#split` honours the dataset's excludes like the stream: the excluded samples
     are never read, counted as `excluded`, and are not a fault under --strict."""
-    from llm2clip_nemo.recipes.evaluate import load_shard_data
+    from llm2clip_nemo.eval import load_shard_data
 
     for strict in (False, True):
         es = load_shard_data(energon_dir, strict=strict, long_field=None).set

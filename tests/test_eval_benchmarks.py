@@ -36,7 +36,7 @@ from bench_fixtures import (
     write_xm3600,
 )
 
-from llm2clip_nemo.eval import metrics as M
+from llm2clip_nemo import metrics as M
 from llm2clip_nemo.eval.bench_run import score_benchmark, table_row, write_benchmark_report
 from llm2clip_nemo.eval.benchmarks import BenchmarkError, find_benchmarks, load_benchmark
 from llm2clip_nemo.eval.templates import IMAGENET_TEMPLATES

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llm2clip_nemo.eval import metrics
+from llm2clip_nemo import metrics
 from llm2clip_nemo.eval.manifest import (
     ManifestError,
     detect_format,

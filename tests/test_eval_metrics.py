@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from llm2clip_nemo.eval import metrics as M
+from llm2clip_nemo import metrics as M
 from llm2clip_nemo.eval.templates import (
     IMAGENET_TEMPLATES,
     SHORT_TEMPLATES,

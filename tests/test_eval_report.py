@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from llm2clip_nemo.eval import metrics, report, suite
+from llm2clip_nemo import metrics
+from llm2clip_nemo.eval import report, suite
 from llm2clip_nemo.eval.manifest import from_samples
 
 HIT_RGB, MISS_RGB = (0x1A, 0x98, 0x50), (0xD7, 0x30, 0x27)

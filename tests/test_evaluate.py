@@ -9,7 +9,7 @@ from dist_utils import run_workers
 from PIL import Image
 from test_hf_export import CLASSES, image_bytes, tiny_run, word_samples
 
-from llm2clip_nemo.eval import metrics as M
+from llm2clip_nemo import metrics as M
 
 TASK_KEYS = ("retrieval", "recall_curve", "long_retrieval", "long_recall_curve", "cra", "zeroshot")
 
@@ -87,8 +87,8 @@ def test_cli_numbers_match_reference_and_report_is_written(tiny, tmp_path, capsy
 
 def test_exported_model_scores_equal_pre_export_and_compare_report(tiny, tmp_path):
     from llm2clip_nemo import LLM2CLIP
+    from llm2clip_nemo.eval import evaluate, load_eval_data, write_comparison_report
     from llm2clip_nemo.models.loading import load_llm2clip
-    from llm2clip_nemo.recipes.evaluate import evaluate, load_eval_data, write_comparison_report
 
     data = load_eval_data(str(tiny["test"]), ["txt", "short_list"], labels_field="group")
     before = evaluate(load_llm2clip(tiny["ckpt"]), data, name="before", plots=False)
@@ -108,7 +108,7 @@ def _dp_worker(rank, world, export, data_spec):
     from megatron.core import parallel_state as ps
 
     from llm2clip_nemo import LLM2CLIP
-    from llm2clip_nemo.recipes.evaluate import evaluate
+    from llm2clip_nemo.eval import evaluate
     from llm2clip_nemo.runtime import init_parallel
 
     init_parallel(1)
@@ -122,7 +122,7 @@ def _dp_worker(rank, world, export, data_spec):
 
 def test_data_parallel_and_tensor_parallel_evaluation_equal_one_process(tiny):
     from llm2clip_nemo import LLM2CLIP
-    from llm2clip_nemo.recipes.evaluate import evaluate
+    from llm2clip_nemo.eval import evaluate
 
     single = evaluate(LLM2CLIP.from_pretrained(tiny["export"]), str(tiny["test"]), caption_fields=("txt", "short_list"),
                       labels_field="group", batch_size=64, name="one")
@@ -185,7 +185,7 @@ def test_tasks_the_data_cannot_support_and_bad_models_are_clear_errors(tiny, tmp
 def test_shard_captions_are_distinct_per_image_and_unlabelled_samples_skip_zeroshot(tiny, tmp_path):
     from llm2clip_nemo import LLM2CLIP
     from llm2clip_nemo.data.shards import ShardSample, write_shards
-    from llm2clip_nemo.recipes.evaluate import _cra_groups, evaluate, load_eval_data
+    from llm2clip_nemo.eval import cra_groups, evaluate, load_eval_data
 
     samples = [ShardSample(f"k{i}", image_bytes(50 + i), "png", f"w{i} w{i + 1}",
                            {"short_list": [f"w{i} w{i + 1}", f"w{i + 20}"], "long": f"w{i + 20}",
@@ -194,7 +194,7 @@ def test_shard_captions_are_distinct_per_image_and_unlabelled_samples_skip_zeros
     data = load_eval_data(str(tmp_path / "s"), ["txt", "short_list"], labels_field="group")
     # short_list repeats txt: each image keeps 2 distinct captions, in field order
     assert data.set.captions[:2] == ["w0 w1", "w20"] and data.set.n_captions == 12
-    caps, ids = _cra_groups(data)  # the long caption equals a short one: not counted twice
+    caps, ids = cra_groups(data)  # the long caption equals a short one: not counted twice
     assert len(caps) == 12 and ids[:2] == [0, 0]
     assert data.set.labels[4:] == [None, None]
     r = evaluate(LLM2CLIP.from_pretrained(tiny["export"]), data, tasks="zeroshot,cra")
@@ -204,7 +204,7 @@ def test_shard_captions_are_distinct_per_image_and_unlabelled_samples_skip_zeros
 
 def test_shards_with_a_corrupt_image_are_skipped_and_counted_or_refused_with_strict(tmp_path):
     from llm2clip_nemo.data.shards import ShardSample, write_shards
-    from llm2clip_nemo.recipes.evaluate import EvalDataError, load_eval_data
+    from llm2clip_nemo.eval import EvalDataError, load_eval_data
 
     samples = [ShardSample(f"k{i}", image_bytes(i) if i != 1 else b"\x89PNG not really", "png", f"w{i}")
                for i in range(3)]

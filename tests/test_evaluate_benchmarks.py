@@ -9,7 +9,7 @@ import torch
 from bench_fixtures import write_imagenet, write_karpathy, write_sugarcrepe, write_urban1k, write_xm3600
 from test_hf_export import tiny_run
 
-from llm2clip_nemo.eval import metrics as M
+from llm2clip_nemo import metrics as M
 from llm2clip_nemo.eval.bench_run import pair_accuracy
 from llm2clip_nemo.eval.benchmarks import load_benchmark
 from llm2clip_nemo.eval.templates import IMAGENET_TEMPLATES

@@ -6,6 +6,8 @@ Validation happens once, at load: unknown keys and wrong types are reported with
 path, the bad value and the fix; component-level checks (`validate()` methods on the schema
 dataclasses) run after the merge.
 """
-from .loader import CONFIG_DIR, ConfigError, load_config, parse_recipe_args
+from .cli_args import CommandLine, UsageError, parse_command_line, usage_error, verb_parser
+from .loader import CONFIG_DIR, ConfigError, load_config
 
-__all__ = ["CONFIG_DIR", "ConfigError", "load_config", "parse_recipe_args"]
+__all__ = ["CONFIG_DIR", "CommandLine", "ConfigError", "UsageError", "load_config", "parse_command_line", "usage_error",
+           "verb_parser"]

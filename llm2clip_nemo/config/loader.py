@@ -18,32 +18,6 @@ class ConfigError(ValueError):
     """A configuration problem: the message names the field, the value and the fix."""
 
 
-def parse_recipe_args(argv: Sequence[str]) -> tuple[str | None, Path | None, list[str], list[str]]:
-    """Split `[--config-name N] [--config-path DIR] [key=value ...] [--flag ...]`.
-
-    Returns (config_name, config_path, overrides, remaining_flags). Accepts both
-    `--config-name N` and Hydra's `--config-name=N`.
-    """
-    name, path, overrides, rest = None, None, [], []
-    it = iter(argv)
-    for a in it:
-        if a.startswith("--config-name") or a.startswith("--config-path"):
-            key, _, val = a.partition("=")
-            if not val:
-                val = next(it, None)
-                if val is None:
-                    raise ConfigError(f"{key} needs a value, e.g. {key} pretrain_tiny")
-            if key == "--config-name":
-                name = val
-            else:
-                path = Path(val)
-        elif "=" in a and not a.startswith("-"):
-            overrides.append(a)
-        else:
-            rest.append(a)
-    return name, path, overrides, rest
-
-
 def available_configs(config_dir: Path = CONFIG_DIR, prefix: str = "") -> list[str]:
     return sorted(p.stem for p in config_dir.glob(f"{prefix}*.yaml"))
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError
+from ..config import ConfigError, verb_parser
 from ..text.contract import TEXT_PREPARATIONS
 from ..text.hf_io import CheckpointError
 from ..text.pooling import POOLING_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm2clip-nemo convert", description="Checkpoint conversion.")
+    p = verb_parser("convert", description="Checkpoint conversion.")
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("import-llm", help="HF Llama/Mistral/Qwen2/Qwen3 dir or GGUF -> Megatron teacher dir (TP shards)")
     a.add_argument("--hf", required=True, help="HF model directory (causal LM, bare decoder, sharded, or a PEFT "

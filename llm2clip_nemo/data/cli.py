@@ -6,12 +6,13 @@ import json
 import sys
 from collections import Counter
 
+from ..config.cli_args import verb_parser
 from .samples import check_sample, decode_json
 from .spec import DataSourceError, parse_sources
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm2clip-nemo data", description="Build, inspect and demo image-text shards.")
+    p = verb_parser("data", description="Build, inspect and demo image-text shards.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="write LAION-layout shards from an image folder + captions, or img2dataset output")
     b.add_argument("--out", required=True, help="output directory (a partial build there is resumed)")

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from . import metrics as M
-from .benchmarks import BENCHMARKS, Benchmark
+from .. import metrics as M
+from .bench_set import Benchmark
+from .benchmarks import BENCHMARKS
 
 Encode = Callable[[list], torch.Tensor]
 
@@ -97,6 +98,22 @@ def score_benchmark(bench: Benchmark, image_features: Encode | None, text_featur
     else:
         raise ValueError(f"benchmark {bench.name}: unknown kind {bench.kind!r}.")
     return out
+
+
+def run_benchmarks(models: Mapping[str, object], benches: Sequence[Benchmark], *, batch_size: int = 64,
+                   log: Callable[[str], object] = print, groups=None) -> dict[str, dict[str, dict]]:
+    """{model name: {benchmark: score}} for loaded benchmarks and {name: model} (any model
+    `encoders.encoders_for` takes), each score `score_benchmark`'s dict plus "model" (in words).
+    groups: the `runtime.ParallelGroups` to spread extraction over (`encoders.spread_groups`)."""
+    from .encoders import model_scorers
+
+    scorers = {m: model_scorers(model, batch_size, groups) for m, model in models.items()}
+    results: dict[str, dict[str, dict]] = {m: {} for m in models}
+    for bench in benches:
+        log(bench.summary())
+        for m, (img, txt, llm, describe) in scorers.items():
+            results[m][bench.name] = {**score_benchmark(bench, img, txt, llm_features=llm), "model": describe}
+    return results
 
 
 # ---------------------------------------------------------------- the results table

@@ -1,5 +1,5 @@
-"""The entry helpers the evaluate recipe and the training loops call: metrics bundled per task,
-example queries for the report grids. Model-agnostic: everything takes features.
+"""Metrics bundled per task (`eval.tasks` calls them) and example queries for the report grids.
+Model-agnostic: everything takes features.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from . import metrics as M
-from .manifest import EvalSet
+from .. import metrics as M
+from .evalset import EvalSet
 
 
 def evaluate_features(image_feats: torch.Tensor, text_feats: torch.Tensor, text_to_image, *,

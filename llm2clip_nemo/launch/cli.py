@@ -15,6 +15,7 @@ import re
 import shlex
 import sys
 
+from ..config.cli_args import verb_parser
 from .spec import CLUSTERS, LaunchSpec, limit_warnings
 from .submit import new_job_folder, recipe_job, render_sbatch, submit, wait
 
@@ -35,7 +36,7 @@ def parse_time(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm2clip-nemo launch", allow_abbrev=False,
+    p = verb_parser("launch", allow_abbrev=False,
                                 description="Run a verb on SLURM (submitit) or locally, with requeue and resume.")
     p.add_argument("target", metavar="VERB", help="CLI verb (pretrain, extract, doctor, ...) or module.path")
     p.add_argument("--cluster", choices=CLUSTERS, default="slurm")

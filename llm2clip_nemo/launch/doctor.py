@@ -15,9 +15,11 @@ import os
 import socket
 import sys
 
+from ..config.cli_args import verb_parser
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="llm2clip-nemo doctor", description=__doc__.splitlines()[0])
+    p = verb_parser("doctor", description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=["gloo", "nccl"], default=None,
                    help="process-group backend (default: nccl with CUDA, gloo otherwise)")
     p.add_argument("--timeout-min", type=int, default=5,

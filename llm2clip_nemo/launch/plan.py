@@ -15,7 +15,6 @@ The formulas: `launch.plan_counts`; the shapes they read: `launch.plan_shapes`; 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -224,10 +223,10 @@ def plan_from_config(cfg) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config.loader import ConfigError, load_config, parse_recipe_args
+    from ..config import ConfigError, load_config, parse_command_line, verb_parser
 
-    p = argparse.ArgumentParser(
-        prog="llm2clip-nemo plan", description=__doc__.splitlines()[0],
+    p = verb_parser(
+        "plan", description=__doc__.splitlines()[0],
         usage="llm2clip-nemo plan [--config-name NAME] [--config-path DIR] [key=value ...] [--json]",
         epilog="Reads the recipe's typed config (pretrain_*/finetune_*: TrainCLIPConfig; extract_*: ExtractConfig) "
                "with its overrides; the teacher's shape from plan.teacher_preset (or teacher.preset=NAME), a Megatron "
@@ -235,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                "(0.4), plan.peak_tflops (989, H100 bf16 dense), plan.fused_attention, plan.distributed_optimizer, "
                f"plan.embedding_bytes. Presets: {', '.join(sorted(TEACHER_PRESETS))}.")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
+    cl = parse_command_line("plan", list(argv or []), flags=p)
+    name, path, args = cl.config_name, cl.config_path, cl.flags
     try:
-        name, path, overrides, rest = parse_recipe_args(list(argv or []))
-        args = p.parse_args(rest)
-        overrides = _preset_aliases(overrides)
+        overrides = _preset_aliases(cl.overrides)
         schema = _recipe_schema(name, path, overrides)
         # names and types are checked; validate() is not run: the recipe's paths exist on the cluster only
         cfg = load_config(schema, name, overrides, path, validate=False)

@@ -185,7 +185,7 @@ class CaptionContrastiveModel(ModelPT):
         self._val_feats.append((idx.cpu(), self.embed_texts(list(texts)).cpu()))
 
     def on_validation_epoch_end(self):
-        from ..eval.metrics import caption_retrieval_accuracy, caption_retrieval_all_pairs
+        from ..metrics import caption_retrieval_accuracy, caption_retrieval_all_pairs
 
         texts, image_ids = self.val_captions()
         parts = self._val_feats

@@ -337,7 +337,7 @@ class LLM2CLIPModel(_model_pt()):
         return torch.cat(imgs)[:m], torch.cat(txts)[:m], keys[:m]
 
     def run_validation(self) -> dict:
-        from ..eval.metrics import retrieval_metrics
+        from ..metrics import retrieval_metrics
 
         img, txt, _ = self.held_out_features()
         r = retrieval_metrics(img, txt, torch.arange(len(img)), ks=(1, 5))

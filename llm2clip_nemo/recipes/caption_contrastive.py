@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, load_config, parse_recipe_args
+from ..config import ConfigError, load_config, parse_command_line
 from ..config.help import recipe_help, wants_help
 from ..models.caption_contrastive_config import CaptionContrastiveModelConfig, check_global_batch
 from .trainer import ExpManagerConfig, TrainerConfig
@@ -60,7 +60,7 @@ def _loss_curve_callback(curve: list):
 def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
     """Train; returns {"cra_before", "cra_after", "cra_all_pairs_before", "cra_all_pairs_after",
     "cra_history", "hf_merged", "loss_curve", "log_dir"}. CRA is the paper's protocol (each image's
-    first caption against all images' second captions, `eval.metrics.caption_retrieval_accuracy`);
+    first caption against all images' second captions, `metrics.caption_retrieval_accuracy`);
     cra_all_pairs every caption against all others (`caption_retrieval_all_pairs`); both in percent.
 
     `callbacks`: extra Lightning callbacks (e.g. a time budget in the demo)."""
@@ -101,14 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wants_help(argv):
         print(recipe_help("llm2clip-nemo caption-contrastive", __doc__, CaptionContrastiveConfig, "caption_contrastive"))
         return 0
+    cl = parse_command_line("caption-contrastive", argv)
     try:
-        name, path, overrides, rest = parse_recipe_args(argv)
-        if rest:
-            raise ConfigError(f"unexpected arguments {rest}: pass --config-name NAME and key=value overrides.")
-        cfg = load(name or DEFAULT_CONFIG, overrides, path)
+        cfg = load(cl.config_name or DEFAULT_CONFIG, cl.overrides, cl.config_path)
         result = run(cfg)
     except ConfigError as e:
-        print(f"caption-contrastive: {e}", file=sys.stderr)
+        print(f"llm2clip-nemo caption-contrastive: config error: {e}", file=sys.stderr)
         return 2
     summary = {k: result[k] for k in ("cra_before", "cra_after", "cra_all_pairs_before", "cra_all_pairs_after",
                                       "hf_merged", "log_dir")}

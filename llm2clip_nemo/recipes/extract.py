@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError, load_config, parse_recipe_args
+from ..config import ConfigError, load_config, parse_command_line
 from ..config.help import recipe_help, wants_help
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
@@ -257,12 +257,9 @@ def main(argv: list[str]) -> int:
     if wants_help(argv):
         print(recipe_help("llm2clip-nemo extract", __doc__, ExtractConfig, "extract"))
         return 0
-    name, path, overrides, rest = parse_recipe_args(argv)
-    if rest:
-        print(f"llm2clip-nemo extract: unknown arguments {rest}", file=sys.stderr)
-        return 2
+    cl = parse_command_line("extract", argv)
     try:
-        cfg = load_config(ExtractConfig, name, overrides, path)
+        cfg = load_config(ExtractConfig, cl.config_name, cl.overrides, cl.config_path)
     except (ConfigError, ValueError) as e:
         print(f"llm2clip-nemo extract: config error: {e}", file=sys.stderr)
         return 2

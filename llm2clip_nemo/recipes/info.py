@@ -1,11 +1,11 @@
 """`llm2clip-nemo info`: what this machine offers, as the code will see it."""
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 
 import torch
 
+from ..config.cli_args import verb_parser
 from ..runtime import probes
 
 
@@ -28,7 +28,7 @@ def report() -> dict:
 
 
 def main(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="llm2clip-nemo info", description=__doc__.strip()).parse_args(argv)
+    verb_parser("info", description=__doc__.strip()).parse_args(argv)
     for k, v in report().items():
         print(f"{k:<20} {v}")
     return 0

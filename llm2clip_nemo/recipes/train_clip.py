@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, load_config, parse_recipe_args
+from ..config import ConfigError, load_config, parse_command_line
 from ..config.help import recipe_help, wants_help
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
@@ -83,12 +83,9 @@ def main(argv: list[str], mode: str = "pretrain") -> int:
     if wants_help(argv):
         print(recipe_help(f"llm2clip-nemo {mode}", __doc__, TrainCLIPConfig, mode))
         return 0
-    name, path, overrides, rest = parse_recipe_args(argv)
-    if rest:
-        print(f"llm2clip-nemo {mode}: unknown arguments {rest}", file=sys.stderr)
-        return 2
+    cl = parse_command_line(mode, argv)
     try:
-        cfg = load_config(TrainCLIPConfig, name, overrides, path)
+        cfg = load_config(TrainCLIPConfig, cl.config_name, cl.overrides, cl.config_path)
         res = run(cfg, mode)
     except ConfigError as e:
         print(f"llm2clip-nemo {mode}: config error: {e}", file=sys.stderr)
