@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
@@ -45,15 +45,66 @@ def parse_recipe_args(argv: Sequence[str]) -> tuple[str | None, Path | None, lis
 
 
 def available_configs(config_dir: Path = CONFIG_DIR, prefix: str = "") -> list[str]:
+    """Recipe names in `config_dir` (its top-level *.yaml; presets live in sub-directories)."""
     return sorted(p.stem for p in config_dir.glob(f"{prefix}*.yaml"))
+
+
+def available_presets(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Preset names (`teacher/tiny`, ...): the *.yaml files in the sub-directories of `config_dir`."""
+    return sorted(str(p.relative_to(config_dir).with_suffix("")) for p in config_dir.glob("*/**/*.yaml"))
+
+
+def _find_preset(name: str, dirs: Sequence[Path], where: Path) -> Path:
+    for d in dirs:
+        f = d / f"{name}.yaml"
+        if f.is_file():
+            return f
+    known = sorted({p for d in dirs for p in available_presets(d)})
+    raise ConfigError(f"{where}: defaults entry {name!r} is not a preset in {', '.join(map(str, dirs))}; "
+                      f"available: {', '.join(known) or 'none'}")
+
+
+def _nest(key: str, node):
+    for part in reversed(key.split(".")):
+        node = {part: node}
+    return OmegaConf.create(node)
+
+
+def compose(f: Path, dirs: Sequence[Path] = (), chain: tuple[Path, ...] = ()):
+    """The YAML file `f` with its `defaults:` presets merged in before its own keys.
+
+    `defaults:` is a list of `PRESET` or `PRESET@KEY` entries: PRESET names a file under a config
+    directory without `.yaml` (`teacher/tiny` = `configs/teacher/tiny.yaml`), KEY the dotted place it
+    is merged at (`model.teacher`; none = the top level). Entries merge in order, then the file's own
+    keys win; presets may have defaults of their own. Looked up in `f`'s own directory, then `dirs`.
+    Raises ConfigError naming the file for an unknown preset, a malformed entry or a cycle."""
+    f = f.resolve()
+    if f in chain:
+        raise ConfigError(f"defaults cycle: {' -> '.join(p.name for p in (*chain, f))}; remove one of the entries.")
+    raw = OmegaConf.load(f)
+    entries = raw.pop("defaults", None) if isinstance(raw, DictConfig) else None
+    if entries is None:
+        return raw
+    if not isinstance(entries, ListConfig) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(f"{f}: defaults must be a list of preset names such as [teacher/tiny@model.teacher], "
+                          f"got {OmegaConf.to_container(entries) if hasattr(entries, '_content') else entries!r}")
+    search = [f.parent, *[Path(d) for d in dirs if Path(d).resolve() != f.parent]]
+    layers = []
+    for e in entries:
+        name, _, key = e.partition("@")
+        layer = compose(_find_preset(name, search, f), dirs, (*chain, f))
+        layers.append(_nest(key, layer) if key else layer)
+    return OmegaConf.merge(*layers, raw)
 
 
 def load_config(schema: type[T], config_name: str | None = None, overrides: Sequence[str] = (),
                 config_dir: Path | None = None, validate: bool = True) -> T:
-    """Merge schema defaults <- YAML recipe <- overrides, then return the validated dataclass.
+    """Merge schema defaults <- YAML recipe (its `defaults:` presets first, see `compose`) <- overrides,
+    then return the validated dataclass.
 
     validate=False checks names and types only (no `validate()` methods): for readers such as the
-    capacity planner that must accept a recipe whose paths exist only on the cluster."""
+    capacity planner. `validate()` methods are pure (no file system, no environment): checks of
+    paths and of the launch are made where a run starts."""
     config_dir = Path(config_dir) if config_dir else CONFIG_DIR
     base = OmegaConf.structured(schema)
     layers = []
@@ -64,12 +115,14 @@ def load_config(schema: type[T], config_name: str | None = None, overrides: Sequ
                 f"config {config_name!r} not found in {config_dir}; available: "
                 f"{', '.join(available_configs(config_dir)) or 'none'}"
             )
-        layers.append(OmegaConf.load(f))
+        layers.append(compose(f, [CONFIG_DIR]))
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not key=value (e.g. model.optim.lr=1e-4)")
     if overrides:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
+    for layer in layers:
+        refuse_derived(schema, layer)
     try:
         merged = OmegaConf.merge(base, *layers)
         obj = OmegaConf.to_object(merged)
@@ -78,6 +131,24 @@ def load_config(schema: type[T], config_name: str | None = None, overrides: Sequ
     if validate:
         run_validators(obj)
     return obj
+
+
+def refuse_derived(schema: type, layer, path: str = "") -> None:
+    """ConfigError for a key that names a size derived from another part of the run.
+
+    A schema lists such former fields in a `DERIVED` class attribute, {name: where the value comes
+    from}; setting one (even to the right value) is refused, so no two places can disagree."""
+    if not dataclasses.is_dataclass(schema) or not isinstance(layer, DictConfig):
+        return
+    derived = getattr(schema, "DERIVED", {})
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in layer.keys():
+        if key in derived:
+            raise ConfigError(f"{path}{key} is no longer set in configs: it is {derived[key]}. "
+                              f"Remove {path}{key} from the YAML or the overrides.")
+        f = fields.get(key)
+        if f is not None and f.default_factory is not dataclasses.MISSING:
+            refuse_derived(type(f.default_factory()), layer[key], f"{path}{key}.")
 
 
 def _explain(e: OmegaConfBaseException) -> str:
