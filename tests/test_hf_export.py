@@ -20,8 +20,7 @@ from llm2clip_nemo.data.shards import ShardSample, write_shards
 
 TINY = ["model.vision.image_size=16", "model.vision.patch_size=8", "model.vision.width=32",
         "model.vision.num_layers=2", "model.vision.num_heads=2", "model.vision.mlp_dim=64",
-        "model.vision.embed_dim=32", "model.adapter.joint_dim=32", "model.adapter.input_dim=64",
-        "model.adapter.num_blocks=2", "model.train_ds.transform.image_size=16"]
+        "model.vision.embed_dim=32", "model.adapter.num_blocks=2", "model.train_ds.transform.image_size=16"]
 CLASSES = ("w90", "w91", "w92")
 _CACHE: dict = {}
 
@@ -174,7 +173,6 @@ def test_finetune_from_our_export_is_bit_exact(tiny):
     from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
 
     cfg = load_config(TrainCLIPConfig, None, [f"model.teacher.path={tiny['teacher']}", "model.mode=finetune",
-                                              "model.train_ds.output=embeddings",
                                               f"model.init_from={tiny['export'] / 'vision'}", "model.seed=123", *TINY])
     fresh = LLM2CLIPModel(to_dictconfig(cfg.model))
     exported = load_llm2clip(tiny["export"])
