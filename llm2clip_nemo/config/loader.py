@@ -70,13 +70,14 @@ def _nest(key: str, node):
     return OmegaConf.create(node)
 
 
-def compose(f: Path, dirs: Sequence[Path] = (), chain: tuple[Path, ...] = ()):
+def compose(f: Path, dirs: Sequence[Path] = (CONFIG_DIR,), chain: tuple[Path, ...] = ()):
     """The YAML file `f` with its `defaults:` presets merged in before its own keys.
 
     `defaults:` is a list of `PRESET` or `PRESET@KEY` entries: PRESET names a file under a config
     directory without `.yaml` (`teacher/tiny` = `configs/teacher/tiny.yaml`), KEY the dotted place it
     is merged at (`model.teacher`; none = the top level). Entries merge in order, then the file's own
-    keys win; presets may have defaults of their own. Looked up in `f`'s own directory, then `dirs`.
+    keys win; presets may have defaults of their own. Looked up in `dirs` in order (the recipe's
+    config directory, then the shipped configs/).
     Raises ConfigError naming the file for an unknown preset, a malformed entry or a cycle."""
     f = f.resolve()
     if f in chain:
@@ -87,12 +88,11 @@ def compose(f: Path, dirs: Sequence[Path] = (), chain: tuple[Path, ...] = ()):
         return raw
     if not isinstance(entries, ListConfig) or not all(isinstance(e, str) for e in entries):
         raise ConfigError(f"{f}: defaults must be a list of preset names such as [teacher/tiny@model.teacher], "
-                          f"got {OmegaConf.to_container(entries) if hasattr(entries, '_content') else entries!r}")
-    search = [f.parent, *[Path(d) for d in dirs if Path(d).resolve() != f.parent]]
+                          f"got {OmegaConf.to_container(entries) if isinstance(entries, DictConfig | ListConfig) else entries!r}")
     layers = []
     for e in entries:
         name, _, key = e.partition("@")
-        layer = compose(_find_preset(name, search, f), dirs, (*chain, f))
+        layer = compose(_find_preset(name, dirs, f), dirs, (*chain, f))
         layers.append(_nest(key, layer) if key else layer)
     return OmegaConf.merge(*layers, raw)
 
@@ -115,7 +115,7 @@ def load_config(schema: type[T], config_name: str | None = None, overrides: Sequ
                 f"config {config_name!r} not found in {config_dir}; available: "
                 f"{', '.join(available_configs(config_dir)) or 'none'}"
             )
-        layers.append(compose(f, [CONFIG_DIR]))
+        layers.append(compose(f, list(dict.fromkeys([config_dir.resolve(), CONFIG_DIR]))))
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not key=value (e.g. model.optim.lr=1e-4)")
