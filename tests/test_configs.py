@@ -227,3 +227,14 @@ def test_caption_data_paths_are_checked_where_stage_1_starts(tmp_path, capsys):
     assert err.endswith("): build the dataset first (e.g. `llm2clip-nemo data demo`) or set "
                         "model.data.train_path=demo for the embedded demo.\n") and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_component_value_error_is_a_config_error_exit_2(capsys):
+    """ViTConfig, TeacherConfig and AdapterConfig raise ValueError; the loader hands it on as ConfigError,
+    so the verb prints one line and exits 2 instead of a traceback."""
+    from llm2clip_nemo.recipes.train_clip import main
+
+    assert main(["--config-name", "pretrain_tiny", "model.vision.width=32"], mode="pretrain") == 2
+    assert capsys.readouterr().err == (
+        "llm2clip-nemo pretrain: config error: vision.width=32 is not divisible by vision.num_heads=3: set vision.width "
+        "to a multiple of 3 (e.g. 33) or choose a vision.num_heads that divides 32.\n")

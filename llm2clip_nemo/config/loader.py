@@ -160,14 +160,20 @@ def _explain(e: OmegaConfBaseException) -> str:
 
 
 def run_validators(obj, path: str = "") -> None:
-    """Call `validate()` on every dataclass in the tree, innermost first."""
+    """Call `validate()` on every dataclass in the tree, innermost first. A ValueError a component
+    raises comes out as ConfigError with its message (every verb maps that to exit code 2)."""
     if not dataclasses.is_dataclass(obj):
         return
     for f in dataclasses.fields(obj):
         run_validators(getattr(obj, f.name), f"{path}{f.name}.")
     v = getattr(obj, "validate", None)
     if callable(v):
-        v()
+        try:
+            v()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def to_yaml(obj) -> str:
