@@ -238,3 +238,18 @@ def test_a_component_value_error_is_a_config_error_exit_2(capsys):
     assert capsys.readouterr().err == (
         "llm2clip-nemo pretrain: config error: vision.width=32 is not divisible by vision.num_heads=3: set vision.width "
         "to a multiple of 3 (e.g. 33) or choose a vision.num_heads that divides 32.\n")
+
+
+def test_a_config_stored_before_the_sizes_were_derived_still_loads():
+    """Checkpoints written before this change store adapter.input_dim/joint_dim and the stream's run
+    fields; the loader drops them (the adapter's trained size is then read from its weights)."""
+    from llm2clip_nemo.models.llm2clip_config import LLM2CLIPConfig
+    from llm2clip_nemo.models.loading import prepare_config
+    from llm2clip_nemo.models.nemo_base import from_dictconfig, to_dictconfig
+    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
+
+    model = load_config(TrainCLIPConfig, "pretrain_tiny").model
+    stored = OmegaConf.to_container(to_dictconfig(model))
+    stored["adapter"].update(input_dim=576, joint_dim=128)
+    stored["train_ds"].update(output="embeddings", teacher_fingerprint="abc", teacher_dim=576)
+    assert from_dictconfig(LLM2CLIPConfig, prepare_config(stored)) == model
