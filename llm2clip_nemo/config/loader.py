@@ -87,8 +87,9 @@ def compose(f: Path, dirs: Sequence[Path] = (CONFIG_DIR,), chain: tuple[Path, ..
     if entries is None:
         return raw
     if not isinstance(entries, ListConfig) or not all(isinstance(e, str) for e in entries):
+        shown = OmegaConf.to_container(entries) if isinstance(entries, DictConfig | ListConfig) else repr(entries)
         raise ConfigError(f"{f}: defaults must be a list of preset names such as [teacher/tiny@model.teacher], "
-                          f"got {OmegaConf.to_container(entries) if isinstance(entries, DictConfig | ListConfig) else entries!r}")
+                          f"got {shown}")
     layers = []
     for e in entries:
         name, _, key = e.partition("@")
@@ -122,7 +123,7 @@ def load_config(schema: type[T], config_name: str | None = None, overrides: Sequ
     if overrides:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     for layer in layers:
-        refuse_derived(schema, layer)
+        refuse_derived(schema, OmegaConf.to_container(layer, resolve=False))
     try:
         merged = OmegaConf.merge(base, *layers)
         obj = OmegaConf.to_object(merged)
@@ -133,12 +134,12 @@ def load_config(schema: type[T], config_name: str | None = None, overrides: Sequ
     return obj
 
 
-def refuse_derived(schema: type, layer, path: str = "") -> None:
-    """ConfigError for a key that names a size derived from another part of the run.
-
-    A schema lists such former fields in a `DERIVED` class attribute, {name: where the value comes
-    from}; setting one (even to the right value) is refused, so no two places can disagree."""
-    if not dataclasses.is_dataclass(schema) or not isinstance(layer, DictConfig):
+def refuse_derived(schema: type, layer: dict, path: str = "") -> None:
+    """ConfigError for a key of `layer` (a YAML or overrides as a plain dict) that names a value
+    derived from another part of the run. A schema lists such former fields in a `DERIVED` class
+    attribute, {name: where the value comes from}; setting one, even to the right value, is refused,
+    so no two places can disagree."""
+    if not dataclasses.is_dataclass(schema) or not isinstance(layer, dict):
         return
     derived = getattr(schema, "DERIVED", {})
     fields = {f.name: f for f in dataclasses.fields(schema)}
