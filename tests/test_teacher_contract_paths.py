@@ -238,4 +238,4 @@ def test_config_error_for_teacher_contract_reaches_training_cli(tmp_path, capsys
     with pytest.raises(ConfigError):
         from llm2clip_nemo.text.config import TeacherConfig
 
-        TeacherConfig(path=str(teacher), pooling="last_token").validate()
+        TeacherConfig(path=str(teacher), pooling="last_token").check_available()  # validate() reads no file
