@@ -253,3 +253,10 @@ def test_a_config_stored_before_the_sizes_were_derived_still_loads():
     stored["adapter"].update(input_dim=576, joint_dim=128)
     stored["train_ds"].update(output="embeddings", teacher_fingerprint="abc", teacher_dim=576)
     assert from_dictconfig(LLM2CLIPConfig, prepare_config(stored)) == model
+
+
+def test_a_typed_adapter_size_exits_2_in_one_line(capsys):
+    from llm2clip_nemo.recipes.train_clip import main
+
+    assert main(["--config-name", "pretrain_tiny", "model.adapter.joint_dim=128"], mode="pretrain") == 2
+    assert capsys.readouterr().err == f"llm2clip-nemo pretrain: config error: {DERIVED_MESSAGES['model.adapter.joint_dim']}\n"
