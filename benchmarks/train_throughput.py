@@ -65,7 +65,7 @@ def build_ours(vit_cfg, adapter_cfg, groups, device):
     from llm2clip_nemo.vision import VisionTransformer
 
     vit = VisionTransformer(vit_cfg, groups).to(device).train()
-    adapter = LLM2CLIPAdapter(adapter_cfg).to(device).train()
+    adapter = LLM2CLIPAdapter(*adapter_cfg).to(device).train()
     loss_fn = ClipInfoNCELoss().to(device)
 
     def loss_of(pixels, teacher):
@@ -87,7 +87,7 @@ def build_open_clip(vit_cfg, adapter_cfg, device):
     ).to(device).train()
     if vit_cfg.recompute:
         vit.set_grad_checkpointing(True)
-    adapter = LLM2CLIPAdapter(adapter_cfg).to(device).train()
+    adapter = LLM2CLIPAdapter(*adapter_cfg).to(device).train()
     logit_scale = torch.nn.Parameter(torch.tensor(2.6592, device=device))
     clip_loss = ClipLoss()
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(0)
     vit_cfg = ViTConfig.from_preset(preset, recompute=args.recompute, fp8=args.fp8,
                                     transformer_impl="auto" if cuda else "local")
-    adapter_cfg = AdapterConfig(input_dim=args.teacher_dim, joint_dim=vit_cfg.embed_dim)
+    adapter_cfg = (AdapterConfig(), args.teacher_dim, vit_cfg.embed_dim)  # (config, input size, joint size)
     device = torch.device(args.device)
     amp_dtype = torch.bfloat16 if dtype == "bf16" else None
 
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     per_step = cpu if clock == "process" else wall
 
     # FLOPs per sample: vision forward x3 (forward + backward) plus the adapter's 6 x params
-    flops = 3 * vit_cfg.forward_flops() + 6 * adapter_cfg.num_params()
+    flops = 3 * vit_cfg.forward_flops() + 6 * adapter_cfg[0].num_params(*adapter_cfg[1:])
     print(f"device={args.device} ({torch.cuda.get_device_name() if cuda else 'CPU'}, "
           f"{torch.get_num_threads()} threads) torch={torch.__version__} preset={preset} image={vit_cfg.image_size} "
           f"batch={batch} dtype={dtype} ours_impl={impl} steps={steps}x{rounds} rounds")

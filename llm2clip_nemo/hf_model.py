@@ -78,7 +78,7 @@ class LLM2CLIP(nn.Module):
         from transformers import CLIPVisionModelWithProjection
 
         from .models.loading import EXPORT_FORMAT, UnknownLayoutError
-        from .text.adapter import AdapterConfig, LLM2CLIPAdapter, check_teacher_dim
+        from .text.adapter import AdapterConfig, LLM2CLIPAdapter
 
         path = Path(path)
         index = path / "llm2clip.json"
@@ -90,7 +90,8 @@ class LLM2CLIP(nn.Module):
             raise UnknownLayoutError(f"{index} has format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}.")
         acfg = json.loads((path / meta["adapter"] / "config.json").read_text())
         fields = {f for f in AdapterConfig.__dataclass_fields__}
-        adapter = LLM2CLIPAdapter(AdapterConfig(**{k: v for k, v in acfg.items() if k in fields}))
+        adapter = LLM2CLIPAdapter(AdapterConfig(**{k: v for k, v in acfg.items() if k in fields}), acfg["input_dim"],
+                                 acfg["joint_dim"])
         tensors = load_file(path / meta["adapter"] / "model.safetensors")
         adapter.load_state_dict({k.removeprefix("adapter."): v for k, v in tensors.items()
                                  if k.startswith("adapter.")}, strict=True)
@@ -117,12 +118,10 @@ class LLM2CLIP(nn.Module):
 
             encoder = Teacher.load(llm_dir, init_parallel(tensor_parallel), contract, params_dtype=dtype)
             tokenizer, hidden = encoder.tokenizer, encoder.hidden_size
-        try:
-            check_teacher_dim(adapter.cfg, hidden)
-        except ValueError:
-            raise ValueError(f"embedding dimension mismatch in {path}: the adapter takes {adapter.cfg.input_dim}-dim "
+        if adapter.input_dim != hidden:
+            raise ValueError(f"embedding dimension mismatch in {path}: the adapter takes {adapter.input_dim}-dim "
                              f"LLM embeddings but {llm_dir} has hidden size {hidden}: the export is inconsistent; "
-                             "re-export the model.") from None
+                             "re-export the model.")
         model = cls(vision.eval(), adapter.eval(), encoder, tokenizer, contract, {**acfg, "export": meta}, scale,
                     tensors.get("loss.logit_bias"))
         return model.to(device)

@@ -19,7 +19,7 @@ TINY_TEACHER_BIDIRECTIONAL = "false"
 TINY_TEACHER_MAX_LENGTH = 32
 TINY_VISION = ["model.vision.image_size=16", "model.vision.patch_size=8", "model.vision.width=32",
                "model.vision.num_layers=2", "model.vision.num_heads=2", "model.vision.mlp_dim=64",
-               "model.vision.embed_dim=32", "model.adapter.joint_dim=32", "model.train_ds.transform.image_size=16"]
+               "model.vision.embed_dim=32", "model.train_ds.transform.image_size=16"]
 
 
 def image_bytes(i: int) -> bytes:
@@ -64,8 +64,8 @@ def tiny_offline_setup(root, n_train=64, n_val=16):
 
 
 def tiny_overrides(teacher, train, val, exp_dir, steps=10, **extra):
-    over = [f"model.teacher.path={teacher}", f"model.train_ds.urls={train}", "model.train_ds.output=embeddings",
-            "model.train_ds.batch_size=8", "model.adapter.input_dim=64", "model.train_ds.shuffle_buffer=16",
+    over = [f"model.teacher.path={teacher}", f"model.train_ds.urls={train}",
+            "model.train_ds.batch_size=8", "model.train_ds.shuffle_buffer=16",
             "model.train_ds.caption_fields={txt: 0.5, long: 0.5}", f"model.validation_ds.urls={val}",
             "model.train_ds.sidecar_dir=null", "model.validation_ds.sidecar_dir=null", f"model.teacher.bidirectional={TINY_TEACHER_BIDIRECTIONAL}",
             f"model.teacher.max_length={TINY_TEACHER_MAX_LENGTH}",

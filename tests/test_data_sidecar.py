@@ -83,10 +83,9 @@ def _write_sidecars(urls, fingerprint="teacher-A", dim=32, drop_key=None, sideca
 def test_stream_joins_embeddings_by_key(tmp_path):
     urls = write_synthetic_shards(str(tmp_path / "img"), n_shards=2, per_shard=6)
     _write_sidecars(urls, sidecar_dir=str(tmp_path / "emb"))
-    cfg = tiny_stream_config(str(tmp_path / "img"), output="embeddings", sidecar_dir=str(tmp_path / "emb"),
-                             teacher_fingerprint="teacher-A", teacher_dim=32, resampled=False, epochs=1)
+    cfg = tiny_stream_config(str(tmp_path / "img"), sidecar_dir=str(tmp_path / "emb"), resampled=False, epochs=1)
     n = 0
-    for b in ImageTextStream(cfg):
+    for b in ImageTextStream(cfg, output="embeddings", teacher_fingerprint="teacher-A", teacher_dim=32):
         assert b["teacher_emb"].shape == (len(b["key"]), 32)
         for key, field, emb in zip(b["key"], b["caption_field"], b["teacher_emb"]):
             want = _vectors(key, 32)[FIELDS.index(field)]
@@ -98,10 +97,9 @@ def test_stream_joins_embeddings_by_key(tmp_path):
 def test_stream_refuses_mismatched_sidecars(tmp_path):
     urls = write_synthetic_shards(str(tmp_path), n_shards=1, per_shard=6)
     _write_sidecars(urls, drop_key="000003")
-    cfg = tiny_stream_config(urls[0], output="embeddings", teacher_fingerprint="teacher-A", resampled=False,
-                             epochs=1, shuffle_buffer=1, batch_size=1, open_shards=1)
+    cfg = tiny_stream_config(urls[0], resampled=False, epochs=1, shuffle_buffer=1, batch_size=1, open_shards=1)
     with pytest.raises(SidecarMismatchError, match=r"has no embedding for key '000003' of image shard 'shard-000000.tar'"):
-        list(ImageTextStream(cfg))
+        list(ImageTextStream(cfg, output="embeddings", teacher_fingerprint="teacher-A"))
     _write_sidecars(urls, fingerprint="teacher-B")
     with pytest.raises(SidecarMismatchError, match=r"fingerprint 'teacher-B', expected 'teacher-A'"):
-        list(ImageTextStream(cfg))
+        list(ImageTextStream(cfg, output="embeddings", teacher_fingerprint="teacher-A"))

@@ -129,12 +129,11 @@ def test_batch_layout_and_normalisation(shards):
 
 def test_stream_has_no_token_output_of_its_own(shards):
     """The online teacher prepares captions by its contract; the stream has no second length setting."""
-    from llm2clip_nemo.config import ConfigError
     from llm2clip_nemo.data.config import StreamConfig
 
     assert not hasattr(StreamConfig(), "max_text_tokens")
-    with pytest.raises(ConfigError, match=r"^data.output='tokens' must be one of \('captions', 'embeddings'\)$"):
-        ImageTextStream(stream_cfg(shards, output="tokens"))
+    with pytest.raises(ValueError, match=r"^output='tokens' must be one of \('captions', 'embeddings'\)$"):
+        ImageTextStream(stream_cfg(shards), output="tokens")
     b = next(iter(ImageTextStream(stream_cfg(shards))))
     assert set(b) == {"image", "key", "caption", "caption_field", "source", "url", "stream_state"}
 
@@ -175,7 +174,8 @@ def test_config_validation_names_field_and_fix():
 
     c = load_config(StreamConfig, None, ["urls=a/{0..3}.tar", "caption_fields.txt=0", "caption_fields.long=1", "epochs=2"])
     assert c.caption_fields == {"txt": 0.0, "long": 1.0} and c.epochs == 2
-    with pytest.raises(ConfigError, match=r"data.output='tensors' must be one of \('captions', 'embeddings'\)"):
-        load_config(StreamConfig, None, ["output=tensors"])
+    with pytest.raises(ConfigError, match=r"^output is no longer set in configs: it is chosen by the model from "
+                                          r"model.teacher_mode \(offline: embeddings, online: captions\). Remove output "):
+        load_config(StreamConfig, None, ["output=captions"])
     with pytest.raises(ConfigError, match=r"transform.scale=\[0.0, 1.0\] must be \[lo, hi\] with 0 < lo <= hi <= 1"):
         load_config(StreamConfig, None, ["transform.scale=[0,1]"])

@@ -92,7 +92,7 @@ def test_pretrain_tiny_offline(tiny):
 def test_pretrain_tiny_online_teacher_tp2(tiny):
     root, teacher, train, val = tiny
     over = ["--config-name", "pretrain_tiny", *_pretrain_overrides(
-        teacher, train, val, root / "online", **{"model.teacher_mode": "online", "model.train_ds.output": "captions",
+        teacher, train, val, root / "online", **{"model.teacher_mode": "online",
                                                  "model.teacher.tensor_parallel": 2, "trainer.devices": 2})]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "llm2clip_nemo.cli", "pretrain", *over]

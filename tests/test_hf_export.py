@@ -20,8 +20,7 @@ from llm2clip_nemo.data.shards import ShardSample, write_shards
 
 TINY = ["model.vision.image_size=16", "model.vision.patch_size=8", "model.vision.width=32",
         "model.vision.num_layers=2", "model.vision.num_heads=2", "model.vision.mlp_dim=64",
-        "model.vision.embed_dim=32", "model.adapter.joint_dim=32", "model.adapter.input_dim=64",
-        "model.adapter.num_blocks=2", "model.train_ds.transform.image_size=16"]
+        "model.vision.embed_dim=32", "model.adapter.num_blocks=2", "model.train_ds.transform.image_size=16"]
 CLASSES = ("w90", "w91", "w92")
 _CACHE: dict = {}
 
@@ -174,7 +173,6 @@ def test_finetune_from_our_export_is_bit_exact(tiny):
     from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
 
     cfg = load_config(TrainCLIPConfig, None, [f"model.teacher.path={tiny['teacher']}", "model.mode=finetune",
-                                              "model.train_ds.output=embeddings",
                                               f"model.init_from={tiny['export'] / 'vision'}", "model.seed=123", *TINY])
     fresh = LLM2CLIPModel(to_dictconfig(cfg.model))
     exported = load_llm2clip(tiny["export"])
@@ -281,7 +279,7 @@ def test_siglip_finetune_trains_with_sigmoid_loss_and_exports_to_stock_siglip(ti
     from llm2clip_nemo.models.llm2clip import LLM2CLIPModel
     from llm2clip_nemo.models.loading import load_llm2clip
     from llm2clip_nemo.models.nemo_base import to_dictconfig
-    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig, run
+    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig, prepare_run, run
 
     torch.manual_seed(5)
     src = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -293,7 +291,7 @@ def test_siglip_finetune_trains_with_sigmoid_loss_and_exports_to_stock_siglip(ti
             f"model.train_ds.urls={tiny['train']}", "model.train_ds.batch_size=8", "model.train_ds.shuffle_buffer=8",
             "model.num_workers=0", "trainer.max_steps=2", f"exp_manager.exp_dir={tmp_path / 'runs'}",
             "exp_manager.checkpoint_every_n_steps=2", "trainer.enable_progress_bar=false", *TINY]
-    cfg = load_config(TrainCLIPConfig, None, over)
+    cfg = prepare_run(load_config(TrainCLIPConfig, None, over))  # the checkpoint's architecture, adopted
     assert (cfg.model.vision.family, cfg.model.vision.activation, cfg.model.vision.layernorm_eps) == (
         "siglip", "gelu_tanh", 1e-6)
     fresh = LLM2CLIPModel(to_dictconfig(cfg.model)).net.vision.canonical_state_dict()

@@ -22,9 +22,8 @@ def tiny(tmp_path_factory):
     return tiny_offline_setup(tmp_path_factory.mktemp("clip"))
 
 
-def tiny_model_cfg(loss, teacher_dim=24, sampling="one"):
-    over = TINY_VISION + [f"model.loss.kind={loss}", f"model.adapter.input_dim={teacher_dim}",
-                          f"model.train_ds.caption_sampling={sampling}"]
+def tiny_model_cfg(loss, sampling="one"):
+    over = TINY_VISION + [f"model.loss.kind={loss}", f"model.train_ds.caption_sampling={sampling}"]
     return load_config(TrainCLIPConfig, None, over).model
 
 
@@ -36,7 +35,7 @@ def _dp_worker(rank, world, loss_kind, pixels, emb, mask=None):
 
     g = init_parallel(1)
     torch.manual_seed(0)
-    net = LLM2CLIP(tiny_model_cfg(loss_kind, sampling="one" if mask is None else "all"), g)
+    net = LLM2CLIP(tiny_model_cfg(loss_kind, sampling="one" if mask is None else "all"), g, teacher_dim=24)
     n = pixels.shape[0] // world
     sl = slice(rank * n, (rank + 1) * n)
     loss = net(pixels[sl], emb[sl], group=dist.group.WORLD if world > 1 else None,
@@ -57,7 +56,7 @@ def _dp_worker(rank, world, loss_kind, pixels, emb, mask=None):
         k1 = []
         for sampling, e in (("one", emb[:, 0]), ("all", emb[:, :1])):
             torch.manual_seed(0)
-            other = LLM2CLIP(tiny_model_cfg(loss_kind, sampling=sampling), g)
+            other = LLM2CLIP(tiny_model_cfg(loss_kind, sampling=sampling), g, teacher_dim=24)
             with torch.no_grad():
                 k1.append(other(pixels, e, caption_mask=None if sampling == "one" else mask[:, :1] | True).item())
         return losses.item(), grads, k1
@@ -108,8 +107,8 @@ def test_every_caption_batches_hold_each_fields_sidecar_vector(tiny, tmp_path):
     shards = make_shards(tmp_path / "s", shorts, longs, per_shard=8)
     extract(load_config(ExtractConfig, None, [f"data.urls={shards}", f"teacher.path={teacher}", "progress=false",
                                               f"teacher.bidirectional={TINY_TEACHER_BIDIRECTIONAL}"]))
-    stream = ImageTextStream(tiny_stream_config(str(shards), caption_sampling="all", output="embeddings",
-                                                batch_size=8, epochs=1, resampled=False))
+    stream = ImageTextStream(tiny_stream_config(str(shards), caption_sampling="all", batch_size=8, epochs=1,
+                                                resampled=False), output="embeddings")
     batch = next(iter(stream))
     url = batch["url"][0]
     reader = SidecarReader(sidecar_path(url))
@@ -138,7 +137,7 @@ def _online_offline_worker(rank, world, teacher_dir, sidecar, captions, keys):
     reader = SidecarReader(sidecar, fingerprint=teacher.fingerprint)
     offline = torch.stack([reader.vector(k, "txt") for k in keys[mine]])
     torch.manual_seed(0)
-    net = LLM2CLIP(tiny_model_cfg("clip", teacher.hidden_size), g)
+    net = LLM2CLIP(tiny_model_cfg("clip"), g, teacher.hidden_size)
     torch.manual_seed(10 + rank)
     pixels = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
@@ -218,8 +217,11 @@ def test_bad_configs(tiny, tmp_path):
     base = tiny_overrides(teacher, train, val, tmp_path, steps=2)
     with pytest.raises(ValueError, match=r"vision.width.*vision.num_heads"):
         load_config(TrainCLIPConfig, None, base + ["model.vision.width=33"])
-    with pytest.raises(ValueError, match=r"model.adapter.input_dim=100 does not match the teacher's embedding size 64"):
-        run(load_config(TrainCLIPConfig, None, base + ["model.adapter.input_dim=100"]))
+    with pytest.raises(ConfigError) as e:  # the size is the teacher's: typing it, even right, is refused
+        load_config(TrainCLIPConfig, None, base + ["model.adapter.input_dim=64"])
+    assert str(e.value) == ("model.adapter.input_dim is no longer set in configs: it is the teacher's hidden size, read "
+                            "from the teacher when the model is built. Remove model.adapter.input_dim from the YAML or "
+                            "the overrides.")
     with pytest.raises(ConfigError, match=r"model.global_batch_size=9 is not divisible by the 2 ranks: use a multiple of 2"):
         per_rank_batch(9, 2)
     assert per_rank_batch(32768, 4096) == 8

@@ -131,23 +131,24 @@ def _saved_quick_gelu_ckpt(tmp_path, eps: float = 1e-6):
 
 
 def _finetune_cfg(path, *overrides):
+    """The finetune_tiny config as a run starts with it (`prepare_run`: the checkpoint's architecture adopted)."""
     from llm2clip_nemo.config import load_config
-    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
+    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig, prepare_run
 
-    return load_config(TrainCLIPConfig, "finetune_tiny", [f"model.init_from={path}", "model.vision.embed_dim=40",
-                                                           "model.adapter.joint_dim=40", *overrides])
+    return prepare_run(load_config(TrainCLIPConfig, "finetune_tiny", [f"model.init_from={path}",
+                                                                       "model.vision.embed_dim=40", *overrides]))
 
 
 def test_finetune_init_adopts_the_checkpoints_architecture_and_matches_transformers(groups, tmp_path):
-    """Every numerics field left to the checkpoint (quick_gelu, eps 1e-6, the widths...) is adopted at
-    config load, and the fine-tune init then gives transformers' embeddings."""
+    """Every numerics field left to the checkpoint (quick_gelu, eps 1e-6, the widths...) is adopted where
+    the run starts, and the fine-tune init then gives transformers' embeddings."""
     from llm2clip_nemo.models.llm2clip import LLM2CLIP, init_vision_from_hf
 
     hf, path = _saved_quick_gelu_ckpt(tmp_path)
     v = _finetune_cfg(path, *ARCH_FROM_CKPT).model.vision
     assert (v.image_size, v.patch_size, v.num_channels, v.width, v.num_layers, v.num_heads, v.mlp_dim,
             v.activation, v.layernorm_eps) == (32, 8, 3, 64, 2, 4, 112, "quick_gelu", 1e-6)
-    net = LLM2CLIP(_finetune_cfg(path, *ARCH_FROM_CKPT).model, groups).eval()
+    net = LLM2CLIP(_finetune_cfg(path, *ARCH_FROM_CKPT).model, groups, teacher_dim=576).eval()
     init_vision_from_hf(net, path)
     pixels = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -172,8 +173,7 @@ def test_finetune_init_refuses_a_mismatched_field(tmp_path, capsys, override, me
     with pytest.raises(ConfigError) as e:
         _finetune_cfg(path, *rest, override)
     assert str(e.value) == f"model.init_from={path} {message}"
-    argv = ["--config-name", "finetune_tiny", f"model.init_from={path}", "model.vision.embed_dim=40",
-            "model.adapter.joint_dim=40", *rest, override]
+    argv = ["--config-name", "finetune_tiny", f"model.init_from={path}", "model.vision.embed_dim=40", *rest, override]
     assert main(argv, mode="finetune") == 2
     assert capsys.readouterr().err == f"llm2clip-nemo finetune: config error: model.init_from={path} {message}\n"
 

@@ -98,8 +98,8 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
         _export_llm(tc.teacher.resolved_path(), tmp / LLM)
         write_contract(tmp / LLM, contract, {"exported_from": str(tc.teacher.path)})
         hidden = _hidden_size(tmp / LLM)
-        if hidden != tc.adapter.input_dim:
-            raise ValueError(f"embedding dimension mismatch: the adapter takes {tc.adapter.input_dim}-dim teacher "
+        if hidden != model.net.adapter.input_dim:
+            raise ValueError(f"embedding dimension mismatch: the adapter takes {model.net.adapter.input_dim}-dim teacher "
                              f"embeddings but the teacher LLM {tc.teacher.path} has hidden size {hidden}.")
         fingerprint = expected_fingerprint(dataclasses.replace(tc.teacher, path=str(tmp / LLM)))
         if info.teacher_fingerprint not in (None, fingerprint):
@@ -121,6 +121,8 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
         loss = model.net.loss
         adapter_cfg = {
             **dataclasses.asdict(tc.adapter),
+            "input_dim": model.net.adapter.input_dim,
+            "joint_dim": model.net.adapter.joint_dim,
             "loss": tc.loss.kind,
             "logit_scale": loss.scale().item(),
             "logit_bias": loss.logit_bias.item() if hasattr(loss, "logit_bias") else None,
@@ -172,8 +174,8 @@ def model_card(meta: dict, adapter_cfg: dict, contract: TeacherContract, name: s
         f"- `{meta['vision']}/`: the vision tower as a stock `transformers` `{vision_cls}` "
         f"(ViT, {v['num_layers']} layers, width {v['width']}, patch {v['patch_size']}, {v['image_size']} px, "
         f"embedding {v['embed_dim']}) with its `preprocessor_config.json`.",
-        f"- `{meta['adapter']}/`: the adapter ({a['num_blocks']} residual MLP blocks, {a['input_dim']} -> "
-        f"{a['joint_dim']}) in safetensors, and the learned logit scale ({scale:.4g}).",
+        f"- `{meta['adapter']}/`: the adapter ({a['num_blocks']} residual MLP blocks, {adapter_cfg['input_dim']} -> "
+        f"{adapter_cfg['joint_dim']}) in safetensors, and the learned logit scale ({scale:.4g}).",
         f"- `{meta['llm']}/`: the frozen teacher LLM (hidden size {adapter_cfg['teacher_hidden_size']}) as a "
         "standard Hugging Face causal-LM directory with its tokenizer; teacher fingerprint "
         f"`{adapter_cfg['teacher_fingerprint']}`.",

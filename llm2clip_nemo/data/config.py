@@ -1,16 +1,29 @@
-"""Typed config of the training stream (one dataclass; every field documented)."""
+"""Typed config of the training stream (one dataclass; every field documented).
+
+Only what a user chooses: what the run fills in (the output kind, the teacher's fingerprint and
+embedding size) are arguments of `ImageTextStream`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..config.loader import ConfigError
 from .transforms import TransformConfig
 
 OUTPUTS = ("captions", "embeddings")
+"""What a stream adds to each batch: caption text (online teacher) or sidecar embeddings (offline);
+chosen by the model from its teacher mode (`ImageTextStream(..., output=)`), not a config field."""
 
 
 @dataclass
 class StreamConfig:
+    DERIVED: ClassVar[dict[str, str]] = {
+        "output": "chosen by the model from model.teacher_mode (offline: embeddings, online: captions)",
+        "teacher_fingerprint": "the configured teacher's, computed when the model builds its stream",
+        "teacher_dim": "the teacher's hidden size, read when the model is built",
+    }
+    """Former fields that a run fills in (`config.loader.refuse_derived`)."""
+
     urls: str = ""
     """Shards: brace patterns, directories or manifest.json files; several sources joined by '::'
     (open_clip style), e.g. 'laion/{000000..099999}.tar::recap/{00000..09999}.tar'. An energon-prepared
@@ -53,15 +66,8 @@ class StreamConfig:
     """'one': one caption field per sample per step, drawn by caption_fields' weights (LLM2CLIP).
     'all': every weighted field of the sample at once, as K positives of a multi-positive loss (FLAME);
     batches then carry "captions" [B][K], "caption_mask" [B,K] and (embeddings) teacher_emb [B,K,dim]."""
-    output: str = "captions"
-    """'captions' (text only; the online teacher prepares them by its contract, `text.contract`) or
-    'embeddings' (teacher_emb from sidecars, offline training)."""
     sidecar_dir: str | None = None
-    """'embeddings' mode: directory of the .emb.tar sidecars; None: next to each image shard."""
-    teacher_fingerprint: str | None = None
-    """'embeddings' mode: sidecars written by another teacher are refused; None skips the check."""
-    teacher_dim: int | None = None
-    """'embeddings' mode: expected embedding size; None skips the check."""
+    """Offline teacher (sidecar embeddings): directory of the .emb.tar sidecars; None: next to each image shard."""
     check_paths: bool = True
     """Check every local shard is readable when the stream is built (one stat per shard)."""
     no_valid_error_after: int = 512
@@ -74,8 +80,6 @@ class StreamConfig:
     """Image transform (size, crop, normalisation)."""
 
     def validate(self) -> None:
-        if self.output not in OUTPUTS:
-            raise ConfigError(f"data.output={self.output!r} must be one of {OUTPUTS}")
         if self.caption_sampling not in ("one", "all"):
             raise ConfigError(f"data.caption_sampling={self.caption_sampling!r}: choose one (a field per sample "
                               "per step) or all (every caption field as a positive)")

@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .captions import CaptionPolicy
-from .config import StreamConfig
+from .config import OUTPUTS, StreamConfig
 from .images import ImageDecodeError, decode_image
 from .samples import check_sample
 from .sidecar import SidecarReader, sidecar_path
@@ -99,11 +99,19 @@ class ImageTextStream(IterableDataset):
     Use with `DataLoader(stream, batch_size=None, num_workers=N)` or `stream.loader(N)`.
     """
 
-    def __init__(self, cfg: StreamConfig, rank: int = 0, world_size: int = 1):
+    def __init__(self, cfg: StreamConfig, rank: int = 0, world_size: int = 1, *, output: str = "captions",
+                 teacher_fingerprint: str | None = None, teacher_dim: int | None = None):
+        """`output`, `teacher_fingerprint` and `teacher_dim` are the run's, not the user's: the model
+        passes them (`output` from its teacher mode; for 'embeddings', sidecars of another teacher
+        fingerprint or embedding size are refused, None skipping that check). ValueError for a bad
+        `output` or rank."""
         cfg.validate()
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r} must be one of {OUTPUTS}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.output, self.teacher_fingerprint, self.teacher_dim = output, teacher_fingerprint, teacher_dim
         self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths, cfg.weights, cfg.blend)
         self.shards: list[tuple[str, int]] = [(u, s) for s, src in enumerate(self.sources) for u in src.urls]
         self.shard_factor = [self.sources[s].factor for _, s in self.shards]
@@ -300,7 +308,7 @@ class ImageTextStream(IterableDataset):
             if picks:
                 sample["captions"] = [c.text if c else "" for c in picks]
                 sample["caption_mask"] = [c is not None for c in picks]
-            if self.cfg.output == "embeddings":
+            if self.output == "embeddings":
                 reader = self._sidecar(item.url, sidecars)
                 if picks:  # absent fields are zero rows in the sidecar (and masked)
                     sample["teacher_emb"] = torch.stack([reader.vector(item.key, f) for f in self.policy.fields])
@@ -320,8 +328,8 @@ class ImageTextStream(IterableDataset):
             if len(cache) >= 2 * self.cfg.open_shards:
                 cache.pop(next(iter(cache))).close()
             r = cache[url] = SidecarReader(
-                sidecar_path(url, self.cfg.sidecar_dir), fingerprint=self.cfg.teacher_fingerprint,
-                dim=self.cfg.teacher_dim, fields=self.policy.fields,
+                sidecar_path(url, self.cfg.sidecar_dir), fingerprint=self.teacher_fingerprint,
+                dim=self.teacher_dim, fields=self.policy.fields,
             )
         return r
 
@@ -341,7 +349,7 @@ class ImageTextStream(IterableDataset):
         if self.cfg.caption_sampling == "all":
             batch["captions"] = [s["captions"] for s in buf]
             batch["caption_mask"] = torch.tensor([s["caption_mask"] for s in buf], dtype=torch.bool)
-        if self.cfg.output == "embeddings":
+        if self.output == "embeddings":
             batch["teacher_emb"] = torch.stack([s["teacher_emb"] for s in buf])
         return batch
 

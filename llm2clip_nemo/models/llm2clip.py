@@ -25,7 +25,7 @@ from torch import nn
 from ..config import ConfigError
 from ..losses import ClipInfoNCELoss, MultiPositiveInfoNCELoss, MultiPositiveSigLIPLoss, SigLIPLoss
 from ..text.adapter import LLM2CLIPAdapter, check_teacher_dim
-from ..text.config import TeacherConfig
+from ..text.config import teacher_hidden_size
 from .llm2clip_config import LLM2CLIPConfig, LossConfig, OptimConfig, ValidationConfig  # noqa: F401  (re-exported)
 
 # ---- the network (no training logic) -------------------------------------------------------------
@@ -33,12 +33,13 @@ from .llm2clip_config import LLM2CLIPConfig, LossConfig, OptimConfig, Validation
 class LLM2CLIP(nn.Module):
     """Vision tower + text adapter + loss parameters. The teacher is held outside (see module doc)."""
 
-    def __init__(self, cfg: LLM2CLIPConfig, groups):
+    def __init__(self, cfg: LLM2CLIPConfig, groups, teacher_dim: int):
+        """`teacher_dim`: the teacher's hidden size (`text.config.teacher_hidden_size`), the adapter's input."""
         super().__init__()
         from ..vision.vit import VisionTransformer
 
         self.vision = VisionTransformer(cfg.vision, groups)
-        self.adapter = LLM2CLIPAdapter(cfg.adapter)
+        self.adapter = LLM2CLIPAdapter(cfg.adapter, teacher_dim, cfg.vision.embed_dim)
         lc = cfg.loss
         self.multi_positive = cfg.train_ds.caption_sampling == "all"
         if lc.kind == "clip":
@@ -138,7 +139,7 @@ class LLM2CLIPModel(_model_pt()):
             self._record_absolute_teacher_path()
         self.groups = groups or init_parallel(tc.teacher.tensor_parallel)
         seed_everything(tc.seed)
-        self.net = LLM2CLIP(tc, self.groups)
+        self.net = LLM2CLIP(tc, self.groups, teacher_hidden_size(tc.teacher))
         if tc.mode == "finetune" and not self._is_model_being_restored():
             init_vision_from_hf(self.net, tc.init_from)
         self.automatic_optimization = False
@@ -183,8 +184,8 @@ class LLM2CLIPModel(_model_pt()):
             else:
                 from ..text.config import expected_fingerprint
 
-                fp, dim = expected_fingerprint(tc), _teacher_hidden_size(tc)
-            check_teacher_dim(self.typed.adapter, dim)
+                fp, dim = expected_fingerprint(tc), teacher_hidden_size(tc)
+            check_teacher_dim(self.net.adapter.input_dim, dim)
             self.teacher_fingerprint = fp
         return self.teacher_fingerprint
 
@@ -194,9 +195,10 @@ class LLM2CLIPModel(_model_pt()):
 
         tc = self.typed
         ds = tc.train_ds
-        ds.teacher_fingerprint = self.resolve_teacher_identity() if tc.teacher_mode == "offline" else None
-        ds.teacher_dim = tc.adapter.input_dim if tc.teacher_mode == "offline" else None
-        return ImageTextStream(ds, rank=self.groups.rank, world_size=self.groups.world_size)
+        offline = tc.teacher_mode == "offline"
+        return ImageTextStream(ds, rank=self.groups.rank, world_size=self.groups.world_size, output=tc.stream_output,
+                               teacher_fingerprint=self.resolve_teacher_identity() if offline else None,
+                               teacher_dim=self.net.adapter.input_dim if offline else None)
 
     def setup_training_data(self, train_data_config=None):
         if "typed" not in self.__dict__:  # ModelPT.__init__ calls this before our fields exist
@@ -312,9 +314,10 @@ class LLM2CLIPModel(_model_pt()):
                         drop_last=False, upsampling_factors=None, weights=None, blend=False,
                         transform=dc.replace(tc.train_ds.transform, train=False,
                                              image_size=vc.image_size or tc.vision.image_size))
-        if tc.teacher_mode == "offline":
-            ds.teacher_fingerprint, ds.teacher_dim = self.resolve_teacher_identity(), tc.adapter.input_dim
-        return ImageTextStream(ds, rank=0, world_size=1)
+        offline = tc.teacher_mode == "offline"
+        return ImageTextStream(ds, rank=0, world_size=1, output=tc.stream_output,
+                               teacher_fingerprint=self.resolve_teacher_identity() if offline else None,
+                               teacher_dim=self.net.adapter.input_dim if offline else None)
 
     @torch.no_grad()
     def held_out_features(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -381,16 +384,3 @@ class LLM2CLIPModel(_model_pt()):
     def encode_teacher_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.net.text_features(emb.to(self.device)).float(), dim=-1)
 
-
-def _teacher_hidden_size(tc: TeacherConfig) -> int:
-    path = tc.resolved_path()
-    if (path / "teacher.json").is_file():
-        return json.loads((path / "teacher.json").read_text())["spec"]["hidden_size"]
-    from ..text.hf_io import find_gguf
-
-    d, gguf = find_gguf(Path(path))
-    if gguf:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(d, gguf_file=gguf).hidden_size
-    return json.loads((d / "config.json").read_text())["hidden_size"]

@@ -94,27 +94,21 @@ class LLM2CLIPConfig:
     """Seeds model init."""
 
     def validate(self) -> None:
+        """Checks of the values alone (no files, no environment): ConfigError naming the field and the fix.
+        The fine-tune checkpoint's architecture is adopted where the run starts
+        (`recipes.train_clip.adopt_finetune_architecture`)."""
         if self.mode not in ("pretrain", "finetune"):
             raise ConfigError(f"model.mode={self.mode!r}: choose pretrain or finetune.")
         if self.mode == "finetune" and not self.init_from:
             raise ConfigError("model.mode=finetune needs model.init_from=<Hugging Face CLIP vision checkpoint dir>.")
-        if self.mode == "finetune":  # every numerics field of the checkpoint: adopted or equal
-            from ..convert.clip_vision import adopt_checkpoint_architecture
-
-            self.vision = adopt_checkpoint_architecture(self.vision, self.init_from)
-            self.vision.validate()
-        elif self.vision.from_checkpoint_fields():
+        if self.mode != "finetune" and self.vision.from_checkpoint_fields():
             f = self.vision.from_checkpoint_fields()[0]
             raise ConfigError(f"model.vision.{f}={getattr(self.vision, f)!r} takes its value from a fine-tune "
                               f"checkpoint, but model.mode={self.mode}: give model.vision.{f} a value.")
         if self.teacher_mode not in ("offline", "online"):
             raise ConfigError(f"model.teacher_mode={self.teacher_mode!r}: choose offline or online.")
-        if self.adapter.joint_dim != self.vision.embed_dim:
-            raise ConfigError(f"model.adapter.joint_dim={self.adapter.joint_dim} must equal model.vision.embed_dim="
-                              f"{self.vision.embed_dim} (both towers project into the same space).")
-        expected = "embeddings" if self.teacher_mode == "offline" else "captions"
-        if self.train_ds.output == "captions":  # the stream's default: derive it from the teacher mode
-            self.train_ds.output = expected
-        if self.train_ds.output != expected:
-            raise ConfigError(f"model.train_ds.output={self.train_ds.output!r} but teacher_mode={self.teacher_mode} "
-                              f"needs output={expected!r}.")
+
+    @property
+    def stream_output(self) -> str:
+        """What the training stream hands the model: 'embeddings' (sidecars) offline, 'captions' online."""
+        return "embeddings" if self.teacher_mode == "offline" else "captions"

@@ -21,7 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError
-from ..text.config import EMBEDDED
+from ..data.config import StreamConfig
+from ..text.adapter import AdapterConfig
+from ..text.config import EMBEDDED, teacher_hidden_size
 
 ACCEPTED = ("a .nemo archive, a Lightning .ckpt, a training run directory (model.nemo, or "
             "checkpoints/*last.ckpt), or a Hugging Face export directory (llm2clip.json from "
@@ -124,6 +126,9 @@ def prepare_config(cfg: dict, tensor_parallel: int = 1, teacher_path: str | Path
         cfg["teacher"]["path"] = str(teacher_path)
     else:
         cfg["teacher"]["path"] = _locate_teacher(cfg["teacher"].get("path", EMBEDDED), where)
+    # sizes and run fields that configs stored before they were derived (read again when built)
+    cfg["adapter"] = {k: v for k, v in cfg["adapter"].items() if k not in AdapterConfig.DERIVED}
+    cfg["train_ds"] = {k: v for k, v in cfg.get("train_ds", {}).items() if k not in StreamConfig.DERIVED}
     cfg["vision"] = dict(cfg["vision"], fp8=False, recompute=False)
     if cfg["vision"].get("transformer_impl") == "transformer_engine":
         cfg["vision"]["transformer_impl"] = "auto"  # the weights go through the canonical layout
@@ -146,15 +151,10 @@ def _locate_teacher(recorded: str, where: str | Path | None) -> str:
                       + ": pass --teacher PATH (teacher_path=) pointing at that teacher LLM.")
 
 
-def _teacher_hidden(cfg) -> int:
-    from .llm2clip import _teacher_hidden_size
-
-    return _teacher_hidden_size(cfg.teacher)
-
-
-def build_model(cfg: dict, groups=None):
+def build_model(cfg: dict, groups=None, adapter_input: int | None = None):
     """An `LLM2CLIPModel` for the config dict, without data setup or finetune initialisation
-    (the caller loads weights next). Checks the adapter input against the teacher's hidden size."""
+    (the caller loads weights next). `adapter_input`: the trained adapter's input size (from its
+    weights); ConfigError when it is not the teacher's hidden size."""
     from .llm2clip import LLM2CLIPModel
     from .nemo_base import allow_our_targets
 
@@ -167,11 +167,11 @@ def build_model(cfg: dict, groups=None):
         typed: LLM2CLIPConfig = from_dictconfig(LLM2CLIPConfig, dc)
     except (ValueError, ConfigError) as e:
         raise ConfigError(f"the checkpoint's model config does not load here: {e}") from e
-    hidden = _teacher_hidden(typed)
-    if typed.adapter.input_dim != hidden:
+    hidden = teacher_hidden_size(typed.teacher)
+    if adapter_input is not None and adapter_input != hidden:
         raise ConfigError(
-            f"embedding dimension mismatch: the model's adapter takes {typed.adapter.input_dim}-dim teacher "
-            f"embeddings (model.adapter.input_dim) but the teacher at {typed.teacher.path} has hidden size {hidden}: "
+            f"embedding dimension mismatch: the model's adapter takes {adapter_input}-dim teacher "
+            f"embeddings but the teacher at {typed.teacher.path} has hidden size {hidden}: "
             "point teacher_path at the LLM the model was trained with.")
     # NeMo's restore flag: ModelPT skips data setup and LLM2CLIPModel skips the finetune init.
     LLM2CLIPModel._set_model_restore_state(is_being_restored=True)
@@ -210,7 +210,8 @@ def _load_export(path: Path, tensor_parallel: int, teacher_path, groups):
         raise UnknownLayoutError(f"unknown checkpoint layout: {path / 'llm2clip.json'} has format "
                                  f"{meta.get('format')!r}, expected {EXPORT_FORMAT!r}.")
     cfg = prepare_config(meta["model_config"], tensor_parallel, teacher_path or path / meta["llm"])
-    model = build_model(cfg, groups)
+    adapter_cfg = json.loads((path / meta["adapter"] / "config.json").read_text())
+    model = build_model(cfg, groups, adapter_cfg.get("input_dim"))
     _, vision_sd = vit_from_hf(path / meta["vision"], require_projection=True)
     model.net.vision.load_canonical_state_dict(vision_sd)
     ad = load_file(path / meta["adapter"] / "model.safetensors")
@@ -218,7 +219,6 @@ def _load_export(path: Path, tensor_parallel: int, teacher_path, groups):
                                        if k.startswith("adapter.")}, strict=True)
     model.net.loss.load_state_dict({k.removeprefix("loss."): v for k, v in ad.items() if k.startswith("loss.")},
                                    strict=True)
-    adapter_cfg = json.loads((path / meta["adapter"] / "config.json").read_text())
     info = LoadInfo("hf_export", str(path), meta.get("training", {}).get("global_step"),
                     adapter_cfg.get("teacher_fingerprint"), {"llm2clip.json": meta})
     return model, info
@@ -259,7 +259,9 @@ def load_llm2clip(path: str | Path, *, tensor_parallel: int = 1, teacher_path: s
         else:
             cfg, sd, extra = _read_ckpt(where)
         _check_model_cfg(cfg, where)
-        model = build_model(prepare_config(cfg, tensor_parallel, teacher_path, where), groups)
+        proj = sd.get("net.adapter.proj.weight")
+        model = build_model(prepare_config(cfg, tensor_parallel, teacher_path, where), groups,
+                            None if proj is None else int(proj.shape[1]))
         load_net_weights(model, sd)
         step = extra.get("global_step")
         if step is None and where.name == "model.nemo" and (where.parent / "result.json").is_file():

@@ -35,7 +35,7 @@ class CaptionContrastiveConfig:
     """Write <log_dir>/hf_merged (LoRA merged, stock HF causal LM + tokenizer) at the end."""
 
     def validate(self) -> None:
-        self.model.data.check_paths()
+        """Checks of the values alone; the data paths are checked where the run starts (`run`)."""
         check_global_batch(self.model.data.global_batch_size, self.trainer.world_size)
         if self.model.mntp.steps >= self.trainer.max_steps:
             raise ConfigError(f"model.mntp.steps={self.model.mntp.steps} leaves no contrastive step before "
@@ -69,6 +69,7 @@ def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
     from ..models.caption_contrastive import CaptionContrastiveModel, export_merged
     from .trainer import SamplesPerSecond, build_trainer
 
+    cfg.model.data.check_paths()  # the file system is read where the run starts, not by validate()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     curve: list[tuple[int, float]] = []
     trainer, log_dir = build_trainer(

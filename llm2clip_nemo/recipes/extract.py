@@ -137,6 +137,7 @@ def run(cfg: ExtractConfig) -> dict:
     from ..runtime import init_parallel
     from ..text.teacher import Teacher
 
+    cfg.teacher.check_available()  # the teacher's files are read where the run starts, not by validate()
     groups = init_parallel(cfg.teacher.tensor_parallel)
     teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.contract(), cfg.teacher.torch_dtype())
     shards = [(u, s) for s in parse_sources(cfg.data.urls) for u in s.urls]
@@ -265,6 +266,9 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         result = run(cfg)
+    except ConfigError as e:  # the teacher's files (`TeacherConfig.check_available`)
+        print(f"llm2clip-nemo extract: config error: {e}", file=sys.stderr)
+        return 2
     except DataSourceError as e:  # unusable data.urls (missing shards, energon constructs we do not map...)
         print(f"llm2clip-nemo extract: data error: {e}", file=sys.stderr)
         return 2

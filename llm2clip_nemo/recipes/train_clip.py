@@ -6,6 +6,8 @@ and `LLM2CLIPModel`. A resumed run continues from `<exp_dir>/<name>/checkpoints/
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -28,16 +30,45 @@ class TrainCLIPConfig:
     """Knobs of `llm2clip-nemo plan` (capacity estimates); training ignores them."""
 
     def validate(self) -> None:
-        from ..runtime import DistEnv
-
+        """Checks of the values alone; the launch and the files are checked by `prepare_run`."""
         if self.trainer.gradient_clip_val or self.trainer.accumulate_grad_batches != 1:
             raise ConfigError("stage 2 steps its optimizer itself: leave trainer.gradient_clip_val=0 and "
                               "trainer.accumulate_grad_batches=1; set model.optim.grad_clip instead.")
-        world = max(DistEnv.from_environ().world_size, self.trainer.world_size)
-        tp = self.model.teacher.tensor_parallel
-        if world % tp:
-            raise ConfigError(f"model.teacher.tensor_parallel={tp} does not divide the {world} ranks: "
-                              f"launch a multiple of {tp} processes.")
+
+
+def adopt_finetune_architecture(model: LLM2CLIPConfig) -> LLM2CLIPConfig:
+    """model.mode=finetune: a copy of `model` whose vision fields left to the checkpoint (0 or
+    'checkpoint') take the values of `model.init_from`'s config, the others checked equal to them.
+    ConfigError naming the field, both values and the fix; other modes are returned unchanged."""
+    if model.mode != "finetune":
+        return model
+    from ..convert.clip_vision import adopt_checkpoint_architecture
+
+    vision = adopt_checkpoint_architecture(model.vision, model.init_from)
+    vision.validate()
+    return dataclasses.replace(model, vision=vision)
+
+
+def prepare_run(cfg: TrainCLIPConfig, mode: str | None = None) -> TrainCLIPConfig:
+    """The checks that read the launch environment and the file system, made where a run starts (a
+    config's `validate()` reads neither), and the fine-tune's adopted architecture. Returns a resolved
+    copy of `cfg`; ConfigError naming the field and the fix: the verb is not model.mode, the teacher's
+    TP does not divide the ranks, the teacher is missing or disagrees with its contract, the fine-tune
+    checkpoint does not fit model.vision."""
+    from ..runtime import DistEnv
+
+    if mode is not None and cfg.model.mode != mode:
+        raise ConfigError(f"`llm2clip-nemo {mode}` but the config says model.mode={cfg.model.mode}: "
+                          f"use the {cfg.model.mode} verb or set model.mode={mode}.")
+    world = max(DistEnv.from_environ().world_size, cfg.trainer.world_size)
+    tp = cfg.model.teacher.tensor_parallel
+    if world % tp:
+        raise ConfigError(f"model.teacher.tensor_parallel={tp} does not divide the {world} ranks: "
+                          f"launch a multiple of {tp} processes.")
+    cfg.model.teacher.check_available()
+    resolved = copy.deepcopy(cfg)
+    resolved.model = adopt_finetune_architecture(resolved.model)
+    return resolved
 
 
 def per_rank_batch(global_batch: int, world: int) -> int:
@@ -48,16 +79,14 @@ def per_rank_batch(global_batch: int, world: int) -> int:
 
 
 def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
-    """Train; returns {'log_dir', 'losses': [(step, loss)], 'validation': [...], 'nonfinite_steps'}."""
+    """Train (after `prepare_run`); returns {'log_dir', 'losses': [(step, loss)], 'validation': [...], 'nonfinite_steps'}."""
     import torch.distributed as dist
 
     from ..models.llm2clip import LLM2CLIPModel
     from ..models.nemo_base import to_dictconfig
     from ..runtime import init_parallel
 
-    if mode is not None and cfg.model.mode != mode:
-        raise ConfigError(f"`llm2clip-nemo {mode}` but the config says model.mode={cfg.model.mode}: "
-                          f"use the {cfg.model.mode} verb or set model.mode={mode}.")
+    cfg = prepare_run(cfg, mode)
     groups = init_parallel(cfg.model.teacher.tensor_parallel)
     if cfg.model.global_batch_size:
         cfg.model.train_ds.batch_size = per_rank_batch(cfg.model.global_batch_size, groups.world_size)

@@ -7,6 +7,7 @@ paper's ~273M-parameter adapter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,16 +16,20 @@ from torch import nn
 
 @dataclass
 class AdapterConfig:
-    """Shape of the trainable text-side adapter on top of the frozen LLM teacher."""
+    """Shape of the trainable text-side adapter on top of the frozen LLM teacher. Its two sizes are not
+    config fields: the input is the teacher's hidden size (read when the teacher is loaded,
+    `text.config.teacher_hidden_size`) and the output the vision tower's `embed_dim`."""
 
-    input_dim: int = 576
-    """Teacher embedding size (the LLM's hidden size: 576 for SmolLM2-135M, 4096 for Llama-3-8B)."""
-    joint_dim: int = 128
-    """Joint embedding size; must equal the vision tower's `embed_dim`."""
+    DERIVED: ClassVar[dict[str, str]] = {
+        "input_dim": "the teacher's hidden size, read from the teacher when the model is built",
+        "joint_dim": "model.vision.embed_dim (both towers project into the same space)",
+    }
+    """Former fields whose values now come from elsewhere (`config.loader.refuse_derived`)."""
+
     num_blocks: int = 4
     """Residual MLP blocks (the paper uses 4)."""
     expansion: int = 2
-    """MLP hidden size as a multiple of `input_dim` (the paper: d -> 2d -> d)."""
+    """MLP hidden size as a multiple of the input size, the teacher's hidden size (the paper: d -> 2d -> d)."""
     dropout: float = 0.0
     """Dropout inside each block's MLP."""
     layernorm_eps: float = 1e-5
@@ -36,27 +41,27 @@ class AdapterConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field and the fix."""
-        for name in ("input_dim", "joint_dim", "expansion"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.adapter.{name}={getattr(self, name)} must be >= 1.")
+        if self.expansion < 1:
+            raise ValueError(f"model.adapter.expansion={self.expansion} must be >= 1.")
         if self.num_blocks < 0:
             raise ValueError(f"model.adapter.num_blocks={self.num_blocks} must be >= 0.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.adapter.dropout={self.dropout} must be in [0, 1).")
 
-    def num_params(self) -> int:
-        """Parameter count, from the config alone."""
-        d, h = self.input_dim, self.expansion * self.input_dim
+    def num_params(self, input_dim: int, joint_dim: int) -> int:
+        """Parameter count for a teacher of hidden size `input_dim` and a joint space of `joint_dim`."""
+        d, h = input_dim, self.expansion * input_dim
         block = 2 * d + (d * h + h) + (h * d + d)
-        return self.num_blocks * block + 2 * d + d * self.joint_dim + (self.joint_dim if self.proj_bias else 0)
+        return self.num_blocks * block + 2 * d + d * joint_dim + (joint_dim if self.proj_bias else 0)
 
 
-def check_teacher_dim(cfg: AdapterConfig, teacher_dim: int) -> None:
-    """Raise if the adapter's input size is not the teacher's hidden size (a common user error)."""
-    if cfg.input_dim != teacher_dim:
+def check_teacher_dim(input_dim: int, teacher_dim: int) -> None:
+    """ValueError if teacher embeddings of size `teacher_dim` reach an adapter built for `input_dim`
+    (embeddings of another teacher, e.g. stale sidecars)."""
+    if input_dim != teacher_dim:
         raise ValueError(
-            f"model.adapter.input_dim={cfg.input_dim} does not match the teacher's embedding size "
-            f"{teacher_dim}: set model.adapter.input_dim={teacher_dim}."
+            f"teacher embeddings have size {teacher_dim} but the adapter was built for the teacher's hidden size "
+            f"{input_dim}: embed the captions with the teacher the model was built with (model.teacher.path)."
         )
 
 
@@ -79,22 +84,27 @@ class AdapterBlock(nn.Module):
 class LLM2CLIPAdapter(nn.Module):
     """Teacher embedding [B, input_dim] -> text embedding [B, joint_dim] (not L2-normalised)."""
 
-    def __init__(self, cfg: AdapterConfig) -> None:
-        """Build from a validated `cfg`."""
+    def __init__(self, cfg: AdapterConfig, input_dim: int, joint_dim: int) -> None:
+        """Build from a validated `cfg` for a teacher of hidden size `input_dim` and a joint space of
+        `joint_dim` (the vision tower's embed_dim). ValueError for a size < 1."""
         super().__init__()
         cfg.validate()
-        self.cfg = cfg
-        d = cfg.input_dim
+        for name, value in (("input_dim", input_dim), ("joint_dim", joint_dim)):
+            if value < 1:
+                raise ValueError(f"the adapter's {name}={value} must be >= 1.")
+        self.cfg, self.input_dim, self.joint_dim = cfg, int(input_dim), int(joint_dim)
+        d = self.input_dim
         self.blocks = nn.ModuleList(
             AdapterBlock(d, cfg.expansion * d, cfg.dropout, cfg.layernorm_eps) for _ in range(cfg.num_blocks)
         )
         self.norm = nn.LayerNorm(d, eps=cfg.layernorm_eps)
-        self.proj = nn.Linear(d, cfg.joint_dim, bias=cfg.proj_bias)
+        self.proj = nn.Linear(d, self.joint_dim, bias=cfg.proj_bias)
 
     def forward(self, teacher_embedding: torch.Tensor) -> torch.Tensor:
-        """Map teacher embeddings (any float dtype; computed in the adapter's dtype)."""
-        if teacher_embedding.shape[-1] != self.cfg.input_dim:
-            check_teacher_dim(self.cfg, teacher_embedding.shape[-1])
+        """Map teacher embeddings [..., input_dim] (any float dtype; computed in the adapter's dtype) to
+        [..., joint_dim]. ValueError (`check_teacher_dim`) for another embedding size."""
+        if teacher_embedding.shape[-1] != self.input_dim:
+            check_teacher_dim(self.input_dim, teacher_embedding.shape[-1])
         x = teacher_embedding.to(self.proj.weight.dtype)
         if self.cfg.normalize_input:
             x = F.normalize(x, dim=-1)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..config.loader import ConfigError
 from .contract import TeacherContract, contract_path, read_contract, resolve_contract
 from .pooling import check_pooling
 
@@ -35,16 +36,22 @@ class TeacherConfig:
     """auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16."""
 
     def validate(self) -> None:
+        """Checks of the values alone (ValueError naming the field); the teacher's files are checked by
+        `check_available` where a run starts."""
         if self.pooling is not None:
             check_pooling(self.pooling, "teacher.pooling")
         if self.tensor_parallel < 1:
             raise ValueError(f"teacher.tensor_parallel={self.tensor_parallel} must be >= 1.")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"teacher.dtype={self.dtype!r} must be auto, fp32 or bf16.")
+
+    def check_available(self) -> None:
+        """Where a run starts: ConfigError if `path` does not exist or this config disagrees with the
+        teacher's contract (`contract`), each naming the field and the fix."""
         if self.path != EMBEDDED and not Path(self.path).exists():
-            raise ValueError(f"teacher.path={self.path!r} does not exist: point it at a Megatron teacher dir "
-                             "(`llm2clip-nemo convert import-llm`), a HF model dir, or use 'embedded'.")
-        self.contract()  # a config that disagrees with the teacher's contract is refused at load
+            raise ConfigError(f"teacher.path={self.path!r} does not exist: point it at a Megatron teacher dir "
+                              "(`llm2clip-nemo convert import-llm`), a HF model dir, or use 'embedded'.")
+        self.contract()
 
     def resolved_path(self) -> Path:
         if self.path == EMBEDDED:
@@ -82,3 +89,22 @@ def expected_fingerprint(cfg: TeacherConfig) -> str:
         _, sd, _ = read_hf_checkpoint(path)
         digest = cached_digest(path, sd)
     return teacher_fingerprint(digest, cfg.contract())
+
+
+def teacher_hidden_size(cfg: TeacherConfig) -> int:
+    """The configured teacher's hidden size (its embedding size, the adapter's input), read from its
+    files without loading the weights: `teacher.json` of a Megatron teacher dir, else `config.json`
+    of a HF dir, else the GGUF header. OSError/KeyError when the teacher has none of them."""
+    import json
+
+    path = cfg.resolved_path()
+    if (path / "teacher.json").is_file():
+        return int(json.loads((path / "teacher.json").read_text())["spec"]["hidden_size"])
+    from .hf_io import find_gguf
+
+    d, gguf = find_gguf(Path(path))
+    if gguf:
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(d, gguf_file=gguf).hidden_size)
+    return int(json.loads((d / "config.json").read_text())["hidden_size"])
