@@ -201,3 +201,29 @@ def replicate_scalar_parameters(module: nn.Module, group) -> set[nn.Parameter]:
         if p.requires_grad and world > 1:
             p.register_post_accumulate_grad_hook(average)
     return scalars
+
+
+def clip_grad_norm_(parameters, max_norm: float, group=None) -> torch.Tensor:
+    """Scale gradients in place so their global L2 norm is at most `max_norm`; return that norm (fp32).
+
+    The formula is torch's `clip_grad_norm_` (coefficient min(1, max_norm / (norm + 1e-6))) over the
+    whole model, for every layout: plain (DDP, replicated) gradients count once, FSDP2's sharded
+    DTensor gradients are summed over `group` (None: the default group). torch's own function cannot
+    mix the two kinds, which fsdp2 produces here (the replicated 0-dim logit parameters). Collective
+    when any gradient is sharded: every rank of `group` must call it.
+    """
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    sharded = [isinstance(g, DTensor) and any(pl.is_shard() for pl in g.placements) for g in grads]
+    zero = torch.zeros((), dtype=torch.float32, device=local[0].device if local else "cpu")
+    sq_sharded = sum((t.float().pow(2).sum() for t, s in zip(local, sharded) if s), zero)
+    sq_replicated = sum((t.float().pow(2).sum() for t, s in zip(local, sharded) if not s), zero.clone())
+    if any(sharded):
+        dist.all_reduce(sq_sharded, group=group or dist.group.WORLD)
+    norm = (sq_sharded + sq_replicated).sqrt()
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for t in local:
+        t.mul_(coef.to(t.dtype))
+    return norm
