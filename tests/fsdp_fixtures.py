@@ -120,12 +120,17 @@ def two_rank_worker(rank, world, root):
     }
 
 
+_RUNS: dict = {}
+
+
 @pytest.fixture(scope="session")
 def two_rank_runs(tmp_path_factory):
-    """(rank-0 results, rank-1 results, checkpoint root) of `two_rank_worker`."""
-    root = tmp_path_factory.mktemp("fsdp_runs")
-    r0, r1 = run_workers(two_rank_worker, 2, str(root))
-    return r0, r1, root
+    """(rank-0 results, rank-1 results, checkpoint root) of `two_rank_worker`, computed once per session
+    (each test module imports this fixture, which pytest treats as two fixtures: hence the cache)."""
+    if "runs" not in _RUNS:
+        root = tmp_path_factory.mktemp("fsdp_runs")
+        _RUNS["runs"] = (*run_workers(two_rank_worker, 2, str(root)), root)
+    return _RUNS["runs"]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ def test_fsdp2_equals_ddp_on_two_ranks(two_rank_runs):  # noqa: F811
     ddp, fsdp = r0["ddp"], r0["fsdp2"]  # fsdp2 here also checkpoints activations and saves asynchronously
     assert len(ddp["losses"]) == len(fsdp["losses"]) == STEPS
     assert fsdp["losses"] == pytest.approx(ddp["losses"], rel=1e-5)
-    assert ddp["losses"][-1] < ddp["losses"][0] - 0.3  # it trains: the comparison is not of constants
+    moved = (ddp["weights"]["vision.projection.weight"] - ddp["weights_at_k"]["vision.projection.weight"]).abs().max()
+    assert moved > 1e-3  # the weights train: the comparison is not of constants
     assert ddp["weights"].keys() == fsdp["weights"].keys()
     for name, w in ddp["weights"].items():
         torch.testing.assert_close(fsdp["weights"][name], w, rtol=1e-4, atol=1e-5, msg=name)
@@ -28,8 +29,7 @@ def test_compile_equals_eager(one_rank):  # noqa: F811
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("torch.compile (inductor) on CPU needs a C++ compiler; none on PATH (g++/c++)")
     runs = {}
-    for name, cfg in (("eager", ParallelizeConfig()),
-                      ("compile", ParallelizeConfig(compile=True, activation_checkpointing=True))):
+    for name, cfg in (("eager", ParallelizeConfig()), ("compile", ParallelizeConfig(compile=True))):
         net, opt, ema = build(one_rank, cfg)
         runs[name] = train(net, opt, ema, range(5), 0, 1)
     torch._dynamo.reset()
@@ -39,8 +39,8 @@ def test_compile_equals_eager(one_rank):  # noqa: F811
 
 def test_parallelize_keeps_parameter_names(one_rank):  # noqa: F811
     reference = None
-    for cfg in (ParallelizeConfig(), ParallelizeConfig(data_parallel="fsdp2", activation_checkpointing=True),
-                ParallelizeConfig(compile=True, compile_scope="tower")):
+    for cfg in (ParallelizeConfig(compile=True, compile_scope="tower"), ParallelizeConfig(),
+                ParallelizeConfig(data_parallel="fsdp2", activation_checkpointing=True)):
         net = build(one_rank, cfg)[0]
         names = [n for n, _ in net.named_parameters()]
         sd = list(net.state_dict())

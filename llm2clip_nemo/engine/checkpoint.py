@@ -118,6 +118,20 @@ def _rank_world(group) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+_ASYNC_GROUPS: dict[tuple[int, ...], object] = {}
+
+
+def _async_group(group):
+    """A gloo group over the ranks of `group`, created once (collectively) and reused: the background
+    writer's collectives must not share a group with the training step's (a mismatch aborts gloo)."""
+    if not dist.is_initialized():
+        return None
+    ranks = tuple(dist.get_process_group_ranks(group or dist.group.WORLD))
+    if ranks not in _ASYNC_GROUPS:
+        _ASYNC_GROUPS[ranks] = dist.new_group(list(ranks), backend="gloo")
+    return _ASYNC_GROUPS[ranks]
+
+
 @dataclass
 class PendingSave:
     """A checkpoint being written in the background (`save_checkpoint(..., async_save=True)`).
@@ -146,8 +160,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     (torch-saveable, this rank's own, e.g. a per-rank stream position) and this rank's RNG go to
     `rank_NNNNN.pt`. These small files are written synchronously; with `async_save=True` the tensors
     are first copied to CPU memory (the call returns once they are, so training can move on and
-    change the parameters) and written by a background thread (`dcp.async_save`): call `.wait()` on
-    the result. On CUDA pass a gloo `group` for async saves.
+    change the parameters) and written by a background thread (`dcp.async_save`) whose collectives
+    run on a gloo group of their own (created at the first async save: every rank of `group` must
+    make that first call together): call `.wait()` on the result.
     Raises ValueError if `path` already holds a complete checkpoint (never overwritten in place).
     """
     path = Path(path)
@@ -161,7 +176,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         (path / TRAIN_STATE).write_text(json.dumps(meta, indent=1))
     state = _state(model, optimizer, modules)
     if async_save:
-        return PendingSave(path, dcp.async_save(state, checkpoint_id=str(path), process_group=group))
+        return PendingSave(path, dcp.async_save(state, checkpoint_id=str(path), process_group=_async_group(group)))
     dcp.save(state, checkpoint_id=str(path), process_group=group)
     return PendingSave(path)
 
