@@ -79,3 +79,20 @@ def test_config_errors(field, value, message):
     with pytest.raises(ValueError) as e:
         cfg.validate()
     assert str(e.value) == message
+
+
+def test_fsdp2_bf16_policy_computes_in_bf16_keeps_fp32_weights(one_rank):  # noqa: F811
+    from fsdp_fixtures import batch
+
+    pixels, emb = batch(0)
+    losses = {}
+    for mp in ("fp32", "bf16"):
+        net, opt, _ = build(one_rank, ParallelizeConfig(data_parallel="fsdp2", mixed_precision=mp))
+        loss = net(pixels, emb)
+        loss.backward()
+        losses[mp] = loss
+        assert {p.dtype for p in net.parameters()} == {torch.float32}  # sharded master weights
+        assert {p.grad.dtype for p in net.parameters()} == {torch.float32}
+    assert (losses["fp32"].dtype, losses["bf16"].dtype) == (torch.float32, torch.bfloat16)
+    assert losses["bf16"].item() == pytest.approx(losses["fp32"].item(), rel=2e-2)
+    assert losses["bf16"].item() != losses["fp32"].item()
