@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fsdp_fixtures import K, STEPS, build, train, two_rank_runs  # noqa: F401  (fixture)
-from fsdp_fixtures import one_rank  # noqa: F401  (fixture)
+from fsdp_fixtures import STEPS, K, build, one_rank, train, two_rank_runs  # noqa: F401  (fixtures)
 
 from llm2clip_nemo.engine.checkpoint import (
     TrainingCheckpointError,

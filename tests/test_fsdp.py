@@ -5,8 +5,7 @@ import shutil
 
 import pytest
 import torch
-from fsdp_fixtures import K, STEPS, build, train, two_rank_runs  # noqa: F401  (fixture)
-from fsdp_fixtures import one_rank  # noqa: F401  (fixture)
+from fsdp_fixtures import STEPS, build, one_rank, train, two_rank_runs  # noqa: F401  (fixtures)
 
 from llm2clip_nemo.engine.parallelize import ParallelizeConfig, clip_grad_norm_, parallelize
 
