@@ -27,7 +27,7 @@ def test_resume_under_the_other_layout(two_rank_runs, resume, saved_by):  # noqa
             torch.testing.assert_close(run["ema"][name], v, rtol=0, atol=0, msg=name)
         assert run["losses"] == pytest.approx(ref["losses"][K:], rel=1e-5)
         for name, w in ref["weights"].items():
-            torch.testing.assert_close(run["weights"][name], w, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(run["weights"][name], w, rtol=1e-5, atol=1e-6, msg=name)  # measured 1.2e-7
 
 
 def test_resume_two_ranks_on_one(two_rank_runs, one_rank):  # noqa: F811

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,5 +258,7 @@ def read_full_state_dict(path: str | Path, key: str = "model") -> dict[str, torc
                               "pass one of those as key.")
     flat = {k: torch.empty(m.size, dtype=m.properties.dtype) if isinstance(m, TensorStorageMetadata) else None
             for k, m in wanted.items()}
-    dcp.load(flat, checkpoint_id=str(path), no_dist=True)
+    with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        dcp.load(flat, checkpoint_id=str(path), no_dist=True)
     return {k[len(prefix):]: v for k, v in flat.items()}
