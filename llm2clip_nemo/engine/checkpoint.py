@@ -118,18 +118,21 @@ def _rank_world(group) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-_ASYNC_GROUPS: dict[tuple[int, ...], object] = {}
+_ASYNC_GROUPS: dict[tuple[int, ...], tuple[object, object]] = {}
 
 
 def _async_group(group):
-    """A gloo group over the ranks of `group`, created once (collectively) and reused: the background
-    writer's collectives must not share a group with the training step's (a mismatch aborts gloo)."""
+    """A gloo group over the ranks of `group`, created once (collectively) and reused while the same
+    default group lives: the background writer's collectives must not share a group with the
+    training step's (a mismatch aborts gloo)."""
     if not dist.is_initialized():
         return None
     ranks = tuple(dist.get_process_group_ranks(group or dist.group.WORLD))
-    if ranks not in _ASYNC_GROUPS:
-        _ASYNC_GROUPS[ranks] = dist.new_group(list(ranks), backend="gloo")
-    return _ASYNC_GROUPS[ranks]
+    world, pg = _ASYNC_GROUPS.get(ranks, (None, None))
+    if world is not dist.group.WORLD:  # first use, or torch.distributed was re-initialised since
+        pg = dist.new_group(list(ranks), backend="gloo")
+        _ASYNC_GROUPS[ranks] = (dist.group.WORLD, pg)
+    return pg
 
 
 @dataclass

@@ -64,7 +64,8 @@ class ParallelizeConfig:
     The first steps are slower (compilation); same losses as eager to ~1e-6 relative in fp32."""
     compile_scope: str = "blocks"
     """'blocks': compile each transformer block (identical blocks share one compiled graph; FSDP2's
-    hooks stay outside it). 'tower': compile the whole vision tower (`module.vision`) as one graph
+    hooks stay outside it). 'tower': compile the whole vision tower (`module.vision`, or `module`
+    itself when it has no `.vision`) as one graph
     (more fusion, one longer compilation; with fsdp2 the per-block hooks are traced by dynamo)."""
     reshard_after_forward: bool = True
     """fsdp2 only: free each block's all-gathered weights after its forward and gather them again for
