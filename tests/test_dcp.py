@@ -77,3 +77,19 @@ def test_refusals(tmp_path, one_rank):  # noqa: F811
                             "or from a checkpoint saved with it.")
     with pytest.raises(ValueError, match="extra module name 'model' is reserved"):
         save_checkpoint(tmp_path / "s2", net, opt, step=1, modules={"model": ema})
+
+
+def test_async_save_writes_the_weights_of_the_call(tmp_path, one_rank):  # noqa: F811
+    # the tensors are copied before the call returns: a step taken while the writer runs is not in the file
+    from fsdp_fixtures import full_weights
+
+    net, opt, ema = build(one_rank, ParallelizeConfig(data_parallel="fsdp2"))
+    train(net, opt, ema, range(1), 0, 1)
+    before = full_weights(net)
+    pending = save_checkpoint(tmp_path / "a", net, opt, step=1, async_save=True)
+    train(net, opt, ema, range(1, 2), 0, 1)
+    assert pending.wait() == tmp_path / "a"
+    saved = read_full_state_dict(tmp_path / "a")
+    assert not torch.equal(full_weights(net)["vision.projection.weight"], before["vision.projection.weight"])
+    for name, w in before.items():
+        assert torch.equal(saved[name], w), name

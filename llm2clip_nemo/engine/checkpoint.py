@@ -51,6 +51,7 @@ class TrainingCheckpointError(ValueError):
 
 
 def rank_file(path: str | Path, rank: int) -> Path:
+    """The per-rank file (RNG, `rank_state`) of `rank` in checkpoint directory `path`."""
     return Path(path) / f"rank_{rank:05d}.pt"
 
 
