@@ -23,13 +23,15 @@ on CUDA over NCCL. Not supported or not tested:
   use `ddp` with TE/FP8 until that is tested on a GPU.
 - Tensor or sequence parallelism of the ViT (it is TP=1 by design, DESIGN "Parallel layout").
 - The ViT's own `vision.recompute` together with `activation_checkpointing` (would checkpoint twice:
-  refused). `vision.recompute` on CUDA is megatron's recompute, on CPU torch's; this option is one
-  implementation for both.
+  refused). `vision.recompute` is megatron's reentrant recompute on CUDA and torch's on CPU; this
+  option is one implementation for both, and the one tested with fsdp2 (`vision.recompute` with
+  fsdp2 on CUDA is not).
 """
 from __future__ import annotations
 
 import functools
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +44,7 @@ DATA_PARALLEL = ("ddp", "fsdp2")
 COMPILE_SCOPES = ("blocks", "tower")
 MIXED_PRECISION = ("auto", "bf16", "fp32")
 _BLOCK_NAME = re.compile(r"(.+\.)?decoder\.layers\.\d+")
+_PARALLELIZED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 @dataclass
@@ -154,8 +157,11 @@ def parallelize(module: nn.Module, cfg: ParallelizeConfig, group=None,
     if not dist.is_initialized():
         raise ValueError("parallelize() needs torch.distributed initialised (runtime.init_parallel), also for one rank.")
     group = group or dist.group.WORLD
+    if module in _PARALLELIZED:
+        raise ValueError(f"this {type(module).__name__} is already parallelised: call parallelize() once per module.")
     blocks = list(blocks) if blocks is not None else transformer_blocks(module)
-    if getattr(getattr(module, "vision", None), "_torch_recompute", False) and cfg.activation_checkpointing:
+    vision_cfg = getattr(getattr(module, "vision", None), "cfg", None)
+    if getattr(vision_cfg, "recompute", False) and cfg.activation_checkpointing:
         raise ValueError("vision.recompute=true and parallelize.activation_checkpointing=true would checkpoint every "
                          "block twice: set vision.recompute=false.")
     # 1. activation checkpointing
@@ -167,6 +173,7 @@ def parallelize(module: nn.Module, cfg: ParallelizeConfig, group=None,
         for m in targets:
             m.compile()
     # 3. data parallelism
+    _PARALLELIZED.add(module)
     device = _module_device(module)
     if cfg.data_parallel == "ddp":
         from torch.distributed._composable.replicate import replicate
