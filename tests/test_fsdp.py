@@ -49,7 +49,7 @@ def test_parallelize_keeps_parameter_names(one_rank):  # noqa: F811
     assert "vision.decoder.layers.1.mlp.linear_fc2.weight" in reference[0] and "loss.logit_scale" in reference[0]
     with pytest.raises(ValueError) as e:
         parallelize(net, ParallelizeConfig(activation_checkpointing=True))
-    assert str(e.value) == "this LLM2CLIP is already parallelised: call parallelize() once per module."
+    assert str(e.value) == "this module is already parallelised: call parallelize() once per module."
     torch._dynamo.reset()
 
 

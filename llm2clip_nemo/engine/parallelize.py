@@ -158,7 +158,7 @@ def parallelize(module: nn.Module, cfg: ParallelizeConfig, group=None,
         raise ValueError("parallelize() needs torch.distributed initialised (runtime.init_parallel), also for one rank.")
     group = group or dist.group.WORLD
     if module in _PARALLELIZED:
-        raise ValueError(f"this {type(module).__name__} is already parallelised: call parallelize() once per module.")
+        raise ValueError("this module is already parallelised: call parallelize() once per module.")
     blocks = list(blocks) if blocks is not None else transformer_blocks(module)
     vision_cfg = getattr(getattr(module, "vision", None), "cfg", None)
     if getattr(vision_cfg, "recompute", False) and cfg.activation_checkpointing:
