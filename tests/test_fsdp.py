@@ -28,7 +28,9 @@ def test_compile_equals_eager(one_rank):  # noqa: F811
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("torch.compile (inductor) on CPU needs a C++ compiler; none on PATH (g++/c++)")
     runs = {}
-    for name, cfg in (("eager", ParallelizeConfig()), ("compile", ParallelizeConfig(compile=True))):
+    # the compiled run composes all three steps: checkpointed blocks, compiled, sharded by fully_shard
+    compiled = ParallelizeConfig(data_parallel="fsdp2", activation_checkpointing=True, compile=True)
+    for name, cfg in (("eager", ParallelizeConfig()), ("compile", compiled)):
         net, opt, ema = build(one_rank, cfg)
         runs[name] = train(net, opt, ema, range(5), 0, 1)
     torch._dynamo.reset()
