@@ -88,7 +88,19 @@ def uninterrupted(groups, cfg, ckpt, async_save, rank, world):
     probe = torch.rand(3)  # the first draw of the torch RNG after the save: a resume must give the same
     losses += train(net, opt, ema, range(K, STEPS), rank, world)
     pending.wait()
-    return {"losses": losses, "weights": full_weights(net), "weights_at_k": at_k, "ema_at_k": ema_k, "probe": probe}
+    return {"losses": losses, "weights": full_weights(net), "weights_at_k": at_k, "ema_at_k": ema_k, "probe": probe,
+            "local_numel": local_numel(net, opt)}
+
+
+def local_numel(net, opt) -> dict:
+    """Elements this rank stores: parameters and AdamW's exp_avg (a DTensor's local shard only)."""
+    from torch.distributed.tensor import DTensor
+
+    def n(t):
+        return t.to_local().numel() if isinstance(t, DTensor) else t.numel()
+
+    return {"params": sum(n(p) for p in net.parameters()),
+            "exp_avg": sum(n(opt.state[p]["exp_avg"]) for p in net.parameters() if p in opt.state)}
 
 
 def resumed(groups, cfg, ckpt, rank, world):

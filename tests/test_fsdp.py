@@ -22,6 +22,12 @@ def test_fsdp2_equals_ddp_on_two_ranks(two_rank_runs):  # noqa: F811
         torch.testing.assert_close(fsdp["weights"][name], w, rtol=1e-5, atol=1e-6, msg=name)  # measured 1.2e-7
     for name, w in r1["fsdp2"]["weights"].items():  # both ranks end with the same full weights
         torch.testing.assert_close(w, fsdp["weights"][name], rtol=0, atol=0, msg=name)
+    # what each rank stores: all of it under DDP, half (dim-0 shards; the 0-dim logit scale replicated) under FSDP2
+    total = sum(w.numel() for w in ddp["weights"].values())
+    assert ddp["local_numel"] == r1["ddp"]["local_numel"] == {"params": total, "exp_avg": total}
+    assert fsdp["local_numel"]["params"] + r1["fsdp2"]["local_numel"]["params"] == total + 1
+    assert fsdp["local_numel"]["params"] == pytest.approx(total / 2, rel=0.02)
+    assert fsdp["local_numel"]["exp_avg"] == fsdp["local_numel"]["params"]
 
 
 def test_compile_equals_eager(one_rank):  # noqa: F811
