@@ -223,7 +223,7 @@ def test_caption_data_paths_are_checked_where_stage_1_starts(tmp_path, capsys):
     assert main(["--config-name", "caption_contrastive_tiny", f"model.data.train_path={missing}",
                  f"exp_manager.exp_dir={tmp_path / 'runs'}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"caption-contrastive: model.data.train_path='{missing}' does not exist or holds no shards (")
+    assert err.startswith(f"llm2clip-nemo caption-contrastive: config error: model.data.train_path='{missing}' does not exist or holds no shards (")
     assert err.endswith("): build the dataset first (e.g. `llm2clip-nemo data demo`) or set "
                         "model.data.train_path=demo for the embedded demo.\n") and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
