@@ -7,7 +7,6 @@ answer and one set of error messages.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 # model_type -> family name for messages. The family is read from model_type only: `architectures`
@@ -175,6 +174,3 @@ class LlamaSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
