@@ -110,7 +110,7 @@ def test_export_layout_and_model_card(tiny):
     acfg = json.loads((out / "adapter" / "config.json").read_text())
     assert acfg["input_dim"] == acfg["teacher_hidden_size"] == 64
     # the contract the model was trained with (the tiny teacher records none: the config's defaults)
-    from llm2clip_nemo.text.contract import TeacherContract, read_contract
+    from llm2clip_nemo.formats.contract import TeacherContract, read_contract
 
     assert read_contract(out / "llm") == TeacherContract()
     from llm2clip_nemo.text.config import TeacherConfig, expected_fingerprint
@@ -277,7 +277,7 @@ def test_siglip_finetune_trains_with_sigmoid_loss_and_exports_to_stock_siglip(ti
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     from llm2clip_nemo.convert.hf_export import export_hf
-    from llm2clip_nemo.convert.siglip_vision import siglip_state_dict_from_hf
+    from llm2clip_nemo.formats.siglip_vision import siglip_state_dict_from_hf
     from llm2clip_nemo.models.llm2clip import LLM2CLIPModel
     from llm2clip_nemo.models.loading import load_llm2clip
     from llm2clip_nemo.models.nemo_base import to_dictconfig

@@ -12,7 +12,7 @@ from dist_utils import run_workers
 from llm_fixtures import write_tiny_llama, write_tiny_llama3
 
 from llm2clip_nemo.config import ConfigError, load_config
-from llm2clip_nemo.text.contract import TeacherContract, read_contract
+from llm2clip_nemo.formats.contract import TeacherContract, read_contract
 
 # Two sources, every field away from a default somewhere down the chain: stage 1's export (its plain
 # preparation, caption tokens pooled without BOS), and a Llama-3 teacher imported with llm2vec's
@@ -196,9 +196,9 @@ def test_online_tp2_equals_offline_sidecars_per_step_on_long_captions(tmp_path):
     """Two gloo ranks, TP=2 teacher online vs sidecars extracted at TP=1: the same per-step losses
     (the tolerance of test_train_clip's online/offline test), on captions of 90-120 tokens."""
     from llm2clip_nemo.data.shards import ShardSample, write_shards
+    from llm2clip_nemo.formats.contract import write_contract
     from llm2clip_nemo.recipes.extract import ExtractConfig
     from llm2clip_nemo.recipes.extract import run as extract
-    from llm2clip_nemo.text.contract import write_contract
 
     teacher = write_tiny_llama(tmp_path / "teacher")
     write_contract(teacher, TeacherContract(bidirectional=True, max_length=120))
@@ -224,7 +224,7 @@ def test_online_tp2_equals_offline_sidecars_per_step_on_long_captions(tmp_path):
 
 def test_config_error_for_teacher_contract_reaches_training_cli(tmp_path, capsys):
     from llm2clip_nemo.cli import main as cli_main
-    from llm2clip_nemo.text.contract import write_contract
+    from llm2clip_nemo.formats.contract import write_contract
 
     teacher = write_tiny_llama(tmp_path / "teacher")
     write_contract(teacher, TeacherContract(pooling="mean"))

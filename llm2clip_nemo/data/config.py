@@ -54,7 +54,7 @@ class StreamConfig:
     'all': every weighted field of the sample at once, as K positives of a multi-positive loss (FLAME);
     batches then carry "captions" [B][K], "caption_mask" [B,K] and (embeddings) teacher_emb [B,K,dim]."""
     output: str = "captions"
-    """'captions' (text only; the online teacher prepares them by its contract, `text.contract`) or
+    """'captions' (text only; the online teacher prepares them by its contract, `formats.contract`) or
     'embeddings' (teacher_emb from sidecars, offline training)."""
     sidecar_dir: str | None = None
     """'embeddings' mode: directory of the .emb.tar sidecars; None: next to each image shard."""

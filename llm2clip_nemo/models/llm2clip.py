@@ -104,7 +104,7 @@ def lr_at(step: int, oc: OptimConfig, max_steps: int) -> float:
 
 def init_vision_from_hf(net: LLM2CLIP, path: str) -> None:
     """finetune: copy a HF CLIP or SigLIP vision checkpoint into the ViT (shapes must match model.vision)."""
-    from ..convert.clip_vision import match_vision_architecture, vit_from_hf
+    from ..formats.vision_checkpoint import match_vision_architecture, vit_from_hf
 
     hf_cfg, sd = vit_from_hf(path)
     mine = net.vision.cfg
@@ -386,7 +386,7 @@ def _teacher_hidden_size(tc: TeacherConfig) -> int:
     path = tc.resolved_path()
     if (path / "teacher.json").is_file():
         return json.loads((path / "teacher.json").read_text())["spec"]["hidden_size"]
-    from ..text.hf_io import find_gguf
+    from ..formats.hf_io import find_gguf
 
     d, gguf = find_gguf(Path(path))
     if gguf:

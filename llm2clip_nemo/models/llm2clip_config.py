@@ -99,7 +99,7 @@ class LLM2CLIPConfig:
         if self.mode == "finetune" and not self.init_from:
             raise ConfigError("model.mode=finetune needs model.init_from=<Hugging Face CLIP vision checkpoint dir>.")
         if self.mode == "finetune":  # every numerics field of the checkpoint: adopted or equal
-            from ..convert.clip_vision import adopt_checkpoint_architecture
+            from ..formats.vision_checkpoint import adopt_checkpoint_architecture
 
             self.vision = adopt_checkpoint_architecture(self.vision, self.init_from)
             self.vision.validate()

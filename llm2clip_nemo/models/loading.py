@@ -203,7 +203,7 @@ def load_net_weights(model, sd: dict[str, torch.Tensor]) -> None:
 def _load_export(path: Path, tensor_parallel: int, teacher_path, groups):
     from safetensors.torch import load_file
 
-    from ..convert.clip_vision import vit_from_hf
+    from ..formats.vision_checkpoint import vit_from_hf
 
     meta = json.loads((path / "llm2clip.json").read_text())
     if meta.get("format") != EXPORT_FORMAT:

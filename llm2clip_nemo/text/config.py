@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .contract import TeacherContract, contract_path, read_contract, resolve_contract
-from .pooling import check_pooling
+from ..formats.contract import TeacherContract, check_pooling, contract_path, read_contract, resolve_contract
 
 EMBEDDED = "embedded"
 
@@ -20,13 +19,13 @@ class TeacherConfig:
     """TP size t: the teacher is split over groups of t consecutive ranks; must divide heads and KV groups."""
     bidirectional: bool | None = None
     """Padding-only attention (LLM2CLIP/llm2vec); False keeps the causal mask. None: the teacher
-    contract's (`text.contract`); a value that disagrees with the contract is refused."""
+    contract's (`formats.contract`); a value that disagrees with the contract is refused."""
     pooling: str | None = None
     """mean | last_token | weighted_mean (pad-aware). None: the teacher contract's."""
     max_length: int | None = None
     """Tokens per caption sequence (template included); longer captions are cut. None: the contract's."""
     text_preparation: str | None = None
-    """plain | llm2vec_llama3 (see `text.contract`). None: the teacher contract's."""
+    """plain | llm2vec_llama3 (see `formats.contract`). None: the teacher contract's."""
     batch_size: int = 64
     """Captions per teacher forward (length-bucketed)."""
     max_tokens: int = 0
@@ -48,7 +47,7 @@ class TeacherConfig:
 
     def resolved_path(self) -> Path:
         if self.path == EMBEDDED:
-            from .hf_io import embedded_llm_dir
+            from ..formats.hf_io import embedded_llm_dir
 
             return embedded_llm_dir()
         return Path(self.path)
@@ -73,7 +72,7 @@ class TeacherConfig:
 
 def expected_fingerprint(cfg: TeacherConfig) -> str:
     """The fingerprint the configured teacher would stamp on sidecars, without building it."""
-    from ..convert.llm import cached_digest, read_hf_checkpoint, read_teacher_meta, teacher_fingerprint
+    from ..formats.teacher_dir import cached_digest, read_hf_checkpoint, read_teacher_meta, teacher_fingerprint
 
     path = cfg.resolved_path()
     if (path / "teacher.json").is_file():

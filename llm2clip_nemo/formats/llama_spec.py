@@ -21,6 +21,12 @@ def supported_families() -> str:
     return ", ".join(f"{t} ({name})" for t, name in FAMILIES.items())
 
 
+def padded_vocab_size(vocab: int, tp: int) -> int:
+    """Rows of the vocab-parallel embedding: `vocab` rounded up to a multiple of `tp` (the extra rows
+    are zeros, never indexed; the teacher's embedding and the key map's TP split both use it)."""
+    return -(-vocab // tp) * tp
+
+
 class UnsupportedModelError(ValueError):
     pass
 
