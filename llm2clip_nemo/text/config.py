@@ -25,7 +25,7 @@ class TeacherConfig:
     max_length: int | None = None
     """Tokens per caption sequence (template included); longer captions are cut. None: the contract's."""
     text_preparation: str | None = None
-    """plain | llm2vec_llama3 (see `formats.contract`). None: the teacher contract's."""
+    """plain | llm2vec_llama3 (see `text.preparation`). None: the teacher contract's."""
     batch_size: int = 64
     """Captions per teacher forward (length-bucketed)."""
     max_tokens: int = 0
