@@ -185,7 +185,7 @@ def test_finetune_from_our_export_is_bit_exact(tiny):
 
 def test_transformer_engine_checkpoint_keys_load_into_local_layers(tiny):
     """A GPU (TE-layer) checkpoint evaluates on CPU: vision keys go through the canonical layout."""
-    from llm2clip_nemo.models.loading import _read_ckpt, build_model, load_llm2clip, load_net_weights, prepare_config
+    from llm2clip_nemo.models.loading import build_model, load_llm2clip, load_net_weights, prepare_config, read_ckpt
     from llm2clip_nemo.vision.specs import from_canonical_keys
 
     trained = load_llm2clip(tiny["ckpt"])
@@ -194,7 +194,7 @@ def test_transformer_engine_checkpoint_keys_load_into_local_layers(tiny):
     sd = {f"net.vision.{k}": v for k, v in te_vision.items()}
     sd["net.vision.decoder.layers.0.self_attention.linear_qkv._extra_state"] = None  # TE's FP8 metadata slot
     sd.update({f"net.{k}": v for k, v in trained.net.state_dict().items() if not k.startswith("vision.")})
-    fresh = build_model(prepare_config(_read_ckpt(tiny["ckpt"])[0]))
+    fresh = build_model(prepare_config(read_ckpt(tiny["ckpt"])[0]))
     assert fresh.net.vision.impl == "local"
     assert not torch.equal(fresh.net.vision.projection.weight, trained.net.vision.projection.weight)
     load_net_weights(fresh, sd)

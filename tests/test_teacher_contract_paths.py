@@ -75,7 +75,7 @@ def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monke
     from llm2clip_nemo import LLM2CLIP
     from llm2clip_nemo.cli import main as cli_main
     from llm2clip_nemo.data.sidecar import SidecarReader
-    from llm2clip_nemo.models.loading import _read_ckpt, _read_nemo
+    from llm2clip_nemo.models.loading import read_ckpt, read_nemo
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.teacher import Teacher
 
@@ -89,8 +89,8 @@ def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monke
     assert reader.meta.contract == contract.to_dict()
     # the run recorded the teacher's absolute path although it was launched with a relative one
     ckpt = next((chain["run"] / "checkpoints").glob("*last.ckpt"))
-    assert _read_ckpt(ckpt)[0]["teacher"]["path"] == str(chain["teacher"])
-    assert _read_nemo(chain["run"] / "model.nemo")[0]["teacher"]["path"] == str(chain["teacher"])
+    assert read_ckpt(ckpt)[0]["teacher"]["path"] == str(chain["teacher"])
+    assert read_nemo(chain["run"] / "model.nemo")[0]["teacher"]["path"] == str(chain["teacher"])
     # export-hf from another working directory
     monkeypatch.chdir(tmp_path)
     assert cli_main(["convert", "export-hf", "--model", str(chain["run"]), "--out", "export"]) == 0
