@@ -148,6 +148,7 @@ def vit_state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ViTConfig,
 
 
 def as_int(value, name: str) -> int:
+    """A HF config size as one int: a [h, w] pair must be square. ValueError naming `name` otherwise."""
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
             raise ValueError(f"unknown checkpoint layout: non-square {name}={list(value)} is not supported.")
