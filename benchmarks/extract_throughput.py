@@ -36,7 +36,7 @@ def run_side(side: str, shards: str, out: str, batch: int, threads: int) -> dict
     import torch
 
     torch.set_num_threads(threads)
-    from llm2clip_nemo.text.hf_io import embedded_llm_dir
+    from llm2clip_nemo.formats.hf_io import embedded_llm_dir
 
     llm = embedded_llm_dir()
     if side == "ours":

@@ -26,8 +26,8 @@ def run_side(side: str, n: int, batch: int, bucket: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    from llm2clip_nemo.formats.hf_io import embedded_llm_dir
     from llm2clip_nemo.runtime import init_parallel
-    from llm2clip_nemo.text.hf_io import embedded_llm_dir
     from llm2clip_nemo.text.teacher import Teacher
 
     texts = mixed_length_captions(n)

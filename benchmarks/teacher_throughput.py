@@ -21,7 +21,7 @@ def run_side(side: str, n: int, batch: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from llm2clip_nemo.text.hf_io import embedded_llm_dir
+    from llm2clip_nemo.formats.hf_io import embedded_llm_dir
 
     texts = mixed_length_captions(n)
     path = embedded_llm_dir()

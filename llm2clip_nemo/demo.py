@@ -90,13 +90,13 @@ def run(out: Path, size: DemoSize) -> dict:
     from .convert.llm import import_llm
     from .data.demo_dataset import build_demo_dataset
     from .eval import evaluate, write_comparison_report
+    from .formats.hf_io import embedded_llm_dir
     from .hf_model import LLM2CLIP
     from .recipes import caption_contrastive as cc
     from .recipes.extract import ExtractConfig, format_summary
     from .recipes.extract import run as extract
     from .recipes.train_clip import TrainCLIPConfig
     from .recipes.train_clip import run as train_clip
-    from .text.hf_io import embedded_llm_dir
 
     t_start = time.time()
     out.mkdir(parents=True, exist_ok=True)

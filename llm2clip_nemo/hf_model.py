@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .text.contract import CONTRACT_FILE, TeacherContract, prepare_texts, read_contract
+from .formats.contract import CONTRACT_FILE, TeacherContract, read_contract
+from .text.preparation import prepare_texts
 
 
 def image_source(image):

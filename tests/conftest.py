@@ -7,7 +7,7 @@ import pytest
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """SmolLM2-135M-Instruct as a HF safetensors directory (made once from the packaged GGUF)."""
-    from llm2clip_nemo.text.hf_io import embedded_llm_dir
+    from llm2clip_nemo.formats.hf_io import embedded_llm_dir
 
     return embedded_llm_dir()
 

@@ -7,8 +7,7 @@ import zlib
 
 import numpy as np
 from PIL import Image
-
-from llm2clip_nemo.data.synthetic import jpeg
+from synthetic_shards import jpeg
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -225,8 +225,8 @@ def test_merged_dir_loads_in_stock_transformers_and_equals_peft(merged):
 
 def test_merged_through_megatron_teacher_equals_hf(merged, tmp_path):
     from llm2clip_nemo.convert.llm import import_llm
+    from llm2clip_nemo.formats.contract import TeacherContract
     from llm2clip_nemo.runtime import init_parallel
-    from llm2clip_nemo.text.contract import TeacherContract
     from llm2clip_nemo.text.hf_encoder import HFEncoder
     from llm2clip_nemo.text.teacher import Teacher
 

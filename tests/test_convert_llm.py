@@ -10,10 +10,10 @@ from llm_fixtures import write_tiny_llama
 from safetensors.torch import load_file
 
 from llm2clip_nemo.cli import main as cli_main
-from llm2clip_nemo.convert.llama_keymap import hf_to_megatron, megatron_to_hf
-from llm2clip_nemo.convert.llm import read_hf_checkpoint, read_teacher_meta
-from llm2clip_nemo.text.hf_io import CheckpointError, load_hf_causal_lm
-from llm2clip_nemo.text.llama_spec import LlamaSpec, UnsupportedModelError
+from llm2clip_nemo.formats.hf_io import CheckpointError, load_hf_causal_lm
+from llm2clip_nemo.formats.llama_keymap import hf_to_megatron, megatron_to_hf
+from llm2clip_nemo.formats.llama_spec import LlamaSpec, UnsupportedModelError
+from llm2clip_nemo.formats.teacher_dir import read_hf_checkpoint, read_teacher_meta
 
 
 def _assert_bit_exact(a: dict, b: dict):
@@ -62,7 +62,7 @@ def test_qkv_layout_groups_heads_per_query_group(tmp_path):
     q = torch.arange(8).repeat_interleave(8).view(8, 8).float()            # row i = q row i
     k = 100 + torch.arange(4).repeat_interleave(8).view(4, 8).float()
     v = 200 + torch.arange(4).repeat_interleave(8).view(4, 8).float()
-    from llm2clip_nemo.convert.llama_keymap import split_tensor
+    from llm2clip_nemo.formats.llama_keymap import split_tensor
 
     (fused,) = split_tensor((q, k, v), "qkv", spec, 1)
     assert fused[:, 0].tolist() == [0, 1, 2, 3, 100, 101, 200, 201, 4, 5, 6, 7, 102, 103, 202, 203]
@@ -72,7 +72,8 @@ def test_qkv_layout_groups_heads_per_query_group(tmp_path):
 
 def test_reshard_on_load_equals_direct(tmp_path):
     """A teacher stored at TP=2 loads at TP=1 (merged) with the same weights as from HF."""
-    from llm2clip_nemo.convert.llm import import_llm, teacher_shard_for
+    from llm2clip_nemo.convert.llm import import_llm
+    from llm2clip_nemo.formats.teacher_dir import teacher_shard_for
 
     path = write_tiny_llama(tmp_path / "tiny", vocab=100)
     mg = import_llm(path, tmp_path / "mg", tp=2)

@@ -9,6 +9,9 @@ from collections import Counter
 import pytest
 import torch
 import yaml
+from synthetic_shards import jpeg
+from synthetic_shards import tiny_stream_config as stream_cfg
+from synthetic_shards import write_synthetic_shards as make_shards
 
 from llm2clip_nemo.data.cli import inspect_shards
 from llm2clip_nemo.data.cli import main as data_main
@@ -16,9 +19,6 @@ from llm2clip_nemo.data.energon import EnergonUnsupported
 from llm2clip_nemo.data.pairs import PairConfig, read_caption_records
 from llm2clip_nemo.data.spec import DataSourceError, parse_sources
 from llm2clip_nemo.data.stream import ImageTextStream
-from llm2clip_nemo.data.synthetic import jpeg
-from llm2clip_nemo.data.synthetic import tiny_stream_config as stream_cfg
-from llm2clip_nemo.data.synthetic import write_synthetic_shards as make_shards
 from llm2clip_nemo.data.tario import add_member
 
 torch.set_num_threads(1)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import tarfile
 
+from synthetic_shards import jpeg, tiny_stream_config
 from test_fault_corpus import write_files  # img2dataset files layout
 
 from llm2clip_nemo.data.cli import inspect_shards, main
 from llm2clip_nemo.data.stream import ImageTextStream
-from llm2clip_nemo.data.synthetic import jpeg, tiny_stream_config
 from llm2clip_nemo.data.tario import add_member, iter_tar_samples
 
 

@@ -18,9 +18,9 @@ from fault_images import (
     two_tone,
 )
 from PIL import Image
+from synthetic_shards import jpeg
 
 from llm2clip_nemo.data.images import ImageDecodeError, decode_image, decode_reason
-from llm2clip_nemo.data.synthetic import jpeg
 from llm2clip_nemo.data.transforms import ImageTransform, TransformConfig
 
 

@@ -5,10 +5,10 @@ import json
 from collections import Counter
 
 import pytest
+from synthetic_shards import jpeg
 
 from llm2clip_nemo.data.pairs import CaptionPairDataset, CaptionRecord, PairConfig, make_triples, read_caption_records
 from llm2clip_nemo.data.shards import ShardSample, write_shards
-from llm2clip_nemo.data.synthetic import jpeg
 
 
 def _records(n=40):

@@ -7,11 +7,11 @@ import json
 import os
 
 import pytest
+from synthetic_shards import jpeg
 
 from llm2clip_nemo.data.cli import inspect_shards, main
 from llm2clip_nemo.data.shards import ShardSample, write_shards
 from llm2clip_nemo.data.spec import DataSourceError
-from llm2clip_nemo.data.synthetic import jpeg
 from llm2clip_nemo.data.tario import iter_tar_samples
 
 

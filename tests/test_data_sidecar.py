@@ -6,10 +6,10 @@ import tarfile
 
 import pytest
 import torch
+from synthetic_shards import tiny_stream_config, write_synthetic_shards
 
 from llm2clip_nemo.data.sidecar import SidecarMeta, SidecarMismatchError, SidecarReader, SidecarWriter, sidecar_path
 from llm2clip_nemo.data.stream import ImageTextStream
-from llm2clip_nemo.data.synthetic import tiny_stream_config, write_synthetic_shards
 from llm2clip_nemo.data.tario import iter_tar_samples
 
 torch.set_num_threads(1)

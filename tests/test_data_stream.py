@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 import torch
+from synthetic_shards import tiny_stream_config as stream_cfg
+from synthetic_shards import write_synthetic_shards as make_shards
 
 from llm2clip_nemo.data.spec import DataSourceError
 from llm2clip_nemo.data.stream import ImageTextStream, NoValidSamplesError
-from llm2clip_nemo.data.synthetic import tiny_stream_config as stream_cfg
-from llm2clip_nemo.data.synthetic import write_synthetic_shards as make_shards
 from llm2clip_nemo.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 torch.set_num_threads(1)

@@ -8,11 +8,11 @@ import tarfile
 import pytest
 from fault_images import bomb_png, cmyk_jpeg, exif_jpeg, palette_alpha_png, ramp16_png, truncated_jpeg, two_tone
 from llm_fixtures import write_tiny_llama
+from synthetic_shards import jpeg, tiny_stream_config
 
 from llm2clip_nemo.data.cli import inspect_shards
 from llm2clip_nemo.data.cli import main as data_main
 from llm2clip_nemo.data.stream import ImageTextStream
-from llm2clip_nemo.data.synthetic import jpeg, tiny_stream_config
 from llm2clip_nemo.data.tario import add_member, iter_tar_samples
 
 FIELDS = ["txt", "long"]

@@ -109,7 +109,7 @@ def test_export_layout_and_model_card(tiny):
     acfg = json.loads((out / "adapter" / "config.json").read_text())
     assert acfg["input_dim"] == acfg["teacher_hidden_size"] == 64
     # the contract the model was trained with (the tiny teacher records none: the config's defaults)
-    from llm2clip_nemo.text.contract import TeacherContract, read_contract
+    from llm2clip_nemo.formats.contract import TeacherContract, read_contract
 
     assert read_contract(out / "llm") == TeacherContract()
     from llm2clip_nemo.text.config import TeacherConfig, expected_fingerprint
@@ -183,7 +183,7 @@ def test_finetune_from_our_export_is_bit_exact(tiny):
 
 def test_transformer_engine_checkpoint_keys_load_into_local_layers(tiny):
     """A GPU (TE-layer) checkpoint evaluates on CPU: vision keys go through the canonical layout."""
-    from llm2clip_nemo.models.loading import _read_ckpt, build_model, load_llm2clip, load_net_weights, prepare_config
+    from llm2clip_nemo.models.loading import build_model, load_llm2clip, load_net_weights, prepare_config, read_ckpt
     from llm2clip_nemo.vision.specs import from_canonical_keys
 
     trained = load_llm2clip(tiny["ckpt"])
@@ -192,7 +192,7 @@ def test_transformer_engine_checkpoint_keys_load_into_local_layers(tiny):
     sd = {f"net.vision.{k}": v for k, v in te_vision.items()}
     sd["net.vision.decoder.layers.0.self_attention.linear_qkv._extra_state"] = None  # TE's FP8 metadata slot
     sd.update({f"net.{k}": v for k, v in trained.net.state_dict().items() if not k.startswith("vision.")})
-    fresh = build_model(prepare_config(_read_ckpt(tiny["ckpt"])[0]))
+    fresh = build_model(prepare_config(read_ckpt(tiny["ckpt"])[0]))
     assert fresh.net.vision.impl == "local"
     assert not torch.equal(fresh.net.vision.projection.weight, trained.net.vision.projection.weight)
     load_net_weights(fresh, sd)
@@ -275,7 +275,7 @@ def test_siglip_finetune_trains_with_sigmoid_loss_and_exports_to_stock_siglip(ti
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     from llm2clip_nemo.convert.hf_export import export_hf
-    from llm2clip_nemo.convert.siglip_vision import siglip_state_dict_from_hf
+    from llm2clip_nemo.formats.siglip_vision import siglip_state_dict_from_hf
     from llm2clip_nemo.models.llm2clip import LLM2CLIPModel
     from llm2clip_nemo.models.loading import load_llm2clip
     from llm2clip_nemo.models.nemo_base import to_dictconfig

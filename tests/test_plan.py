@@ -235,7 +235,7 @@ def test_caption_length_comes_from_the_teacher_contract_when_the_config_leaves_i
     """max_length unset in the recipe (the large recipes leave it to the teacher): the contract recorded
     with the teacher dir gives the tokens per caption; with no contract on this machine, the import
     default (256)."""
-    from llm2clip_nemo.text.contract import TeacherContract, write_contract
+    from llm2clip_nemo.formats.contract import TeacherContract, write_contract
 
     smol = {"architectures": ["LlamaForCausalLM"], "hidden_size": 576, "num_hidden_layers": 30,
             "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from llm2clip_nemo.convert.clip_vision import vit_from_hf, vit_to_hf
+from llm2clip_nemo.formats.vision_checkpoint import vit_from_hf, vit_to_hf
 from llm2clip_nemo.runtime import destroy_parallel, init_parallel
 from llm2clip_nemo.vision import VisionTransformer
 from llm2clip_nemo.vision.config import ViTConfig
@@ -65,7 +65,7 @@ def test_siglip_export_reloads_in_stock_transformers(groups, tmp_path):
 
 
 def test_unsupported_siglip_configs_are_refused_by_field(tmp_path):
-    from llm2clip_nemo.convert.clip_vision import vit_config_from_hf
+    from llm2clip_nemo.formats.vision_checkpoint import vit_config_from_hf
 
     base = _random_siglip().config.to_dict()
     with pytest.raises(ValueError, match=r"model_type='siglip2_vision_model' is SigLIP2 NaFlex \(variable resolution"):

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from dist_utils import run_workers
 from llm_fixtures import CAPTIONS, random_word_captions, write_tiny_llama
 
+from llm2clip_nemo.formats.contract import TeacherContract
 from llm2clip_nemo.runtime import init_parallel
-from llm2clip_nemo.text.contract import TeacherContract
 from llm2clip_nemo.text.hf_encoder import HFEncoder
 from llm2clip_nemo.text.teacher import Teacher, length_buckets
 
@@ -126,7 +126,7 @@ def test_tiny_llama_tp2_matches_hf_and_tp1(tmp_path, groups):
 # ---- bad input -----------------------------------------------------------------------------------
 
 def test_tp_not_dividing_heads_is_refused(smollm2_dir):
-    from llm2clip_nemo.text.llama_spec import LlamaSpec
+    from llm2clip_nemo.formats.llama_spec import LlamaSpec
 
     spec = LlamaSpec(vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, ffn_hidden_size=1536)
     with pytest.raises(ValueError, match=r"teacher.tensor_parallel=2 does not divide num_attention_heads=9.*Use one of \[1, 3\]"):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from llm_fixtures import write_tiny_llama, write_tiny_llama3
 
 from llm2clip_nemo.config import ConfigError
-from llm2clip_nemo.text.contract import TeacherContract, prepare_texts, read_contract, write_contract
+from llm2clip_nemo.formats.contract import TeacherContract, read_contract, write_contract
+from llm2clip_nemo.text.preparation import prepare_texts
 
 SEP = "!@#$%^&*()"
 LONG = " ".join(f"w{i % 97}" for i in range(60))  # 60 words: cut by doc_max_length below
@@ -171,7 +172,7 @@ def test_import_llm_writes_contract_from_flags_and_llm2vec_config(llama3_dir, tm
 
 
 def test_fingerprint_covers_the_whole_contract():
-    from llm2clip_nemo.convert.llm import teacher_fingerprint
+    from llm2clip_nemo.formats.teacher_dir import teacher_fingerprint
 
     base = TeacherContract()
     fps = {teacher_fingerprint("d" * 64, c) for c in (

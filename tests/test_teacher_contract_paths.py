@@ -12,7 +12,7 @@ from dist_utils import run_workers
 from llm_fixtures import write_tiny_llama, write_tiny_llama3
 
 from llm2clip_nemo.config import ConfigError, load_config
-from llm2clip_nemo.text.contract import TeacherContract, read_contract
+from llm2clip_nemo.formats.contract import TeacherContract, read_contract
 
 # Two sources, every field away from a default somewhere down the chain: stage 1's export (its plain
 # preparation, caption tokens pooled without BOS), and a Llama-3 teacher imported with llm2vec's
@@ -75,7 +75,7 @@ def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monke
     from llm2clip_nemo import LLM2CLIP
     from llm2clip_nemo.cli import main as cli_main
     from llm2clip_nemo.data.sidecar import SidecarReader
-    from llm2clip_nemo.models.loading import _read_ckpt, _read_nemo
+    from llm2clip_nemo.models.loading import read_ckpt, read_nemo
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.teacher import Teacher
 
@@ -89,8 +89,8 @@ def test_contract_round_trips_and_every_path_embeds_alike(chain, tmp_path, monke
     assert reader.meta.contract == contract.to_dict()
     # the run recorded the teacher's absolute path although it was launched with a relative one
     ckpt = next((chain["run"] / "checkpoints").glob("*last.ckpt"))
-    assert _read_ckpt(ckpt)[0]["teacher"]["path"] == str(chain["teacher"])
-    assert _read_nemo(chain["run"] / "model.nemo")[0]["teacher"]["path"] == str(chain["teacher"])
+    assert read_ckpt(ckpt)[0]["teacher"]["path"] == str(chain["teacher"])
+    assert read_nemo(chain["run"] / "model.nemo")[0]["teacher"]["path"] == str(chain["teacher"])
     # export-hf from another working directory
     monkeypatch.chdir(tmp_path)
     assert cli_main(["convert", "export-hf", "--model", str(chain["run"]), "--out", "export"]) == 0
@@ -196,9 +196,9 @@ def test_online_tp2_equals_offline_sidecars_per_step_on_long_captions(tmp_path):
     """Two gloo ranks, TP=2 teacher online vs sidecars extracted at TP=1: the same per-step losses
     (the tolerance of test_train_clip's online/offline test), on captions of 90-120 tokens."""
     from llm2clip_nemo.data.shards import ShardSample, write_shards
+    from llm2clip_nemo.formats.contract import write_contract
     from llm2clip_nemo.recipes.extract import ExtractConfig
     from llm2clip_nemo.recipes.extract import run as extract
-    from llm2clip_nemo.text.contract import write_contract
 
     teacher = write_tiny_llama(tmp_path / "teacher")
     write_contract(teacher, TeacherContract(bidirectional=True, max_length=120))
@@ -224,7 +224,7 @@ def test_online_tp2_equals_offline_sidecars_per_step_on_long_captions(tmp_path):
 
 def test_config_error_for_teacher_contract_reaches_training_cli(tmp_path, capsys):
     from llm2clip_nemo.cli import main as cli_main
-    from llm2clip_nemo.text.contract import write_contract
+    from llm2clip_nemo.formats.contract import write_contract
 
     teacher = write_tiny_llama(tmp_path / "teacher")
     write_contract(teacher, TeacherContract(pooling="mean"))

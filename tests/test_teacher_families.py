@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from llm2clip_nemo.cli import main as cli_main
 from llm2clip_nemo.convert.llm import import_llm
+from llm2clip_nemo.formats.contract import TeacherContract
 from llm2clip_nemo.runtime import init_parallel
-from llm2clip_nemo.text.contract import TeacherContract
 from llm2clip_nemo.text.hf_encoder import HFEncoder
 from llm2clip_nemo.text.megatron_encoder import EncoderOptions
 from llm2clip_nemo.text.teacher import Teacher
@@ -167,7 +167,7 @@ def test_bare_encoder_auto_map_is_noted_and_ignored(tmp_path, caplog):
 
 def test_llama3_rope_scaling_changes_the_frequencies():
     """The llama3 spec really rescales RoPE (so the parity above tests the scaling, not plain RoPE)."""
-    from llm2clip_nemo.text.llama_spec import LlamaSpec
+    from llm2clip_nemo.formats.llama_spec import LlamaSpec
     from llm2clip_nemo.text.megatron_encoder import rotary_embedding
 
     d = dict(vocab_size=8, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2, ffn_hidden_size=8,
@@ -232,7 +232,7 @@ def test_param_count_equals_transformers(family):
     """LlamaSpec.param_count (for the planner) counts what transformers' decoder holds."""
     from family_fixtures import causal_model
 
-    from llm2clip_nemo.text.llama_spec import LlamaSpec
+    from llm2clip_nemo.formats.llama_spec import LlamaSpec
 
     model = causal_model(family)
     spec = LlamaSpec.from_hf_config(model.config)
@@ -270,7 +270,7 @@ def test_adapter_exports_merged_in_base_layout(zoo, tmp_path):
 def test_config_fields_outside_the_family_are_named(change, message):
     from family_fixtures import causal_model
 
-    from llm2clip_nemo.text.llama_spec import LlamaSpec, UnsupportedModelError
+    from llm2clip_nemo.formats.llama_spec import LlamaSpec, UnsupportedModelError
 
     cfg = {**causal_model("llama").config.to_dict(), **change}
     with pytest.raises(UnsupportedModelError) as e:
@@ -279,7 +279,7 @@ def test_config_fields_outside_the_family_are_named(change, message):
 
 
 def test_sequence_beyond_sliding_window_is_refused(groups):
-    from llm2clip_nemo.text.llama_spec import LlamaSpec
+    from llm2clip_nemo.formats.llama_spec import LlamaSpec
     from llm2clip_nemo.text.megatron_encoder import MegatronLlamaEncoder
 
     spec = LlamaSpec(vocab_size=16, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2, ffn_hidden_size=8,

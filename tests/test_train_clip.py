@@ -94,10 +94,10 @@ def test_every_caption_batches_hold_each_fields_sidecar_vector(tiny, tmp_path):
     """caption_sampling=all over shards where some samples lack the long field: teacher_emb [B,2,dim]
     holds the sidecar's txt and long rows, caption_mask marks the absent long captions."""
     from clip_fixtures import make_shards
+    from synthetic_shards import tiny_stream_config
 
     from llm2clip_nemo.data.sidecar import SidecarReader, sidecar_path
     from llm2clip_nemo.data.stream import ImageTextStream
-    from llm2clip_nemo.data.synthetic import tiny_stream_config
     from llm2clip_nemo.recipes.extract import ExtractConfig
     from llm2clip_nemo.recipes.extract import run as extract
 

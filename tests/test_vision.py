@@ -34,7 +34,7 @@ def test_tiny_shapes_and_param_count(groups):
 def test_preset_sizes_match_hf_clip():
     from transformers import CLIPVisionModelWithProjection
 
-    from llm2clip_nemo.convert.clip_vision import hf_config_from_vit
+    from llm2clip_nemo.formats.clip_vision import hf_config_from_vit
 
     assert PRESETS["L/14"].num_params() == 303_966_208  # OpenAI/open_clip ViT-L/14 visual
     for name in ("B/16", "L/14", "H/14", "g/14"):

@@ -6,12 +6,8 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from llm2clip_nemo.convert.clip_vision import (
-    vit_config_from_hf,
-    vit_from_hf,
-    vit_state_dict_from_hf,
-    vit_to_hf,
-)
+from llm2clip_nemo.formats.clip_vision import vit_state_dict_from_hf
+from llm2clip_nemo.formats.vision_checkpoint import vit_config_from_hf, vit_from_hf, vit_to_hf
 from llm2clip_nemo.runtime import destroy_parallel, init_parallel
 from llm2clip_nemo.vision import VisionTransformer
 

@@ -5,9 +5,8 @@ import argparse
 import sys
 
 from ..config import ConfigError, verb_parser
-from ..text.contract import TEXT_PREPARATIONS
-from ..text.hf_io import CheckpointError
-from ..text.pooling import POOLING_MODES
+from ..formats.contract import POOLING_MODES, TEXT_PREPARATIONS
+from ..formats.hf_io import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +53,9 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.cmd == "import-llm":
-            from ..text.contract import read_contract
-            from .llm import import_llm, read_teacher_meta
+            from ..formats.contract import read_contract
+            from ..formats.teacher_dir import read_teacher_meta
+            from .llm import import_llm
 
             out = import_llm(args.hf, args.out, args.tp, bases=args.base, contract=contract_flags(args))
             meta = read_teacher_meta(out)

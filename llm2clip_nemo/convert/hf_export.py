@@ -27,8 +27,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ..formats.contract import TeacherContract
 from ..models.loading import EXPORT_FORMAT, load_llm2clip
-from ..text.contract import TeacherContract
 
 VISION, ADAPTER, LLM = "vision", "adapter", "llm"
 _LLM_SKIP_SUFFIXES = (".gguf", ".lock")
@@ -49,8 +49,8 @@ def _export_llm(teacher_path: Path, out: Path) -> None:
     if (teacher_path / "teacher.json").is_file():
         export_llm(teacher_path, out)
         return
-    from ..text.hf_io import find_gguf, load_hf_causal_lm
-    from ..text.hf_layouts import is_adapter_dir
+    from ..formats.hf_io import find_gguf, load_hf_causal_lm
+    from ..formats.hf_layouts import is_adapter_dir
 
     directory, gguf = find_gguf(teacher_path)
     if not gguf and is_adapter_dir(directory):  # a self-contained llm/: the LoRA merged into its base
@@ -81,9 +81,9 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
     Raises ConfigError if the recorded teacher is not found (naming it and `--teacher`), ValueError
     if the adapter's input size is not the teacher LLM's hidden size, or the teacher's fingerprint
     is not the one the checkpoint recorded."""
-    from ..convert.clip_vision import vit_to_hf
+    from ..formats.contract import write_contract
+    from ..formats.vision_checkpoint import vit_to_hf
     from ..text.config import expected_fingerprint
-    from ..text.contract import write_contract
 
     out = Path(out_dir)
     if out.exists():

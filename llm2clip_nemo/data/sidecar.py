@@ -45,7 +45,7 @@ class SidecarMeta:
     image_shard: str = ""
     """Basename of the image shard this sidecar belongs to."""
     contract: dict | None = None
-    """The teacher contract the vectors were made with (`text.contract.TeacherContract` fields, for
+    """The teacher contract the vectors were made with (`formats.contract.TeacherContract` fields, for
     humans; the fingerprint already covers it)."""
     format: str = FORMAT
 

@@ -174,8 +174,8 @@ def _preset_aliases(overrides: list[str]) -> list[str]:
 def _caption_tokens(teacher) -> int:
     """Tokens per caption the teacher embeds: the config's max_length when set, else the contract
     recorded with the teacher at teacher.path (when it is on this machine), else the contract
-    default `convert import-llm` writes (`text.contract.TeacherContract.max_length`)."""
-    from ..text.contract import TeacherContract, read_contract
+    default `convert import-llm` writes (`formats.contract.TeacherContract.max_length`)."""
+    from ..formats.contract import TeacherContract, read_contract
 
     if teacher.max_length:
         return int(teacher.max_length)
@@ -204,7 +204,7 @@ def plan_from_config(cfg) -> dict[str, Any]:
     if hasattr(cfg, "model"):  # stage 2
         m, trainer = cfg.model, cfg.trainer
         if m.mode == "finetune":  # fields left to the checkpoint (0 / 'checkpoint') take its values
-            from ..convert.clip_vision import adopt_checkpoint_architecture
+            from ..formats.vision_checkpoint import adopt_checkpoint_architecture
 
             m.vision = adopt_checkpoint_architecture(m.vision, m.init_from)
         t = shape_from_teacher_config(m.teacher, knobs.teacher_preset, m.teacher_mode, "model.teacher")

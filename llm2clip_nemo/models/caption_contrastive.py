@@ -33,7 +33,7 @@ def resolve_demo_paths(data: CaptionDataConfig) -> tuple[str, str]:
     if DEMO not in (data.train_path, data.val_path):
         return data.train_path, data.val_path
     from ..data.demo_dataset import build_demo_dataset
-    from ..text.hf_io import default_cache_dir
+    from ..formats.hf_io import default_cache_dir
 
     res = build_demo_dataset(str(default_cache_dir() / "demo_dataset"))
     train = res.train_urls if data.train_path == DEMO else data.train_path

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ..data.pairs import CaptionRecord, CaptionTriple, PairConfig, make_triples, read_caption_records
-from ..text.contract import TeacherContract, prepare_texts
+from ..formats.contract import TeacherContract
+from ..text.preparation import prepare_texts
 
 
 def load_records(path: str, pair_cfg: PairConfig) -> list[CaptionRecord]:
@@ -38,7 +39,7 @@ def load_records(path: str, pair_cfg: PairConfig) -> list[CaptionRecord]:
 
 def tokenize_with_instruction(tokenizer, texts: Sequence[str], instructions: Sequence[str], max_length: int):
     """Right-padded (ids, attention_mask, pool_mask), pool_mask 0 on special and instruction tokens:
-    the teacher contract's plain preparation (`text.contract.prepare_texts`), per-row instructions.
+    the teacher contract's plain preparation (`text.preparation.prepare_texts`), per-row instructions.
 
     Instruction and caption are tokenized separately and concatenated, so the number of
     instruction tokens is exact (tokenizing the joined string could merge tokens at the seam).

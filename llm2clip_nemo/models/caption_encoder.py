@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
+from ..formats.contract import check_pooling
 from ..losses import CaptionInfoNCELoss
 from ..text.hf_encoder import HFEncoder, set_bidirectional
-from ..text.pooling import check_pooling
 
 EMBEDDED = "embedded"
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -94,7 +94,7 @@ class EncoderConfig:
 
 def resolve_llm_path(path: str) -> Path:
     if path == EMBEDDED:
-        from ..text.hf_io import embedded_llm_dir
+        from ..formats.hf_io import embedded_llm_dir
 
         return embedded_llm_dir()
     return Path(path)
@@ -136,7 +136,7 @@ class CaptionEncoder(nn.Module):
         super().__init__()
         from peft import LoraConfig, get_peft_model
 
-        from ..text.hf_io import load_hf_causal_lm
+        from ..formats.hf_io import load_hf_causal_lm
 
         self.cfg = cfg
         base, tok = load_hf_causal_lm(resolve_llm_path(cfg.llm_path), dtype=resolve_dtype(cfg.dtype))
@@ -213,9 +213,9 @@ def merged_copy(enc: CaptionEncoder) -> nn.Module:
 
 def export_merged(enc: CaptionEncoder, out_dir: str | Path, max_length: int, extra_meta: dict | None = None) -> Path:
     """Write the LoRA-merged LLM as a stock HF causal-LM directory (safetensors + tokenizer) with its
-    teacher contract (`text.contract`): the attention mode, pooling, token budget and the plain text
+    teacher contract (`formats.contract`): the attention mode, pooling, token budget and the plain text
     preparation stage 1 trained with (BOS prefix not pooled), so every later path embeds the same way."""
-    from ..text.contract import TeacherContract, write_contract
+    from ..formats.contract import TeacherContract, write_contract
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

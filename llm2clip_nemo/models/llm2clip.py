@@ -105,7 +105,7 @@ def lr_at(step: int, oc: OptimConfig, max_steps: int) -> float:
 
 def init_vision_from_hf(net: LLM2CLIP, path: str) -> None:
     """finetune: copy a HF CLIP or SigLIP vision checkpoint into the ViT (shapes must match model.vision)."""
-    from ..convert.clip_vision import match_vision_architecture, vit_from_hf
+    from ..formats.vision_checkpoint import match_vision_architecture, vit_from_hf
 
     hf_cfg, sd = vit_from_hf(path)
     mine = net.vision.cfg

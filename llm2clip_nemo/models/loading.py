@@ -80,7 +80,9 @@ def find_checkpoint(path: str | Path) -> tuple[str, Path]:
 
 # ---- reading config + weights per layout ------------------------------------------------------
 
-def _read_nemo(path: Path) -> tuple[dict, dict]:
+def read_nemo(path: Path) -> tuple[dict, dict]:
+    """(model config dict, state dict) of a `ModelPT.save_to` archive (model_config.yaml and
+    model_weights.ckpt, read without unpacking to disk). UnknownLayoutError if either is missing."""
     with tarfile.open(path, "r:*") as tf:
         members = {m.name.removeprefix("./"): m for m in tf.getmembers() if m.isfile()}
         if "model_config.yaml" not in members or "model_weights.ckpt" not in members:
@@ -94,7 +96,9 @@ def _read_nemo(path: Path) -> tuple[dict, dict]:
     return cfg, sd
 
 
-def _read_ckpt(path: Path) -> tuple[dict, dict, dict]:
+def read_ckpt(path: Path) -> tuple[dict, dict, dict]:
+    """(model config dict, state dict, {global_step, what the run stored under 'llm2clip'}) of a stage-2
+    Lightning checkpoint. UnknownLayoutError if it lacks state_dict or hyper_parameters.cfg."""
     # Lightning pickles the OmegaConf hyper-parameters, which weights_only refuses: checkpoints are
     # trusted files written by our own runs (data shards, in contrast, are never unpickled).
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -203,7 +207,7 @@ def load_net_weights(model, sd: dict[str, torch.Tensor]) -> None:
 def _load_export(path: Path, tensor_parallel: int, teacher_path, groups):
     from safetensors.torch import load_file
 
-    from ..convert.clip_vision import vit_from_hf
+    from ..formats.vision_checkpoint import vit_from_hf
 
     meta = json.loads((path / "llm2clip.json").read_text())
     if meta.get("format") != EXPORT_FORMAT:
@@ -254,10 +258,10 @@ def load_llm2clip(path: str | Path, *, tensor_parallel: int = 1, teacher_path: s
         model, info = _load_export(where, tensor_parallel, teacher_path, groups)
     else:
         if layout == "nemo":
-            cfg, sd = _read_nemo(where)
+            cfg, sd = read_nemo(where)
             extra = {}
         else:
-            cfg, sd, extra = _read_ckpt(where)
+            cfg, sd, extra = read_ckpt(where)
         _check_model_cfg(cfg, where)
         proj = sd.get("net.adapter.proj.weight")
         model = build_model(prepare_config(cfg, tensor_parallel, teacher_path, where), groups,

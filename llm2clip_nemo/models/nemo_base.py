@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import TypeVar
 
 import torch.distributed as dist
@@ -46,7 +45,3 @@ def default_dp_group():
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return dist.group.WORLD
     return None
-
-
-def is_dataclass_instance(x) -> bool:
-    return dataclasses.is_dataclass(x) and not isinstance(x, type)

@@ -42,7 +42,7 @@ def adopt_finetune_architecture(model: LLM2CLIPConfig) -> LLM2CLIPConfig:
     ConfigError naming the field, both values and the fix; other modes are returned unchanged."""
     if model.mode != "finetune":
         return model
-    from ..convert.clip_vision import adopt_checkpoint_architecture
+    from ..formats.vision_checkpoint import adopt_checkpoint_architecture
 
     vision = adopt_checkpoint_architecture(model.vision, model.init_from)
     vision.validate()

@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from ..config.loader import ConfigError
-from .contract import TeacherContract, contract_path, read_contract, resolve_contract
-from .pooling import check_pooling
+from ..formats.contract import TeacherContract, check_pooling, contract_path, read_contract, resolve_contract
 
 EMBEDDED = "embedded"
 
@@ -21,13 +20,13 @@ class TeacherConfig:
     """TP size t: the teacher is split over groups of t consecutive ranks; must divide heads and KV groups."""
     bidirectional: bool | None = None
     """Padding-only attention (LLM2CLIP/llm2vec); False keeps the causal mask. None: the teacher
-    contract's (`text.contract`); a value that disagrees with the contract is refused."""
+    contract's (`formats.contract`); a value that disagrees with the contract is refused."""
     pooling: str | None = None
     """mean | last_token | weighted_mean (pad-aware). None: the teacher contract's."""
     max_length: int | None = None
     """Tokens per caption sequence (template included); longer captions are cut. None: the contract's."""
     text_preparation: str | None = None
-    """plain | llm2vec_llama3 (see `text.contract`). None: the teacher contract's."""
+    """plain | llm2vec_llama3 (see `text.preparation`). None: the teacher contract's."""
     batch_size: int = 64
     """Captions per teacher forward (length-bucketed)."""
     max_tokens: int = 0
@@ -55,7 +54,7 @@ class TeacherConfig:
 
     def resolved_path(self) -> Path:
         if self.path == EMBEDDED:
-            from .hf_io import embedded_llm_dir
+            from ..formats.hf_io import embedded_llm_dir
 
             return embedded_llm_dir()
         return Path(self.path)
@@ -80,7 +79,7 @@ class TeacherConfig:
 
 def expected_fingerprint(cfg: TeacherConfig) -> str:
     """The fingerprint the configured teacher would stamp on sidecars, without building it."""
-    from ..convert.llm import cached_digest, read_hf_checkpoint, read_teacher_meta, teacher_fingerprint
+    from ..formats.teacher_dir import cached_digest, read_hf_checkpoint, read_teacher_meta, teacher_fingerprint
 
     path = cfg.resolved_path()
     if (path / "teacher.json").is_file():
@@ -100,7 +99,7 @@ def teacher_hidden_size(cfg: TeacherConfig) -> int:
     path = cfg.resolved_path()
     if (path / "teacher.json").is_file():
         return int(json.loads((path / "teacher.json").read_text())["spec"]["hidden_size"])
-    from .hf_io import find_gguf
+    from ..formats.hf_io import find_gguf
 
     d, gguf = find_gguf(Path(path))
     if gguf:

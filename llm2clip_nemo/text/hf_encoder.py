@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .contract import check_texts
-from .pooling import check_pooling, pool
+from ..formats.contract import check_pooling
+from .pooling import pool
+from .preparation import check_texts
 
 
 def set_bidirectional(model: nn.Module, bidirectional: bool) -> None:
@@ -60,7 +61,7 @@ class HFEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path, pooling: str = "mean", bidirectional: bool = True,
                         dtype: torch.dtype = torch.float32) -> HFEncoder:
-        from .hf_io import load_hf_causal_lm
+        from ..formats.hf_io import load_hf_causal_lm
 
         model, tok = load_hf_causal_lm(path, dtype=dtype)
         return cls(model, tok, pooling=pooling, bidirectional=bidirectional)

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..formats.contract import check_pooling
+from ..formats.llama_spec import LlamaSpec, padded_vocab_size
 from ..runtime import ParallelGroups, probes
-from .llama_spec import LlamaSpec
-from .pooling import check_pooling, pool
+from .pooling import pool
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,6 @@ class EncoderOptions:
     """Weight dtype: fp32 on CPU, bf16 on GPU."""
     use_te: bool | None = None
     """Transformer Engine layer spec: None = when usable, False = never, True = required."""
-
-
-def padded_vocab_size(vocab: int, tp: int) -> int:
-    """Vocab-parallel embeddings need rows divisible by TP; extra rows are zeros and never indexed."""
-    return -(-vocab // tp) * tp
 
 
 def _layer_spec(use_te: bool, bidirectional: bool, qk_norm: bool = False):

@@ -7,13 +7,7 @@ from __future__ import annotations
 
 import torch
 
-POOLING_MODES = ("mean", "last_token", "weighted_mean")
-
-
-def check_pooling(mode: str, field: str = "pooling") -> str:
-    if mode not in POOLING_MODES:
-        raise ValueError(f"{field}={mode!r} is not a pooling mode; choose one of {', '.join(POOLING_MODES)}.")
-    return mode
+from ..formats.contract import check_pooling
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:

@@ -1,11 +1,11 @@
 """The frozen LLM teacher as the rest of the system sees it.
 
-    teacher = Teacher.load(path, groups, contract)   # contract: text.contract.TeacherContract
+    teacher = Teacher.load(path, groups, contract)   # contract: formats.contract.TeacherContract
     emb = teacher.encode_texts(captions)             # offline: same captions on every TP rank
     emb = teacher.encode_online(captions)            # online: each rank its own captions
 
 `path` is a Megatron teacher directory (`convert import-llm`) or a HF directory / GGUF file. Both
-paths prepare text with the teacher contract (`text.contract.prepare_texts`), pad to the longest
+paths prepare text with the teacher contract (`text.preparation.prepare_texts`), pad to the longest
 caption of a length bucket (never to a constant) and pool the contract's tokens.
 """
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..formats.contract import TeacherContract, contract_path, read_contract, resolve_contract
 from ..runtime import ParallelGroups
-from .contract import TeacherContract, contract_path, prepare_texts, read_contract, resolve_contract
 from .megatron_encoder import EncoderOptions, MegatronLlamaEncoder
 from .pooling import pool
+from .preparation import prepare_texts
 
 
 def length_buckets(lengths: Sequence[int], max_batch: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -63,7 +64,7 @@ class Teacher:
 
     def __init__(self, encoder: MegatronLlamaEncoder, tokenizer, weights_digest: str, contract: TeacherContract,
                  source: str = ""):
-        from ..convert.llm import teacher_fingerprint
+        from ..formats.teacher_dir import teacher_fingerprint
 
         self.encoder = encoder
         self.tokenizer = tokenizer
@@ -88,8 +89,8 @@ class Teacher:
         (ConfigError naming the first field that differs)."""
         from transformers import AutoTokenizer
 
-        from ..convert.llm import load_teacher_weights, teacher_shard_for
-        from .hf_io import find_gguf
+        from ..formats.hf_io import find_gguf
+        from ..formats.teacher_dir import load_teacher_weights, teacher_shard_for
 
         path = Path(path)
         recorded = read_contract(path)

@@ -17,7 +17,7 @@ PARAMS_DTYPES = ("float32", "bfloat16", "float16")
 FROM_CHECKPOINT = "checkpoint"
 """`activation` value meaning: take it from the fine-tune checkpoint (numeric architecture fields use 0)."""
 # Fields that change a checkpoint's numbers: at fine-tune init each is taken from the checkpoint (when
-# set to 0 / FROM_CHECKPOINT) or must equal it (`convert.clip_vision.match_vision_architecture`).
+# set to 0 / FROM_CHECKPOINT) or must equal it (`formats.vision_checkpoint.match_vision_architecture`).
 # embed_dim is not among them: a resized projection head is re-initialised by design.
 ARCH_FIELDS = ("family", "image_size", "patch_size", "num_channels", "width", "num_layers", "num_heads", "mlp_dim",
                "activation", "layernorm_eps")

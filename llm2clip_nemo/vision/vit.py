@@ -1,6 +1,6 @@
 """The CLIP vision tower on megatron-core's TransformerBlock.
 
-Layout, one to one with Hugging Face `CLIPVisionModelWithProjection` (see convert/clip_vision.py):
+Layout, one to one with Hugging Face `CLIPVisionModelWithProjection` (see formats/clip_vision.py):
   patch_embed (conv, no bias) -> [class_token; patches] + position_embeddings -> pre_layernorm
   -> decoder (megatron TransformerBlock, pre-LN blocks, no final norm) -> post_layernorm(CLS)
   -> projection (no bias).
@@ -198,7 +198,7 @@ class VisionTransformer(nn.Module):
         return to_canonical_keys(self.state_dict(), self.impl)
 
     def load_canonical_state_dict(self, sd: dict[str, torch.Tensor], strict: bool = True) -> nn.modules.module._IncompatibleKeys:
-        """Load a canonical-layout state dict (e.g. from `convert.clip_vision.vit_from_hf`).
+        """Load a canonical-layout state dict (e.g. from `formats.vision_checkpoint.vit_from_hf`).
 
         With the TE layout the FP8 `_extra_state` entries are allowed to be missing.
         """

@@ -7,7 +7,6 @@ answer and one set of error messages.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 # model_type -> family name for messages. The family is read from model_type only: `architectures`
@@ -20,6 +19,12 @@ ROPE_TYPES = ("default", "linear", "llama3")
 
 def supported_families() -> str:
     return ", ".join(f"{t} ({name})" for t, name in FAMILIES.items())
+
+
+def padded_vocab_size(vocab: int, tp: int) -> int:
+    """Rows of the vocab-parallel embedding: `vocab` rounded up to a multiple of `tp` (the extra rows
+    are zeros, never indexed; the teacher's embedding and the key map's TP split both use it)."""
+    return -(-vocab // tp) * tp
 
 
 class UnsupportedModelError(ValueError):
@@ -175,6 +180,3 @@ class LlamaSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

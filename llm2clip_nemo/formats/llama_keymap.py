@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..text.llama_spec import LlamaSpec
-from ..text.megatron_encoder import padded_vocab_size
+from .llama_spec import LlamaSpec, padded_vocab_size
 
 HF_LAYER = "model.layers.{i}."
 MG_LAYER = "decoder.layers.{i}."

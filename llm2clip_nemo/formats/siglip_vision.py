@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llm2clip_nemo.vision.config import ViTConfig
-
-from .clip_vision import HF, _as_int, state_dict_from_hf, state_dict_to_hf
+from ..vision.config import ViTConfig
+from .clip_vision import HF, as_int, state_dict_from_hf, state_dict_to_hf
 
 if TYPE_CHECKING:
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    from llm2clip_nemo.vision.vit import VisionTransformer
+    from ..vision.vit import VisionTransformer
 
 SIGLIP_TYPES = ("siglip", "siglip_vision_model")
 """model_type values this map reads (SiglipModel, SiglipVisionModel)."""
@@ -72,8 +71,8 @@ def siglip_config_from_hf(hf_cfg: dict) -> ViTConfig:
     width = int(d.get("hidden_size", 768))
     cfg = ViTConfig(
         family="siglip",
-        image_size=_as_int(d.get("image_size", 224), "image_size"),
-        patch_size=_as_int(d.get("patch_size", 16), "patch_size"),
+        image_size=as_int(d.get("image_size", 224), "image_size"),
+        patch_size=as_int(d.get("patch_size", 16), "patch_size"),
         num_channels=int(d.get("num_channels", 3)),
         width=width,
         num_layers=int(d.get("num_hidden_layers", 12)),

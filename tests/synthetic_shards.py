@@ -1,4 +1,4 @@
-"""Small synthetic image-text shards, written with the real writer: for tests and smoke runs.
+"""Small synthetic image-text shards, written with the real writer: a test helper (not library code).
 
 Solid-colour JPEGs with captions that encode their key, so a test can check what it got back.
 Not demo evidence (the demo uses Twemoji, see demo_dataset.py)."""
