@@ -115,7 +115,7 @@ class LLM2CLIP(nn.Module):
             from .runtime import init_parallel
             from .text.teacher import Teacher
 
-            encoder = Teacher.load(llm_dir, init_parallel(tensor_parallel), contract, params_dtype=dtype)
+            encoder = Teacher.load(llm_dir, init_parallel(tensor_parallel, field="tensor_parallel"), contract, params_dtype=dtype)
             tokenizer, hidden = encoder.tokenizer, encoder.hidden_size
         try:
             check_teacher_dim(adapter.cfg, hidden)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TypeVar
 
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 PACKAGE_PREFIX = "llm2clip_nemo."
@@ -39,13 +38,6 @@ def from_dictconfig(schema: type[T], cfg, drop: tuple[str, ...] = ("target", "ne
     obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
     run_validators(obj)
     return obj
-
-
-def default_dp_group():
-    """The data-parallel group of a stage without tensor parallelism: the world, or None single-process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.group.WORLD
-    return None
 
 
 def is_dataclass_instance(x) -> bool:

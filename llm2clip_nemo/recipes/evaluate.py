@@ -174,16 +174,14 @@ class Encoders:
 
 
 def _dist_groups(groups=None):
-    import torch.distributed as dist
+    """(image group, text group) of `groups` (default: this process's runtime.ParallelLayout):
+    images over all ranks, captions over the teacher's data-parallel group. (None, None) alone."""
+    from ..runtime import current_layout
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    layout = groups or current_layout()
+    if layout is None or layout.world_size == 1:
         return None, None
-    text = groups.dp_group if groups is not None else None
-    if text is None:
-        from megatron.core import parallel_state as ps
-
-        text = ps.get_data_parallel_group() if ps.model_parallel_is_initialized() else dist.group.WORLD
-    return dist.group.WORLD, text
+    return layout.vision_dp_group, layout.dp_group
 
 
 def encoders_for(model) -> Encoders:
@@ -473,7 +471,7 @@ def main(argv: list[str]) -> int:
         data = load_eval_data(args.data, [f.strip() for f in args.caption_field.split(",") if f.strip()],
                               args.long_field or None, args.labels_field, args.strict, args.max_samples,
                               args.image_root, args.split)
-        groups = init_parallel(args.tensor_parallel)
+        groups = init_parallel(args.tensor_parallel, field="--tensor-parallel")
         model = load_any_model(args.model, tensor_parallel=args.tensor_parallel, teacher_path=args.teacher_path,
                                groups=groups)
         res = evaluate(model, data, args.tasks, args.out, name=args.name or Path(args.model).name,

@@ -24,6 +24,7 @@ from ..config import ConfigError, load_config, parse_recipe_args
 from ..config.help import recipe_help, wants_help
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
+from ..runtime import LayoutError
 from ..text.config import TeacherConfig
 
 
@@ -137,7 +138,7 @@ def run(cfg: ExtractConfig) -> dict:
     from ..runtime import init_parallel
     from ..text.teacher import Teacher
 
-    groups = init_parallel(cfg.teacher.tensor_parallel)
+    groups = init_parallel(cfg.teacher.tensor_parallel, field="teacher.tensor_parallel")
     teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.contract(), cfg.teacher.torch_dtype())
     shards = [(u, s) for s in parse_sources(cfg.data.urls) for u in s.urls]
     mine = shards[groups.dp_rank::groups.dp_size]
@@ -268,6 +269,9 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         result = run(cfg)
+    except LayoutError as e:  # the TP size does not fit the launched ranks
+        print(f"llm2clip-nemo extract: config error: {e}", file=sys.stderr)
+        return 2
     except DataSourceError as e:  # unusable data.urls (missing shards, energon constructs we do not map...)
         print(f"llm2clip-nemo extract: data error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime import ParallelGroups, probes
+from ..runtime import ParallelLayout, probes
 from .llama_spec import LlamaSpec
 from .pooling import check_pooling, pool
 
@@ -130,7 +130,7 @@ def rotary_embedding(spec: LlamaSpec):
 class MegatronLlamaEncoder(nn.Module):
     """A frozen, tensor-parallel Llama encoder. Build, then `load_state_dict` a TP shard."""
 
-    def __init__(self, spec: LlamaSpec, groups: ParallelGroups, options: EncoderOptions = EncoderOptions()):
+    def __init__(self, spec: LlamaSpec, groups: ParallelLayout, options: EncoderOptions = EncoderOptions()):
         super().__init__()
         from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
         from megatron.core.transformer.transformer_block import TransformerBlock
