@@ -120,3 +120,27 @@ def test_no_module_outside_runtime_reads_the_default_group_or_megatron_globals()
                  for p in sorted(PACKAGE.rglob("*.py")) if "runtime" not in p.relative_to(PACKAGE).parts
                  for i, line in enumerate(p.read_text().splitlines(), 1) if FORBIDDEN.search(line)]
     assert offenders == []
+
+
+def test_doctor_finds_tp_groups_that_span_nodes():
+    from llm2clip_nemo.launch.doctor import check_layout
+
+    block = [(0, "n1", 0), (1, "n1", 1), (2, "n2", 0), (3, "n2", 1)]
+    cyclic = [(0, "n1", 0), (1, "n2", 0), (2, "n1", 1), (3, "n2", 1)]  # srun --distribution=cyclic
+    assert check_layout(4, 6, block, tp=2) == []
+    assert check_layout(4, 6, cyclic, tp=1) == []
+    assert check_layout(4, 6, cyclic, tp=2) == [
+        "tensor-parallel group of ranks [0, 1] spans nodes ['n1', 'n2']: place consecutive ranks on the same node "
+        "(srun --distribution=block) or lower --tensor-parallel"]
+    assert check_layout(4, 6, block, tp=4)[0].startswith("tensor-parallel group of ranks [0, 1, 2, 3] spans nodes")
+
+
+def test_doctor_refuses_a_tp_size_the_launch_cannot_hold(monkeypatch, capsys):
+    from llm2clip_nemo.launch.doctor import main
+
+    for k, v in {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(k, v)
+    assert main(["--tensor-parallel", "4"]) == 1
+    assert capsys.readouterr().err == (
+        "doctor rank=1 FAILED: --tensor-parallel=4 does not divide the 2 GPUs per node (LOCAL_WORLD_SIZE=2): a "
+        "tensor-parallel group would cross nodes. Set it to one of [1, 2] or launch 4 GPUs per node.\n")
