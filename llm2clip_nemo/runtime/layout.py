@@ -188,7 +188,9 @@ def _build(tp_size: int, megatron: bool) -> ParallelLayout:
     alone = dist.new_group([rank], use_local_synchronization=True)
     everyone = dist.group.WORLD
     if not megatron:
-        return ParallelLayout(rank, world, 0, 1, rank, world, alone, everyone, everyone, None, None, device)
+        return ParallelLayout(rank=rank, world_size=world, tp_rank=0, tp_size=1, dp_rank=rank, dp_size=world,
+                              tp_group=alone, dp_group=everyone, vision_dp_group=everyone, pg_collection=None,
+                              vision_pg_collection=None, device=device)
     from megatron.core import parallel_state as ps
     from megatron.core.process_groups_config import ProcessGroupCollection
 
