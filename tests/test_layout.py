@@ -78,15 +78,18 @@ def _layout_members(rank, world):
 
     from llm2clip_nemo.runtime import current_layout
 
-    layout = init_parallel(2)
     members = dist.get_process_group_ranks
-    out = {
+    stage1 = init_parallel(1, megatron=False)  # caption-contrastive: no megatron, DP over every rank
+    out = {"stage1": (stage1.tp_size, stage1.dp_rank, stage1.dp_size, members(stage1.dp_group),
+                      members(stage1.tp_group), stage1.pg_collection, stage1.vision_pg_collection)}
+    layout = init_parallel(2)  # then stage 2 in the same process: megatron state on the same ranks
+    out.update({
         "coords": (layout.rank, layout.world_size, layout.tp_rank, layout.tp_size, layout.dp_rank, layout.dp_size),
         "tp": members(layout.tp_group), "dp": members(layout.dp_group), "vision_dp": members(layout.vision_dp_group),
         "teacher_pgc": {k: members(getattr(layout.pg_collection, k)) for k in ("tp", "dp")},
         "vision_pgc": {k: members(getattr(layout.vision_pg_collection, k)) for k in ("tp", "cp", "tp_cp", "pp", "dp")},
         "same_value_again": init_parallel(2) is layout and current_layout() is layout,
-    }
+    })
     try:
         init_parallel(1)
     except RuntimeError as e:
@@ -99,6 +102,7 @@ def test_tp2_layout_on_four_gloo_ranks_group_members():
     tp_groups = {0: [0, 1], 1: [0, 1], 2: [2, 3], 3: [2, 3]}
     dp_groups = {0: [0, 2], 1: [1, 3], 2: [0, 2], 3: [1, 3]}
     for r, got in enumerate(results):
+        assert got["stage1"] == (1, r, 4, [0, 1, 2, 3], [r], None, None)
         assert got["coords"] == (r, 4, r % 2, 2, r // 2, 2)
         assert got["tp"] == tp_groups[r] and got["dp"] == dp_groups[r]
         assert got["vision_dp"] == [0, 1, 2, 3]
