@@ -8,8 +8,9 @@ Layout (DESIGN, "Parallel layout"):
     megatron's `initialize_model_parallel(t)`), data-parallel across the groups (`dp_group`: the
     ranks holding the same shard), with megatron's collection `pg_collection`.
 t must be >= 1, divide the world size and divide the processes (GPUs) per node, so a TP group never
-crosses a node; the launcher's variables say how many processes share a node. That rule is checked
-here and nowhere else (`check_tp`), before any rendezvous, so every rank fails the same way.
+crosses a node; the launcher's variables say how many processes share a node. A run checks that
+rule here and nowhere else (`check_tp`; config validators only ask t >= 1), before any rendezvous,
+so every rank fails alike; `doctor --tensor-parallel t` uses the same check.
 
 Stage 1 (caption-contrastive, no megatron) gets the same value with t=1 and no collections.
 """
