@@ -117,7 +117,7 @@ class LLM2CLIP(nn.Module):
             from .runtime import init_parallel
             from .text.teacher import Teacher
 
-            encoder = Teacher.load(llm_dir, init_parallel(tensor_parallel), contract, params_dtype=dtype)
+            encoder = Teacher.load(llm_dir, init_parallel(tensor_parallel, field="tensor_parallel"), contract, params_dtype=dtype)
             tokenizer, hidden = encoder.tokenizer, encoder.hidden_size
         if adapter.input_dim != hidden:
             raise ValueError(f"embedding dimension mismatch in {path}: the adapter takes {adapter.input_dim}-dim "

@@ -208,11 +208,13 @@ def test_missing_teacher_is_refused_where_the_run_starts_exit_2(tmp_path, capsys
 
 def test_teacher_tp_must_divide_the_ranks_where_the_run_starts():
     from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig, prepare_run
+    from llm2clip_nemo.runtime import LayoutError
 
     cfg = load_config(TrainCLIPConfig, "pretrain_tiny", ["model.teacher.tensor_parallel=2", "trainer.devices=3"])
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(LayoutError) as e:  # the layout's one TP rule (runtime.layout.check_tp)
         prepare_run(cfg)
-    assert str(e.value) == "model.teacher.tensor_parallel=2 does not divide the 3 ranks: launch a multiple of 2 processes."
+    assert str(e.value) == ("model.teacher.tensor_parallel=2 does not divide the world size 3: set it to one of "
+                            "[1, 3] or launch a multiple of 2 processes.")
 
 
 def test_caption_data_paths_are_checked_where_stage_1_starts(tmp_path, capsys):

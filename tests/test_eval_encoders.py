@@ -1,5 +1,5 @@
 """`eval.encoders.spread_groups`: where feature extraction spreads its work, from an explicit
-`ParallelGroups` value (images over the vision tower's DP group, captions over the teacher's DP group
+`ParallelLayout` value (images over the vision tower's DP group, captions over the teacher's DP group
 when the teacher is split tensor-parallel, over every rank when the text tower is whole on each)."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def _spread_worker(rank, world):
     from llm2clip_nemo.runtime.parallel import init_distributed
 
     init_distributed()
-    explicit = SimpleNamespace(world_group="vision-dp", dp_group="teacher-dp")
-    teacher_model = SimpleNamespace(groups=SimpleNamespace(world_group="own-world", dp_group="own-dp"))
+    explicit = SimpleNamespace(vision_dp_group="vision-dp", dp_group="teacher-dp")
+    teacher_model = SimpleNamespace(groups=SimpleNamespace(vision_dp_group="own-world", dp_group="own-dp"))
     stock = StockCLIP.__new__(StockCLIP)  # a stock CLIP: its text tower is whole on every rank
     return [spread_groups(teacher_model, explicit), spread_groups(teacher_model), spread_groups(stock, explicit),
             spread_groups(stock) == (dist.group.WORLD, dist.group.WORLD)]
@@ -31,5 +31,5 @@ def test_spread_groups_take_the_explicit_layout_then_the_models_own():
 def test_one_process_spreads_nothing():
     from llm2clip_nemo.eval.encoders import spread_groups
 
-    explicit = SimpleNamespace(world_group="vision-dp", dp_group="teacher-dp")
+    explicit = SimpleNamespace(vision_dp_group="vision-dp", dp_group="teacher-dp")
     assert spread_groups(SimpleNamespace(groups=explicit), explicit) == (None, None)

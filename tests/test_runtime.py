@@ -1,10 +1,11 @@
-"""runtime/: the megatron-core CPU layer, accelerator probes, TP validation, seeding."""
+"""runtime/: the megatron-core CPU layer, accelerator probes, seeding (the parallel layout and its TP
+check: test_layout.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from llm2clip_nemo.runtime import megatron_compat, probes, seed_everything, validate_tp
+from llm2clip_nemo.runtime import megatron_compat, probes, seed_everything
 
 
 def test_cpu_layer_patches_exactly_two_things_and_restores():
@@ -54,14 +55,6 @@ def test_probes_on_this_machine_without_cuda():
         pytest.skip("CPU-only expectation")
     assert probes.transformer_engine() == probes.Probe(False, "CUDA is not available")
     assert not probes.fp8_capable().available
-
-
-def test_validate_tp_messages():
-    with pytest.raises(ValueError, match="tensor_parallel=3 does not divide the world size 4"):
-        validate_tp(3, 4)
-    with pytest.raises(ValueError, match="tensor_parallel=4 does not divide the 6 GPUs per node: a TP group would cross nodes"):
-        validate_tp(4, 12, gpus_per_node=6)
-    validate_tp(2, 4, gpus_per_node=8)
 
 
 def test_seed_everything_repeats():

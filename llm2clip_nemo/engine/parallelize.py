@@ -146,7 +146,7 @@ def parallelize(module: nn.Module, cfg: ParallelizeConfig, group=None,
         module: the network, built the same on every rank and already on its device (the stage-2
             `LLM2CLIP`, or any module with `decoder.layers.N` blocks).
         cfg: what to apply (validated here).
-        group: the data-parallel process group (the vision tower's: `ParallelGroups.world_group`);
+        group: the data-parallel process group (the vision tower's: `ParallelLayout.vision_dp_group`);
             None = the default group. torch.distributed must be initialised (also for one rank).
         blocks: the transformer blocks (default `transformer_blocks(module)`).
     Returns `module` itself (the same object, now wrapped in place; parameter names unchanged).

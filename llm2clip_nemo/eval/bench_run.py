@@ -104,7 +104,7 @@ def run_benchmarks(models: Mapping[str, object], benches: Sequence[Benchmark], *
                    log: Callable[[str], object] = print, groups=None) -> dict[str, dict[str, dict]]:
     """{model name: {benchmark: score}} for loaded benchmarks and {name: model} (any model
     `encoders.encoders_for` takes), each score `score_benchmark`'s dict plus "model" (in words).
-    groups: the `runtime.ParallelGroups` to spread extraction over (`encoders.spread_groups`)."""
+    groups: the `runtime.ParallelLayout` to spread extraction over (`encoders.spread_groups`)."""
     from .encoders import model_scorers
 
     scorers = {m: model_scorers(model, batch_size, groups) for m, model in models.items()}

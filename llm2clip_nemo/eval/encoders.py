@@ -41,7 +41,7 @@ class Encoders:
 
 
 def _tp_teacher_groups(model):
-    """The `ParallelGroups` of a model whose LLM is split tensor-parallel (None: the LLM is whole on
+    """The `ParallelLayout` of a model whose LLM is split tensor-parallel (None: the LLM is whole on
     every rank, as in a stock CLIP or an export run with `transformers`)."""
     from ..hf_model import LLM2CLIP
     from ..models.stock_clip import StockCLIP
@@ -56,19 +56,23 @@ def _tp_teacher_groups(model):
 def spread_groups(model, groups=None) -> tuple[object, object]:
     """(image group, text group) for `features.extract_features`; (None, None) in one process.
 
-    Images go over the vision tower's data-parallel group, `groups.world_group` (every rank).
+    Images go over the vision tower's data-parallel group, `groups.vision_dp_group` (every rank).
     Captions go over the teacher's data-parallel group, `groups.dp_group`, when the model runs a
     tensor-parallel teacher (the ranks of one TP group encode the same captions together), else
-    over every rank. groups: a `runtime.ParallelGroups`; None takes the model's own (its teacher's),
-    else every rank of the default torch.distributed group.
+    over every rank. groups: a `runtime.ParallelLayout`; None takes the model's own (its teacher's), else this
+    process's layout (`runtime.current_layout`, built over the running process group when absent).
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return None, None
+    from ..runtime import current_layout, init_parallel
+
     own = _tp_teacher_groups(model)
     groups = groups if groups is not None else own
-    world = groups.world_group if groups is not None else dist.group.WORLD
+    if groups is None:  # this process's layout (built here over the running process group if none is)
+        groups = current_layout() or init_parallel(1, megatron=False)
+    world = groups.vision_dp_group
     return world, (groups.dp_group if own is not None else world)
 
 
@@ -76,7 +80,7 @@ def encoders_for(model, groups=None) -> Encoders:
     """Encoders of an `LLM2CLIPModel` (Megatron teacher), an `LLM2CLIP` (exported, HF), or a
     `StockCLIP` (a stock HF CLIPModel: its own text tower, `adapt` the identity).
 
-    groups: the `runtime.ParallelGroups` to spread extraction over (see `spread_groups`)."""
+    groups: the `runtime.ParallelLayout` to spread extraction over (see `spread_groups`)."""
     from ..hf_model import LLM2CLIP
     from ..models.stock_clip import StockCLIP
 

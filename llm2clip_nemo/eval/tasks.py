@@ -80,7 +80,7 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
     with caption_fields, long_field, labels_field, strict, max_samples). tasks: None/'auto' (what the
     data supports) or a list/comma string of retrieval, long, cra, zeroshot. templates: a set name
     ('single', 'short', 'imagenet'), one prompt with '{}', or a list of prompts. groups: the
-    `runtime.ParallelGroups` to spread extraction over (None: the model's own; `encoders.spread_groups`).
+    `runtime.ParallelLayout` to spread extraction over (None: the model's own; `encoders.spread_groups`).
     Every rank must call this under torchrun; rank 0 writes. Recalls and accuracies are percentages.
     Raises `EvalDataError` for tasks the data cannot serve.
     """

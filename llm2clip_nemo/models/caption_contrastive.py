@@ -25,7 +25,7 @@ from .caption_contrastive_config import (  # noqa: F401  (re-exported)
 from .caption_data import StepLoader, TripleSchedule, eval_captions, load_records, tokenize_with_instruction
 from .caption_encoder import CaptionEncoder
 from .caption_encoder import export_merged as _export_encoder
-from .nemo_base import allow_our_targets, default_dp_group, from_dictconfig, to_dictconfig
+from .nemo_base import allow_our_targets, from_dictconfig, to_dictconfig
 
 
 def resolve_demo_paths(data: CaptionDataConfig) -> tuple[str, str]:
@@ -68,7 +68,7 @@ class _Batches:
 class CaptionContrastiveModel(ModelPT):
     """NeMo ModelPT: LoRA caption-contrastive fine-tuning of a HF causal LM (+ optional MNTP phase)."""
 
-    def __init__(self, cfg, trainer=None):
+    def __init__(self, cfg, trainer=None, layout=None):
         allow_our_targets()
         if not hasattr(cfg, "items"):  # a dataclass config
             cfg = to_dictconfig(cfg)
@@ -77,7 +77,8 @@ class CaptionContrastiveModel(ModelPT):
         self.schema = schema
         self.core = CaptionEncoder(schema)
         self.strict_loading = False  # checkpoints hold the LoRA weights only (base weights come from llm_path)
-        self.dp_group = None
+        self._layout = layout
+        """runtime.ParallelLayout (TP=1): its dp_group spreads the contrastive batch; built on first use."""
         self.cra_history: list[tuple[int, float]] = []
         """(step, CRA by the paper's protocol) at each validation."""
         self.cra_all_pairs_history: list[tuple[int, float]] = []
@@ -143,14 +144,21 @@ class CaptionContrastiveModel(ModelPT):
     def in_mntp_phase(self) -> bool:
         return self.global_step < self.schema.mntp.steps
 
+    @property
+    def layout(self):
+        """The process's parallel layout at TP=1, built once Lightning has joined the ranks."""
+        if self._layout is None:
+            from ..runtime import init_parallel
+
+            self._layout = init_parallel(1, megatron=False)
+        return self._layout
+
     def training_step(self, batch, batch_idx):
-        if self.dp_group is None:
-            self.dp_group = default_dp_group()
         if self.in_mntp_phase():
             gen = torch.Generator().manual_seed(self.schema.data.seed * 7919 + self.global_step)
             loss = self.core.mntp_loss(batch, gen)
         else:
-            loss = self.core.contrastive_loss(batch, group=self.dp_group)
+            loss = self.core.contrastive_loss(batch, group=self.layout.dp_group)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, batch_size=int(batch["n"]))
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False, on_step=True, batch_size=1)
         return loss
@@ -189,9 +197,9 @@ class CaptionContrastiveModel(ModelPT):
 
         texts, image_ids = self.val_captions()
         parts = self._val_feats
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, parts)
+        if self.layout.dp_size > 1:
+            gathered = [None] * self.layout.dp_size
+            dist.all_gather_object(gathered, parts, group=self.layout.dp_group)
             parts = [p for g in gathered for p in g]
         idx = torch.cat([p[0] for p in parts])
         feats = torch.empty(len(texts), parts[0][1].shape[1])

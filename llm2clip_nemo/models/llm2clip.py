@@ -249,9 +249,9 @@ class LLM2CLIPModel(_model_pt()):
         return torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.tensor([float(torch.isfinite(loss).item())])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        flag = torch.tensor([float(torch.isfinite(loss).item())], device=self.groups.device)  # nccl: on the GPU
+        if self.groups.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.groups.vision_dp_group)
         return bool(flag.item())
 
     def training_step(self, batch, batch_idx):
@@ -261,7 +261,7 @@ class LLM2CLIPModel(_model_pt()):
         lr = lr_at(step, self.typed.optim, self.trainer.max_steps)
         for g in opt.optimizer.param_groups:
             g["lr"] = lr * g["lr_scale"]
-        group = dist.group.WORLD if dist.is_initialized() and dist.get_world_size() > 1 else None
+        group = self.groups.vision_dp_group  # the ViT's data-parallel group: all ranks
         emb = self.teacher_embeddings(batch)
         mask = batch.get("caption_mask")
         loss = self.net(batch["image"].to(self.device), emb.to(self.device), group=group,

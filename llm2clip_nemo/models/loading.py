@@ -253,7 +253,7 @@ def load_llm2clip(path: str | Path, *, tensor_parallel: int = 1, teacher_path: s
     from ..runtime import init_parallel
 
     layout, where = find_checkpoint(path)
-    groups = groups or init_parallel(tensor_parallel)
+    groups = groups or init_parallel(tensor_parallel, field="tensor_parallel")
     if layout == "hf_export":
         model, info = _load_export(where, tensor_parallel, teacher_path, groups)
     else:

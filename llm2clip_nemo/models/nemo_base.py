@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 PACKAGE_PREFIX = "llm2clip_nemo."
@@ -40,8 +39,3 @@ def from_dictconfig(schema: type[T], cfg, drop: tuple[str, ...] = ("target", "ne
     return obj
 
 
-def default_dp_group():
-    """The data-parallel group of a stage without tensor parallelism: the world, or None single-process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.group.WORLD
-    return None

@@ -32,7 +32,7 @@ def main_benchmark(args) -> int:
                                  "from --root).")
         names, missing = resolve_names(args.benchmark, args.root)
         benches = [load_benchmark(n, args.root, strict=args.strict) for n in names]  # before any model loads
-        groups = init_parallel(args.tensor_parallel)
+        groups = init_parallel(args.tensor_parallel, field="--tensor-parallel")
         models = {args.name or Path(args.model).name: load_any_model(args.model, args.tensor_parallel,
                                                                        args.teacher_path, groups)}
         if args.baseline:

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         data = load_eval_data(args.data, [f.strip() for f in args.caption_field.split(",") if f.strip()],
                               args.long_field or None, args.labels_field, args.strict, args.max_samples,
                               args.image_root, args.split)
-        groups = init_parallel(args.tensor_parallel)
+        groups = init_parallel(args.tensor_parallel, field="--tensor-parallel")
         model = load_any_model(args.model, tensor_parallel=args.tensor_parallel, teacher_path=args.teacher_path,
                                groups=groups)
         res = evaluate(model, data, args.tasks, args.out, name=args.name or Path(args.model).name,

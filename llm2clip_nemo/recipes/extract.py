@@ -24,6 +24,7 @@ from ..config import ConfigError, load_config, parse_command_line
 from ..config.help import recipe_help, wants_help
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
+from ..runtime.layout import LayoutError
 from ..text.config import TeacherConfig
 
 
@@ -138,7 +139,7 @@ def run(cfg: ExtractConfig) -> dict:
     from ..text.teacher import Teacher
 
     cfg.teacher.check_available()  # the teacher's files are read where the run starts, not by validate()
-    groups = init_parallel(cfg.teacher.tensor_parallel)
+    groups = init_parallel(cfg.teacher.tensor_parallel, field="teacher.tensor_parallel")
     teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.contract(), cfg.teacher.torch_dtype())
     shards = [(u, s) for s in parse_sources(cfg.data.urls) for u in s.urls]
     mine = shards[groups.dp_rank::groups.dp_size]
@@ -266,7 +267,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         result = run(cfg)
-    except ConfigError as e:  # the teacher's files (`TeacherConfig.check_available`)
+    except (ConfigError, LayoutError) as e:  # the teacher's files (`TeacherConfig.check_available`); a TP size the ranks cannot hold
         print(f"llm2clip-nemo extract: config error: {e}", file=sys.stderr)
         return 2
     except DataSourceError as e:  # unusable data.urls (missing shards, energon constructs we do not map...)

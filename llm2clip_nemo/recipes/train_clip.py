@@ -18,6 +18,7 @@ from ..config.help import recipe_help, wants_help
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
 from ..models.llm2clip_config import LLM2CLIPConfig
+from ..runtime import LayoutError
 from .trainer import ExpManagerConfig, SamplesPerSecond, TrainerConfig, build_trainer
 
 
@@ -55,16 +56,14 @@ def prepare_run(cfg: TrainCLIPConfig, mode: str | None = None) -> TrainCLIPConfi
     copy of `cfg`; ConfigError naming the field and the fix: the verb is not model.mode, the teacher's
     TP does not divide the ranks, the teacher is missing or disagrees with its contract, the fine-tune
     checkpoint does not fit model.vision."""
-    from ..runtime import DistEnv
+    from ..runtime import DistEnv, check_tp
 
     if mode is not None and cfg.model.mode != mode:
         raise ConfigError(f"`llm2clip-nemo {mode}` but the config says model.mode={cfg.model.mode}: "
                           f"use the {cfg.model.mode} verb or set model.mode={mode}.")
-    world = max(DistEnv.from_environ().world_size, cfg.trainer.world_size)
-    tp = cfg.model.teacher.tensor_parallel
-    if world % tp:
-        raise ConfigError(f"model.teacher.tensor_parallel={tp} does not divide the {world} ranks: "
-                          f"launch a multiple of {tp} processes.")
+    # the ranks Lightning will start (trainer.devices x num_nodes) may not exist yet: the layout's one
+    # TP rule is applied to them here, and again by `init_parallel` to the ranks actually launched
+    check_tp(cfg.model.teacher.tensor_parallel, max(DistEnv.from_environ().world_size, cfg.trainer.world_size))
     cfg.model.teacher.check_available()
     resolved = copy.deepcopy(cfg)
     resolved.model = adopt_finetune_architecture(resolved.model)
@@ -116,7 +115,7 @@ def main(argv: list[str], mode: str = "pretrain") -> int:
     try:
         cfg = load_config(TrainCLIPConfig, cl.config_name, cl.overrides, cl.config_path)
         res = run(cfg, mode)
-    except ConfigError as e:
+    except (ConfigError, LayoutError) as e:  # LayoutError: the TP size does not fit the launched ranks
         print(f"llm2clip-nemo {mode}: config error: {e}", file=sys.stderr)
         return 2
     except DataSourceError as e:  # unusable data.urls (missing shards, energon constructs we do not map...)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..formats.contract import check_pooling
 from ..formats.llama_spec import LlamaSpec, padded_vocab_size
-from ..runtime import ParallelGroups, probes
+from ..runtime import ParallelLayout, probes
 from .pooling import pool
 
 
@@ -126,7 +126,7 @@ def rotary_embedding(spec: LlamaSpec):
 class MegatronLlamaEncoder(nn.Module):
     """A frozen, tensor-parallel Llama encoder. Build, then `load_state_dict` a TP shard."""
 
-    def __init__(self, spec: LlamaSpec, groups: ParallelGroups, options: EncoderOptions = EncoderOptions()):
+    def __init__(self, spec: LlamaSpec, groups: ParallelLayout, options: EncoderOptions = EncoderOptions()):
         super().__init__()
         from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
         from megatron.core.transformer.transformer_block import TransformerBlock

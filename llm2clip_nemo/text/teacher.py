@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ..formats.contract import TeacherContract, contract_path, read_contract, resolve_contract
-from ..runtime import ParallelGroups
+from ..runtime import ParallelLayout
 from .megatron_encoder import EncoderOptions, MegatronLlamaEncoder
 from .pooling import pool
 from .preparation import prepare_texts
@@ -41,7 +41,7 @@ def length_buckets(lengths: Sequence[int], max_batch: int, max_tokens: int | Non
     return batches
 
 
-def tp_gather_rows(x: torch.Tensor, groups: ParallelGroups, pad_value=0) -> tuple[torch.Tensor, list[int]]:
+def tp_gather_rows(x: torch.Tensor, groups: ParallelLayout, pad_value=0) -> tuple[torch.Tensor, list[int]]:
     """All-gather [b_i, s_i] tensors of the TP group into one [sum b, max s] tensor.
 
     Returns the concatenation (in TP-rank order) and the row counts per rank.
@@ -74,7 +74,7 @@ class Teacher:
         self.fingerprint = teacher_fingerprint(weights_digest, contract)
 
     @property
-    def groups(self) -> ParallelGroups:
+    def groups(self) -> ParallelLayout:
         return self.encoder.groups
 
     @property
@@ -82,7 +82,7 @@ class Teacher:
         return self.encoder.spec.hidden_size
 
     @classmethod
-    def load(cls, path, groups: ParallelGroups, contract: TeacherContract | None = None,
+    def load(cls, path, groups: ParallelLayout, contract: TeacherContract | None = None,
              params_dtype: torch.dtype = torch.float32, use_te: bool | None = None) -> Teacher:
         """The teacher at `path` split over `groups`' TP group. `contract` None: the one recorded with
         the teacher (defaults if it records none); a given contract must equal the recorded one

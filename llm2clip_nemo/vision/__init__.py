@@ -1,5 +1,5 @@
 """Vision tower: a CLIP ViT on megatron-core's TransformerBlock (TE spec on GPU, local on CPU)."""
 from .config import PRESETS, ViTConfig
-from .vit import VisionTransformer, build_vit, vision_pg_collection
+from .vit import VisionTransformer, build_vit
 
-__all__ = ["PRESETS", "ViTConfig", "VisionTransformer", "build_vit", "vision_pg_collection"]
+__all__ = ["PRESETS", "ViTConfig", "VisionTransformer", "build_vit"]

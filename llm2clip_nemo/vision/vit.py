@@ -14,19 +14,13 @@ pixels [B, C, H, W] and return [B, dim].
 """
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llm2clip_nemo.runtime.parallel import ParallelGroups
-
 from .config import ViTConfig
-
-if TYPE_CHECKING:
-    from megatron.core.process_groups_config import ProcessGroupCollection
 from .specs import (
     activation_function,
     from_canonical_keys,
@@ -36,30 +30,8 @@ from .specs import (
     transformer_config,
 )
 
-
-def vision_pg_collection(groups: ParallelGroups) -> ProcessGroupCollection:
-    """The megatron ProcessGroupCollection for the vision tower, which is never tensor-parallel.
-
-    With the teacher at TP=1 this is `groups.pg_collection`. With a TP>1 teacher the collection's
-    tp group spans t ranks, so the ViT gets a copy whose tp (and tp_cp) group is this rank alone:
-    megatron's context-parallel group, which has exactly one rank because this project never uses
-    context parallelism (checked).
-    """
-    pgc = groups.pg_collection
-    if groups.tp_size == 1:
-        return pgc
-    single = pgc.cp
-    if single is None or single.size() != 1:
-        raise RuntimeError(
-            "the vision tower needs a single-rank process group for its TP=1 layers, and megatron's "
-            "context-parallel group is not one (context parallelism is unsupported here): "
-            "initialise parallel state with context_parallel_size=1."
-        )
-    out = copy.copy(pgc)
-    out.tp = single
-    if hasattr(out, "tp_cp"):
-        out.tp_cp = single
-    return out
+if TYPE_CHECKING:
+    from llm2clip_nemo.runtime import ParallelLayout
 
 
 def _run_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +72,9 @@ class AttentionPoolingHead(nn.Module):
 class VisionTransformer(nn.Module):
     """CLIP or SigLIP ViT. `forward(pixels) -> [B, embed_dim]` un-normalised image embeddings."""
 
-    def __init__(self, cfg: ViTConfig, groups: ParallelGroups) -> None:
-        """Build from `cfg` on the process groups `groups` (a runtime.ParallelGroups)."""
+    def __init__(self, cfg: ViTConfig, groups: ParallelLayout) -> None:
+        """Build from `cfg` on `groups.vision_pg_collection` (runtime.ParallelLayout): the ViT's own
+        megatron groups, tensor-parallel size 1 whatever the teacher's, on `groups.device`."""
         super().__init__()
         from megatron.core.transformer.transformer_block import TransformerBlock
 
@@ -127,7 +100,7 @@ class VisionTransformer(nn.Module):
             post_layer_norm=False,  # CLIP normalises only the pooled CLS token (post_layernorm)
             pre_process=True,
             post_process=True,
-            pg_collection=vision_pg_collection(groups),
+            pg_collection=groups.vision_pg_collection,
         )
         self.post_layernorm = nn.LayerNorm(w, eps=cfg.layernorm_eps, dtype=dtype)
         if self.siglip:
@@ -136,9 +109,7 @@ class VisionTransformer(nn.Module):
         else:
             self.projection = nn.Linear(w, cfg.embed_dim, bias=False, dtype=dtype)
         self._init_own_weights()
-        device = getattr(groups, "device", None)
-        if device is not None:
-            self.to(device)
+        self.to(groups.device)
 
     def _init_own_weights(self) -> None:
         # open_clip's scales; the transformer blocks are initialised by megatron (init_method_std).
@@ -212,6 +183,6 @@ class VisionTransformer(nn.Module):
         return result
 
 
-def build_vit(cfg: ViTConfig, groups: ParallelGroups) -> VisionTransformer:
-    """Build the vision tower for `cfg` on `groups` (runtime.ParallelGroups)."""
+def build_vit(cfg: ViTConfig, groups: ParallelLayout) -> VisionTransformer:
+    """Build the vision tower for `cfg` on `groups` (runtime.ParallelLayout)."""
     return VisionTransformer(cfg, groups)
