@@ -41,3 +41,31 @@ def run_sides(script: str, args: list[str], extra: dict[str, list[str]] | None =
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         res[side] = json.loads(out.stdout.strip().splitlines()[-1])
     return res
+
+
+def import_open_clip():
+    """`import open_clip` in .bench-venv, where torchvision is the wheel built against torch 2.13.0
+    for CUDA while torch is the CPU build: its C extension (nms, roi_align...) cannot load, and
+    torchvision 0.28 then fails at import registering fake kernels for the undefined ops
+    `torchvision::nms` and `torchvision::qnms`. Defining those two schemas (no kernel: calling them
+    raises) lets the import finish; open_clip's CLIP models, losses and PIL/torch transforms use none
+    of these ops."""
+    import importlib
+
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as e:
+        if "torchvision::nms does not exist" not in str(e):
+            raise
+        import torch
+
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _KEEP.append(lib)  # a Library object unregisters its ops when collected
+    return importlib.import_module("open_clip")
+
+
+_KEEP: list = []
