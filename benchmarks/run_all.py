@@ -31,8 +31,8 @@ SMALL = {  # script -> arguments of the small run
 
 
 def scripts() -> list[str]:
-    """The benchmark scripts in this folder (every .py but the helpers)."""
-    return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in ("common", "run_all"))
+    """The benchmark scripts in this folder: every .py but the helpers and gpu_check (one CUDA device)."""
+    return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in ("common", "run_all", "gpu_check"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import statistics
@@ -59,11 +60,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "with 1 thread, wall otherwise. Both are printed.")
     p.add_argument("--recompute", action="store_true", help="activation checkpointing on both sides")
     p.add_argument("--compile", action="store_true", help="torch.compile the vision tower on both sides")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (the GPU check's CPU "
+                   "dry run uses 'eager': dynamo tracing without code generation)")
+    p.add_argument("--fsdp2", action="store_true", help="ours: the vision tower under FSDP2 at one rank "
+                   "(`engine.parallelize`, data_parallel=fsdp2); the baseline stays plain")
+    p.add_argument("--no-baseline", action="store_true", help="ours only (where open_clip is not installed)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p.parse_args(argv)
 
 
-def build_ours(vit_cfg, adapter_cfg, groups, device, compile_vit=False):
+def fsdp2_available() -> bool:
+    """Whether this build has the engine's `parallelize` (FSDP2), the one way we apply FSDP2."""
+    try:
+        return importlib.util.find_spec("llm2clip_nemo.engine.parallelize") is not None
+    except ModuleNotFoundError:  # no llm2clip_nemo.engine package at all
+        return False
+
+
+def build_ours(vit_cfg, adapter_cfg, groups, device, compile_vit=None, fsdp2=False):
     from llm2clip_nemo.losses import ClipInfoNCELoss
     from llm2clip_nemo.text.adapter import LLM2CLIPAdapter
     from llm2clip_nemo.vision import VisionTransformer
@@ -71,7 +85,11 @@ def build_ours(vit_cfg, adapter_cfg, groups, device, compile_vit=False):
     vit = VisionTransformer(vit_cfg, groups).to(device).train()
     adapter = LLM2CLIPAdapter(adapter_cfg).to(device).train()
     loss_fn = ClipInfoNCELoss().to(device)
-    run_vit = torch.compile(vit) if compile_vit else vit
+    if fsdp2:
+        from llm2clip_nemo.engine.parallelize import ParallelizeConfig, parallelize
+
+        parallelize(vit, ParallelizeConfig(data_parallel="fsdp2"), groups.world_group)
+    run_vit = torch.compile(vit, backend=compile_vit) if compile_vit else vit
 
     def loss_of(pixels, teacher):
         return loss_fn(run_vit(pixels), adapter(teacher))
@@ -79,7 +97,7 @@ def build_ours(vit_cfg, adapter_cfg, groups, device, compile_vit=False):
     return [vit, adapter, loss_fn], loss_of
 
 
-def build_open_clip(vit_cfg, adapter_cfg, device, compile_vit=False):
+def build_open_clip(vit_cfg, adapter_cfg, device, compile_vit=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from common import import_open_clip
 
@@ -99,7 +117,7 @@ def build_open_clip(vit_cfg, adapter_cfg, device, compile_vit=False):
     adapter = LLM2CLIPAdapter(adapter_cfg).to(device).train()
     logit_scale = torch.nn.Parameter(torch.tensor(2.6592, device=device))
     clip_loss = ClipLoss()
-    run_vit = torch.compile(vit) if compile_vit else vit
+    run_vit = torch.compile(vit, backend=compile_vit) if compile_vit else vit
 
     def loss_of(pixels, teacher):
         img = F.normalize(run_vit(pixels), dim=-1)
@@ -159,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (20 if cuda else 1)
     rounds = args.rounds or (5 if cuda else 41)
     warnings.filterwarnings("ignore")  # megatron's deprecation chatter would drown the table
+    if args.fsdp2 and not fsdp2_available():
+        print("--fsdp2: FSDP2 not available: llm2clip_nemo.engine.parallelize is not in this build", file=sys.stderr)
+        return 2
 
     groups = init_parallel(1)
     seed_everything(0)
@@ -177,11 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     pixels = torch.randn(batch, 3, vit_cfg.image_size, vit_cfg.image_size, generator=gen).to(device)
     teacher = torch.randn(batch, args.teacher_dim, generator=gen).to(device)
 
-    ours_modules, ours_loss = build_ours(vit_cfg, adapter_cfg, groups, device, args.compile)
-    base_modules, base_loss = build_open_clip(dataclasses.replace(vit_cfg, fp8=False), adapter_cfg, device,
-                                              args.compile)
-    sides = {"ours": make_step(ours_modules, ours_loss, autocast),
-             "open_clip": make_step(base_modules, base_loss, autocast)}
+    backend = args.compile_backend if args.compile else None
+    ours_modules, ours_loss = build_ours(vit_cfg, adapter_cfg, groups, device, backend, args.fsdp2)
+    sides = {"ours": make_step(ours_modules, ours_loss, autocast)}
+    if not args.no_baseline:
+        base_modules, base_loss = build_open_clip(dataclasses.replace(vit_cfg, fp8=False), adapter_cfg, device,
+                                                  backend)
+        sides["open_clip"] = make_step(base_modules, base_loss, autocast)
     impl = ours_modules[0].impl + ("+fp8" if ours_modules[0].fp8 else "")
     for step, _ in sides.values():
         timed(step, pixels, teacher, args.warmup, args.device)
@@ -204,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     peak_src = ("measured fp32 GEMM" if not cuda else "datasheet, dense " + ("fp8" if args.fp8 else "bf16"))
     print(f"device={args.device} ({torch.cuda.get_device_name() if cuda else 'CPU'}, "
           f"{torch.get_num_threads()} threads) torch={torch.__version__} preset={preset} image={vit_cfg.image_size} "
-          f"batch={batch} dtype={dtype} ours_impl={impl} compile={args.compile} steps={steps}x{rounds} rounds")
+          f"batch={batch} dtype={dtype} ours_impl={impl} compile={backend} fsdp2={args.fsdp2} "
+          f"steps={steps}x{rounds} rounds")
     print(f"model FLOPs/sample {meter.flops_per_sample / 1e9:.3f} G; peak "
           + (f"{peak / 1e12:.3f} TFLOP/s ({peak_src})" if peak else "unknown for this GPU (MFU n/a)"))
     print(f"{'side':<10} {'params':>12} {'wall s/step':>12} {'cpu s/step':>11} {'samples/s':>11} {'TFLOP/s':>9}"
@@ -217,15 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.2f}%"
         print(f"{name:<10} {nparams:>12,} {statistics.median(wall[name]):>12.4f} "
               f"{statistics.median(cpu[name]):>11.4f} {rates[name]:>11.2f} {r['tflops']:>9.3f} {mfu:>7}")
-    wall_ratio = statistics.median(wall["open_clip"]) / statistics.median(wall["ours"])
-    print(f"wall-clock ratio ours/open_clip: {wall_ratio:.3f}")
-    ratio = rates["ours"] / rates["open_clip"]
-    print(f"benchmark: train_throughput ours={rates['ours']:.2f} baseline={rates['open_clip']:.2f} "
-          f"ratio={ratio:.3f} unit=samples/s")
+    ratio = None
+    if "open_clip" in sides:
+        wall_ratio = statistics.median(wall["open_clip"]) / statistics.median(wall["ours"])
+        print(f"wall-clock ratio ours/open_clip: {wall_ratio:.3f}")
+        ratio = rates["ours"] / rates["open_clip"]
+        print(f"benchmark: train_throughput ours={rates['ours']:.2f} baseline={rates['open_clip']:.2f} "
+              f"ratio={ratio:.3f} unit=samples/s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"preset": preset, "device": args.device, "compile": args.compile, "batch": batch,
-                       "peak_flops": peak, "sides": results, "ratio": ratio}, f, indent=1)
+            json.dump({"preset": preset, "device": args.device, "compile": backend, "fsdp2": args.fsdp2,
+                       "batch": batch, "peak_flops": peak, "sides": results, "ratio": ratio}, f, indent=1)
     return 0
 
 
