@@ -2,7 +2,7 @@
 `benchmark:` line; a summary of those lines at the end. `make bench` runs this in .bench-venv
 (our package + open_clip_torch + torchvision), so no benchmark needs a hand-made environment.
 
-Sizes default to small ones (`--size small`: about 10 minutes on a loaded 2-core machine);
+Sizes default to small ones (`--size small`: 15-30 minutes on a 2-core machine shared with other jobs);
 `--size full` runs each benchmark with its own defaults (the README's figures). `--only NAME,...`
 picks benchmarks by script name. Exit status 1 when any benchmark failed or printed no
 `benchmark:` line.
@@ -23,9 +23,9 @@ SMALL = {  # script -> arguments of the small run
     "train_throughput": ["--rounds", "21"],
     "decode_throughput": ["--images", "128", "--rounds", "4"],
     "data_throughput": ["--images", "400", "--batches", "6", "--repeats", "2", "--batch", "32"],
-    "teacher_throughput": ["--n", "256", "--batch", "32"],
-    "online_padding": ["--n", "128", "--batch", "32", "--bucket", "8"],
-    "extract_throughput": ["--samples", "100"],
+    "teacher_throughput": ["--n", "128", "--batch", "32"],
+    "online_padding": ["--n", "64", "--batch", "32", "--bucket", "8"],
+    "extract_throughput": ["--samples", "40"],
 }
 """Every benchmark script and its small-size arguments; `main` checks this names every script here."""
 
