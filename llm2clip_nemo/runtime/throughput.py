@@ -15,7 +15,9 @@ class ThroughputMeter:
     flops_per_sample: model FLOPs of one training sample (forward + backward), e.g.
         `train_flops_per_sample(vision_cfg, adapter_cfg)`.
     peak_flops: peak FLOP/s of ONE device, or None when unknown (MFU is then None).
-    world_size: devices sharing the work (data-parallel ranks x TP ranks of the trained model).
+    world_size: the devices the samples are spread over: every rank of a stage-2 run (the vision
+        tower and adapter are data-parallel over all ranks; the teacher's TP groups do not change it).
+    Samples passed to `update` are those of all devices together (the global batch x steps).
     """
 
     def __init__(self, flops_per_sample: float, peak_flops: float | None, world_size: int = 1) -> None:
