@@ -157,15 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
     print(f"\n=== gpu_check: {name}, torch {torch.__version__}, {total:.0f} s"
           + ("" if oc else "; open_clip not installed: baseline n/a"))
-    print(f"| {'row':<44} | {'ours':<34} | {'baseline (open_clip / HF loop)':<34} | ratio |")
-    print(f"|{'-' * 46}|{'-' * 36}|{'-' * 36}|-------|")
-    for r in results:
+    labels = [r["row"] + ("" if "error" in r else f" ({r['unit']})") for r in results]
+    w = max(len(x) for x in [*labels, "row"])
+    print(f"| {'row':<{w}} | {'ours':<34} | {'baseline (open_clip / HF loop)':<34} | ratio |")
+    print(f"|{'-' * (w + 2)}|{'-' * 36}|{'-' * 36}|-------|")
+    for label, r in zip(labels, results):
         if "error" in r:
-            print(f"| {r['row']:<44} | {r['error']:<71} |       |")
+            print(f"| {label:<{w}} | {r['error']:<71} |       |")
             continue
         ours, bl = r["ours"], r.get("baseline")
         ratio = f"{ours['samples_per_s'] / bl['samples_per_s']:.2f}" if bl else "n/a"
-        print(f"| {r['row'] + ' (' + r['unit'] + ')':<44} | {fmt(ours):<34} | {fmt(bl):<34} | {ratio:>5} |")
+        print(f"| {label:<{w}} | {fmt(ours):<34} | {fmt(bl):<34} | {ratio:>5} |")
     (out / "gpu_check.json").write_text(json.dumps({"device": name, "torch": torch.__version__, "seconds": total,
                                                     "rows": results}, indent=1))
     failed = [r["row"] for r in results if "error" in r and not r["error"].startswith(("not available", "skipped"))]
