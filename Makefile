@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_FAST ?= 0
+BENCH_VENV := .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?=
 
 .PHONY: install test demo lint clean-venv bench
 
@@ -35,11 +38,9 @@ demo: $(STAMP)
 clean-venv:
 	rm -rf $(VENV) $(BENCH_VENV)
 
-# The baselines' environment: our package plus open_clip and the torchvision its transforms need
-# (torchvision 0.28.0 is the release built against torch 2.13.0; its PIL transforms run on CPU torch).
-BENCH_VENV := .bench-venv
-BENCH_STAMP := $(BENCH_VENV)/.installed
-BENCH_ARGS ?=
+# The baselines' environment: our package plus open_clip and the torchvision it imports. torchvision
+# 0.28.0 is the (CUDA) release paired with torch 2.13.0: its PIL transforms run on CPU torch, its C ops
+# do not load (benchmarks/common.py:ensure_torchvision_importable). BENCH_ARGS go to run_all.py.
 
 $(BENCH_STAMP): setup.py constraints.txt
 	$(PY) -m venv $(BENCH_VENV)
