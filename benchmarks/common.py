@@ -38,6 +38,46 @@ def run_sides(script: str, args: list[str], extra: dict[str, list[str]] | None =
     res = {}
     for side in ("baseline", "ours"):
         cmd = [sys.executable, script, "--side", side, *args, *((extra or {}).get(side, []))]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:  # the side's own error, not only CalledProcessError's command line
+            sys.stderr.write(out.stderr[-4000:])
+            out.check_returncode()
         res[side] = json.loads(out.stdout.strip().splitlines()[-1])
     return res
+
+
+def ensure_torchvision_importable() -> None:
+    """Make `import torchvision` work in .bench-venv, where torchvision is the wheel built against
+    torch 2.13.0 for CUDA while torch is the CPU build: its C extension (nms, roi_align...) cannot
+    load, and torchvision 0.28 then fails at import registering fake kernels for the undefined ops
+    `torchvision::nms` and `torchvision::qnms`, which breaks open_clip and also transformers (it
+    imports torchvision when installed). Defining those two schemas (no kernel: calling them raises)
+    lets the import finish; open_clip's models, losses and PIL/torch transforms and transformers' text
+    models use none of these ops. Does nothing where torchvision imports (or is absent)."""
+    try:
+        import torchvision  # noqa: F401
+    except ModuleNotFoundError:
+        return
+    except RuntimeError as e:
+        if "torchvision::nms does not exist" not in str(e):
+            raise
+        import torch
+
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _KEEP.append(lib)  # a Library object unregisters its ops when collected
+        import torchvision  # noqa: F401,F811
+
+
+def import_open_clip():
+    """`import open_clip` (after `ensure_torchvision_importable`)."""
+    import importlib
+
+    ensure_torchvision_importable()
+    return importlib.import_module("open_clip")
+
+
+_KEEP: list = []

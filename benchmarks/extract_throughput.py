@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_line, mixed_length_captions, peak_rss_mb, run_sides  # noqa: E402
+from common import benchmark_line, ensure_torchvision_importable, mixed_length_captions, peak_rss_mb, run_sides  # noqa: E402
 
 
 def make_shards(root: Path, n: int) -> Path:
@@ -36,6 +36,7 @@ def run_side(side: str, shards: str, out: str, batch: int, threads: int) -> dict
     import torch
 
     torch.set_num_threads(threads)
+    ensure_torchvision_importable()  # transformers imports torchvision where installed
     from llm2clip_nemo.formats.hf_io import embedded_llm_dir
 
     llm = embedded_llm_dir()

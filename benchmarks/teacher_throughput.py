@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_line, mixed_length_captions, peak_rss_mb, run_sides  # noqa: E402
+from common import benchmark_line, ensure_torchvision_importable, mixed_length_captions, peak_rss_mb, run_sides  # noqa: E402
 
 
 def run_side(side: str, n: int, batch: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    ensure_torchvision_importable()  # transformers imports torchvision where installed
     from llm2clip_nemo.formats.hf_io import embedded_llm_dir
 
     texts = mixed_length_captions(n)

@@ -11,11 +11,13 @@ A step is zero_grad -> forward -> loss -> backward -> AdamW step.
 Timing alternates the two sides round by round (on CPU every single step: fair under a noisy shared
 CPU) and reports medians.
 
-open_clip needs torchvision, which the project's CPU venv lacks; run in a separate venv:
-  python3 -m venv /tmp/oc_venv && /tmp/oc_venv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
-      open_clip_torch && /tmp/oc_venv/bin/pip install -e . --no-deps && \
-      /tmp/oc_venv/bin/pip install megatron-core==0.16.1 --no-deps
-  /tmp/oc_venv/bin/python benchmarks/train_throughput.py                      # CPU, tiny
+MFU of both sides: model FLOPs per sample from `runtime.flops.train_flops_per_sample` (the same
+count for both: same ViT shape, same adapter) against `runtime.flops.peak_flops` (the GPU's dense
+bf16/FP8 datasheet peak; on CPU an fp32 GEMM measured once at this run's thread count, cached).
+
+open_clip needs torchvision, which the project's CPU venv lacks: `make bench` builds .bench-venv
+(our package + open_clip_torch + torchvision) and runs this with it:
+  .bench-venv/bin/python benchmarks/train_throughput.py                      # CPU, tiny
   python benchmarks/train_throughput.py --device cuda --preset L/14 --dtype bf16 --batch 128 [--fp8]
 """
 from __future__ import annotations
@@ -23,6 +25,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
+import json
+import os
 import statistics
 import sys
 import time
@@ -30,8 +35,6 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-
-H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,10 +59,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "shared CPU it leaves out the time other tenants hold the cores). Default: process on cpu "
                    "with 1 thread, wall otherwise. Both are printed.")
     p.add_argument("--recompute", action="store_true", help="activation checkpointing on both sides")
+    p.add_argument("--compile", action="store_true", help="torch.compile the vision tower on both sides")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (the GPU check's CPU "
+                   "dry run uses 'eager': dynamo tracing without code generation)")
+    p.add_argument("--fsdp2", action="store_true", help="ours: the vision tower under FSDP2 at one rank "
+                   "(`engine.parallelize`, data_parallel=fsdp2); the baseline stays plain")
+    p.add_argument("--no-baseline", action="store_true", help="ours only (where open_clip is not installed)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p.parse_args(argv)
 
 
-def build_ours(vit_cfg, adapter_cfg, groups, device):
+def fsdp2_available() -> bool:
+    """Whether this build has the engine's `parallelize` (FSDP2), the one way we apply FSDP2."""
+    try:
+        return importlib.util.find_spec("llm2clip_nemo.engine.parallelize") is not None
+    except ModuleNotFoundError:  # no llm2clip_nemo.engine package at all
+        return False
+
+
+def build_ours(vit_cfg, adapter_cfg, groups, device, compile_vit=None, fsdp2=False):
     from llm2clip_nemo.losses import ClipInfoNCELoss
     from llm2clip_nemo.text.adapter import LLM2CLIPAdapter
     from llm2clip_nemo.vision import VisionTransformer
@@ -67,14 +85,23 @@ def build_ours(vit_cfg, adapter_cfg, groups, device):
     vit = VisionTransformer(vit_cfg, groups).to(device).train()
     adapter = LLM2CLIPAdapter(*adapter_cfg).to(device).train()
     loss_fn = ClipInfoNCELoss().to(device)
+    if fsdp2:
+        from llm2clip_nemo.engine.parallelize import ParallelizeConfig, parallelize
+
+        parallelize(vit, ParallelizeConfig(data_parallel="fsdp2"), groups.vision_dp_group)
+    run_vit = torch.compile(vit, backend=compile_vit) if compile_vit else vit
 
     def loss_of(pixels, teacher):
-        return loss_fn(vit(pixels), adapter(teacher))
+        return loss_fn(run_vit(pixels), adapter(teacher))
 
     return [vit, adapter, loss_fn], loss_of
 
 
-def build_open_clip(vit_cfg, adapter_cfg, device):
+def build_open_clip(vit_cfg, adapter_cfg, device, compile_vit=None):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import import_open_clip
+
+    import_open_clip()
     from open_clip.loss import ClipLoss
     from open_clip.transformer import VisionTransformer as OCVisionTransformer
 
@@ -90,9 +117,10 @@ def build_open_clip(vit_cfg, adapter_cfg, device):
     adapter = LLM2CLIPAdapter(*adapter_cfg).to(device).train()
     logit_scale = torch.nn.Parameter(torch.tensor(2.6592, device=device))
     clip_loss = ClipLoss()
+    run_vit = torch.compile(vit, backend=compile_vit) if compile_vit else vit
 
     def loss_of(pixels, teacher):
-        img = F.normalize(vit(pixels), dim=-1)
+        img = F.normalize(run_vit(pixels), dim=-1)
         txt = F.normalize(adapter(teacher), dim=-1)
         return clip_loss(img, txt, logit_scale.clamp(max=4.6052).exp())
 
@@ -131,6 +159,8 @@ def timed(step, pixels, teacher, steps: int, device: str) -> tuple[float, float]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from llm2clip_nemo.runtime import init_parallel, seed_everything
+    from llm2clip_nemo.runtime.flops import peak_flops, train_flops_per_sample
+    from llm2clip_nemo.runtime.throughput import ThroughputMeter
     from llm2clip_nemo.text.adapter import AdapterConfig
     from llm2clip_nemo.vision import ViTConfig
 
@@ -147,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (20 if cuda else 1)
     rounds = args.rounds or (5 if cuda else 41)
     warnings.filterwarnings("ignore")  # megatron's deprecation chatter would drown the table
+    if args.fsdp2 and not fsdp2_available():
+        print("--fsdp2: FSDP2 not available: llm2clip_nemo.engine.parallelize is not in this build", file=sys.stderr)
+        return 2
 
     groups = init_parallel(1)
     seed_everything(0)
@@ -165,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     pixels = torch.randn(batch, 3, vit_cfg.image_size, vit_cfg.image_size, generator=gen).to(device)
     teacher = torch.randn(batch, args.teacher_dim, generator=gen).to(device)
 
-    ours_modules, ours_loss = build_ours(vit_cfg, adapter_cfg, groups, device)
-    base_modules, base_loss = build_open_clip(dataclasses.replace(vit_cfg, fp8=False), adapter_cfg, device)
-    sides = {"ours": make_step(ours_modules, ours_loss, autocast),
-             "open_clip": make_step(base_modules, base_loss, autocast)}
+    backend = args.compile_backend if args.compile else None
+    ours_modules, ours_loss = build_ours(vit_cfg, adapter_cfg, groups, device, backend, args.fsdp2)
+    sides = {"ours": make_step(ours_modules, ours_loss, autocast)}
+    if not args.no_baseline:
+        base_modules, base_loss = build_open_clip(dataclasses.replace(vit_cfg, fp8=False), adapter_cfg, device,
+                                                  backend)
+        sides["open_clip"] = make_step(base_modules, base_loss, autocast)
     impl = ours_modules[0].impl + ("+fp8" if ours_modules[0].fp8 else "")
     for step, _ in sides.values():
         timed(step, pixels, teacher, args.warmup, args.device)
@@ -186,26 +222,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     per_step = cpu if clock == "process" else wall
 
-    # FLOPs per sample: vision forward x3 (forward + backward) plus the adapter's 6 x params
-    flops = 3 * vit_cfg.forward_flops() + 6 * adapter_cfg[0].num_params(*adapter_cfg[1:])
+    peak = peak_flops(args.device, fp8=args.fp8, threads=torch.get_num_threads())
+    meter = ThroughputMeter(train_flops_per_sample(vit_cfg, adapter_cfg[0], adapter_cfg[1]), peak, world_size=1)
+    peak_src = ("measured fp32 GEMM" if not cuda else "datasheet, dense " + ("fp8" if args.fp8 else "bf16"))
     print(f"device={args.device} ({torch.cuda.get_device_name() if cuda else 'CPU'}, "
           f"{torch.get_num_threads()} threads) torch={torch.__version__} preset={preset} image={vit_cfg.image_size} "
-          f"batch={batch} dtype={dtype} ours_impl={impl} steps={steps}x{rounds} rounds")
+          f"batch={batch} dtype={dtype} ours_impl={impl} compile={backend} fsdp2={args.fsdp2} "
+          f"steps={steps}x{rounds} rounds")
+    print(f"model FLOPs/sample {meter.flops_per_sample / 1e9:.3f} G; peak "
+          + (f"{peak / 1e12:.3f} TFLOP/s ({peak_src})" if peak else "unknown for this GPU (MFU n/a)"))
     print(f"{'side':<10} {'params':>12} {'wall s/step':>12} {'cpu s/step':>11} {'samples/s':>11} {'TFLOP/s':>9}"
-          + (f" {'MFU':>7}" if cuda else "") + f"   (medians; samples/s from the {clock} clock)")
-    rates = {}
+          f" {'MFU':>7}   (medians; samples/s from the {clock} clock)")
+    rates, results = {}, {}
     for name, (_, nparams) in sides.items():
-        sec = statistics.median(per_step[name])
-        rates[name] = batch / sec
-        achieved = rates[name] * flops
-        mfu = f" {100 * achieved / H100_BF16_PEAK:6.2f}%" if cuda else ""
+        r = meter.rates(batch, statistics.median(per_step[name]))
+        rates[name] = r["samples_per_s"]
+        results[name] = {**r, "params": nparams}
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.2f}%"
         print(f"{name:<10} {nparams:>12,} {statistics.median(wall[name]):>12.4f} "
-              f"{statistics.median(cpu[name]):>11.4f} {rates[name]:>11.2f} {achieved / 1e12:>9.3f}{mfu}")
-    wall_ratio = statistics.median(wall["open_clip"]) / statistics.median(wall["ours"])
-    print(f"wall-clock ratio ours/open_clip: {wall_ratio:.3f}")
-    ratio = rates["ours"] / rates["open_clip"]
-    print(f"benchmark: train_throughput ours={rates['ours']:.2f} baseline={rates['open_clip']:.2f} "
-          f"ratio={ratio:.3f} unit=samples/s")
+              f"{statistics.median(cpu[name]):>11.4f} {rates[name]:>11.2f} {r['tflops']:>9.3f} {mfu:>7}")
+    ratio = None
+    if "open_clip" in sides:
+        wall_ratio = statistics.median(wall["open_clip"]) / statistics.median(wall["ours"])
+        print(f"wall-clock ratio ours/open_clip: {wall_ratio:.3f}")
+        ratio = rates["ours"] / rates["open_clip"]
+        print(f"benchmark: train_throughput ours={rates['ours']:.2f} baseline={rates['open_clip']:.2f} "
+              f"ratio={ratio:.3f} unit=samples/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"preset": preset, "device": args.device, "compile": backend, "fsdp2": args.fsdp2,
+                       "batch": batch, "peak_flops": peak, "sides": results, "ratio": ratio}, f, indent=1)
     return 0
 
 

@@ -123,7 +123,10 @@ def decode_image(source: bytes | Image.Image, draft: Callable[[int, int], tuple[
     """Encoded bytes or a PIL image -> `DecodedImage` (upright RGB); raises `ImageDecodeError`.
 
     draft(w, h): given the upright full size, the smallest upright (w, h) the caller needs, or
-    None; a JPEG is then decoded at the largest 1/2, 1/4, 1/8 scale that still covers it.
+    None; a JPEG is then decoded at the largest 1/2, 1/4, 1/8 scale that still covers it (libjpeg
+    DCT scaling, `PIL.Image.draft`), so only a picture at least 2x the need on both sides is reduced.
+    Accuracy: a 512 x 600 photo decoded at 1/2 and resized to 224 is within a mean 1.6 of 255 levels
+    of the full decode resized the same way (`tests/test_data_draft.py` holds it under 2).
     """
     if isinstance(source, Image.Image):
         img = source

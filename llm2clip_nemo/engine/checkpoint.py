@@ -124,15 +124,19 @@ _ASYNC_GROUPS: dict[tuple[int, ...], tuple[object, object]] = {}
 
 def _async_group(group):
     """A gloo group over the ranks of `group`, created once (collectively) and reused while the same
-    default group lives: the background writer's collectives must not share a group with the
+    training group lives: the background writer's collectives must not share a group with the
     training step's (a mismatch aborts gloo)."""
     if not dist.is_initialized():
         return None
-    ranks = tuple(dist.get_process_group_ranks(group or dist.group.WORLD))
-    world, pg = _ASYNC_GROUPS.get(ranks, (None, None))
-    if world is not dist.group.WORLD:  # first use, or torch.distributed was re-initialised since
+    if group is None:
+        from .parallelize import layout_dp_group
+
+        group = layout_dp_group()
+    ranks = tuple(dist.get_process_group_ranks(group))
+    owner, pg = _ASYNC_GROUPS.get(ranks, (None, None))
+    if owner is not group:  # first use, or torch.distributed was re-initialised since (a new group object)
         pg = dist.new_group(list(ranks), backend="gloo")
-        _ASYNC_GROUPS[ranks] = (dist.group.WORLD, pg)
+        _ASYNC_GROUPS[ranks] = (group, pg)
     return pg
 
 

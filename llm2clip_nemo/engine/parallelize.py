@@ -129,10 +129,21 @@ def _module_device(module: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def layout_dp_group():
+    """The vision tower's data-parallel group of this process's layout (`runtime.init_parallel`)."""
+    from ..runtime import current_layout
+
+    layout = current_layout()
+    if layout is None:
+        raise ValueError("no data-parallel group given and no parallel layout built: pass group= or call "
+                         "runtime.init_parallel first.")
+    return layout.vision_dp_group
+
+
 def _broadcast_from_first_rank(module: nn.Module, group) -> None:
     # DDP broadcasts rank 0's weights at wrap time; fully_shard does not (it shards each rank's own
     # copy). Doing the same here keeps the two layouts interchangeable even from unequal inits.
-    src = dist.get_global_rank(group, 0) if group is not dist.group.WORLD else 0
+    src = dist.get_global_rank(group, 0)
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
             dist.broadcast(t.data, src=src, group=group)
@@ -147,7 +158,7 @@ def parallelize(module: nn.Module, cfg: ParallelizeConfig, group=None,
             `LLM2CLIP`, or any module with `decoder.layers.N` blocks).
         cfg: what to apply (validated here).
         group: the data-parallel process group (the vision tower's: `ParallelLayout.vision_dp_group`);
-            None = the default group. torch.distributed must be initialised (also for one rank).
+            None = the layout's (`runtime.current_layout()`). torch.distributed must be initialised (also for one rank).
         blocks: the transformer blocks (default `transformer_blocks(module)`).
     Returns `module` itself (the same object, now wrapped in place; parameter names unchanged).
     Raises ValueError for a bad config or when `module` was already parallelised.
@@ -156,7 +167,7 @@ def parallelize(module: nn.Module, cfg: ParallelizeConfig, group=None,
     cfg.validate()
     if not dist.is_initialized():
         raise ValueError("parallelize() needs torch.distributed initialised (runtime.init_parallel), also for one rank.")
-    group = group or dist.group.WORLD
+    group = group if group is not None else layout_dp_group()
     if module in _PARALLELIZED:
         raise ValueError("this module is already parallelised: call parallelize() once per module.")
     blocks = list(blocks) if blocks is not None else transformer_blocks(module)
@@ -216,7 +227,7 @@ def clip_grad_norm_(parameters, max_norm: float, group=None) -> torch.Tensor:
 
     The formula is torch's `clip_grad_norm_` (coefficient min(1, max_norm / (norm + 1e-6))) over the
     whole model, for every layout: plain (DDP, replicated) gradients count once, FSDP2's sharded
-    DTensor gradients are summed over `group` (None: the default group). torch's own function cannot
+    DTensor gradients are summed over `group` (None: the layout's, `layout_dp_group`). torch's own function cannot
     mix the two kinds, which fsdp2 produces here (the replicated 0-dim logit parameters). Collective
     when any gradient is sharded: every rank of `group` must call it.
     """
@@ -229,7 +240,7 @@ def clip_grad_norm_(parameters, max_norm: float, group=None) -> torch.Tensor:
     sq_sharded = sum((t.float().pow(2).sum() for t, s in zip(local, sharded) if s), zero)
     sq_replicated = sum((t.float().pow(2).sum() for t, s in zip(local, sharded) if not s), zero.clone())
     if any(sharded):
-        dist.all_reduce(sq_sharded, group=group or dist.group.WORLD)
+        dist.all_reduce(sq_sharded, group=group if group is not None else layout_dp_group())
     norm = (sq_sharded + sq_replicated).sqrt()
     coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for t in local:
