@@ -31,12 +31,12 @@ def tiny_model_cfg(loss, teacher_dim=24, sampling="one"):
 def _dp_worker(rank, world, loss_kind, pixels, emb, mask=None):
     import torch.distributed as dist
 
-    from llm2clip_nemo.models.llm2clip import LLM2CLIP
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPNetwork
     from llm2clip_nemo.runtime import init_parallel
 
     g = init_parallel(1)
     torch.manual_seed(0)
-    net = LLM2CLIP(tiny_model_cfg(loss_kind, sampling="one" if mask is None else "all"), g)
+    net = LLM2CLIPNetwork(tiny_model_cfg(loss_kind, sampling="one" if mask is None else "all"), g)
     n = pixels.shape[0] // world
     sl = slice(rank * n, (rank + 1) * n)
     loss = net(pixels[sl], emb[sl], group=dist.group.WORLD if world > 1 else None,
@@ -57,7 +57,7 @@ def _dp_worker(rank, world, loss_kind, pixels, emb, mask=None):
         k1 = []
         for sampling, e in (("one", emb[:, 0]), ("all", emb[:, :1])):
             torch.manual_seed(0)
-            other = LLM2CLIP(tiny_model_cfg(loss_kind, sampling=sampling), g)
+            other = LLM2CLIPNetwork(tiny_model_cfg(loss_kind, sampling=sampling), g)
             with torch.no_grad():
                 k1.append(other(pixels, e, caption_mask=None if sampling == "one" else mask[:, :1] | True).item())
         return losses.item(), grads, k1
@@ -127,7 +127,7 @@ def _online_offline_worker(rank, world, teacher_dir, sidecar, captions, keys):
     import torch.distributed as dist
 
     from llm2clip_nemo.data.sidecar import SidecarReader
-    from llm2clip_nemo.models.llm2clip import LLM2CLIP
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPNetwork
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.teacher import Teacher
 
@@ -138,7 +138,7 @@ def _online_offline_worker(rank, world, teacher_dir, sidecar, captions, keys):
     reader = SidecarReader(sidecar, fingerprint=teacher.fingerprint)
     offline = torch.stack([reader.vector(k, "txt") for k in keys[mine]])
     torch.manual_seed(0)
-    net = LLM2CLIP(tiny_model_cfg("clip", teacher.hidden_size), g)
+    net = LLM2CLIPNetwork(tiny_model_cfg("clip", teacher.hidden_size), g)
     torch.manual_seed(10 + rank)
     pixels = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
