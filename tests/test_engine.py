@@ -54,7 +54,7 @@ def test_linear_and_constant_schedules_and_stage1_defaults():
 
 
 def test_param_groups_layer_decay_and_no_decay():
-    from llm2clip_nemo.models.llm2clip import layer_id
+    from llm2clip_nemo.models.network import layer_id
 
     shapes = {"vision.patch_embed.weight": (4, 3), "vision.decoder.layers.0.mlp.weight": (4, 4),
               "vision.decoder.layers.1.mlp.weight": (4, 4), "vision.decoder.layers.1.mlp.bias": (4,),
@@ -112,31 +112,41 @@ def test_throughput_object_gets_each_steps_samples_and_its_values_are_logged():
     assert outs[0].metrics == {}
 
 
-def _skip_worker(rank, world, limit):
-    from llm2clip_nemo.runtime import init_parallel
+def _lin_loss(batch):
+    lin, x, extra = batch
+    return lin(x).sum() + extra
 
-    g = init_parallel(1)
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(2, 1)
-    cfg = OptimConfig(lr=0.1, warmup_steps=0, schedule="constant", grad_clip=1.0, max_nonfinite_steps=limit)
-    eng = TrainEngine(lin, cfg, 10, dp_group=g.world_group)
-    x = torch.ones(1, 2)
-    eng.train_step(None, lambda b: lin(x).sum(), samples=1)
-    before = [p.detach().clone() for p in lin.parameters()]
-    bad = float("nan") if rank == 1 else 0.0  # only rank 1 sees a NaN
-    try:
-        out = eng.train_step(None, lambda b: lin(x).sum() + bad, samples=1)
-    except RuntimeError as e:
-        return str(e)
-    unchanged = all(torch.equal(a, b) for a, b in zip(before, lin.parameters()))
-    return out.stepped, out.metrics, eng.step, eng.nonfinite_steps, unchanged
+
+def _skip_worker(rank, world):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    out = []
+    for limit in (5, 0):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(2, 1)
+        cfg = OptimConfig(lr=0.1, warmup_steps=0, schedule="constant", grad_clip=1.0, max_nonfinite_steps=limit)
+        eng = TrainEngine(lin, cfg, 10, dp_group=dist.group.WORLD)
+        x = torch.ones(1, 2)
+        eng.train_step((lin, x, 0.0), _lin_loss, samples=1)
+        before = [p.detach().clone() for p in lin.parameters()]
+        bad = float("nan") if rank == 1 else 0.0  # only rank 1 sees a NaN
+        try:
+            res = eng.train_step((lin, x, bad), _lin_loss, samples=1)
+        except RuntimeError as e:
+            out.append(str(e))
+            continue
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, lin.parameters()))
+        out.append((res.stepped, res.metrics, eng.step, eng.nonfinite_steps, unchanged))
+    return out
 
 
 def test_nonfinite_loss_on_one_rank_skips_the_step_on_both_gloo_ranks():
-    assert run_workers(_skip_worker, 2, 5) == [(False, {"nonfinite_steps": 1.0}, 1, 1, True)] * 2
+    """Rank 1 alone has a NaN loss: both ranks skip the step (no update, step count unchanged); with
+    max_nonfinite_steps=0 both raise the same error."""
     msg = ("1 steps had a NaN/inf loss (limit model.optim.max_nonfinite_steps=0): lower model.optim.lr, check the "
            "data, or resume from an earlier checkpoint.")
-    assert run_workers(_skip_worker, 2, 0) == [msg, msg]
+    assert run_workers(_skip_worker, 2) == [[(False, {"nonfinite_steps": 1.0}, 1, 1, True), msg]] * 2
 
 
 class _Cursor:
