@@ -194,3 +194,12 @@ def test_payload_resume_gives_the_same_losses_weights_and_ema():
         assert torch.equal(eng.ema.shadow[n], resumed.ema.shadow[n]), n
     with pytest.raises(ValueError, match=r"^the checkpoint has an EMA but this run sets model.ema.enabled=False"):
         TrainEngine(torch.nn.Linear(3, 2), cfg, 6).load_state_dict(payload)
+
+
+def test_global_batch_splits_over_ranks_and_micro_batches():
+    from llm2clip_nemo.recipes.train_clip import per_rank_batch
+
+    assert per_rank_batch(64, 2, 4) == 8
+    with pytest.raises(ConfigError, match=r"^model.global_batch_size=24 is not divisible by the 2 ranks x 8 "
+                                          r"micro-batches \(trainer.accumulate_grad_batches\): use a multiple of 16.$"):
+        per_rank_batch(24, 2, 8)
