@@ -203,3 +203,14 @@ def test_global_batch_splits_over_ranks_and_micro_batches():
     with pytest.raises(ConfigError, match=r"^model.global_batch_size=24 is not divisible by the 2 ranks x 8 "
                                           r"micro-batches \(trainer.accumulate_grad_batches\): use a multiple of 16.$"):
         per_rank_batch(24, 2, 8)
+
+
+def test_parameters_replaced_after_the_engine_was_built_are_refused():
+    lin = torch.nn.Linear(2, 1)
+    eng = _engine(lin)
+    eng.check_parameters(lin)  # the same tensors: fine
+    lin.weight = torch.nn.Parameter(lin.weight.detach().clone())  # what a wrapping strategy does
+    with pytest.raises(RuntimeError, match=r"^the model's trainable parameters were replaced after the training "
+                                           r"engine built its optimizer \(trainer.strategy=fsdp wraps them\): use "
+                                           r"trainer.strategy=ddp.$"):
+        eng.check_parameters(lin)

@@ -113,6 +113,14 @@ class TrainEngine:
         optimizer step (Lightning's wrapped optimizer, which advances `trainer.global_step`)."""
         self._backward, self._optimizer_step = backward, optimizer_step
 
+    def check_parameters(self, module: torch.nn.Module) -> None:
+        """RuntimeError unless `module`'s trainable parameters are the very tensors the optimizer holds
+        (a strategy that re-creates parameters after the engine was built, e.g. Lightning's FSDP,
+        would leave the optimizer stepping stale copies)."""
+        if {id(p) for p in module.parameters() if p.requires_grad} != {id(p) for _, p in self.trainable}:
+            raise RuntimeError("the model's trainable parameters were replaced after the training engine built its "
+                               "optimizer (trainer.strategy=fsdp wraps them): use trainer.strategy=ddp.")
+
     # ---- one micro-batch ------------------------------------------------------------------------
     def lr(self) -> float:
         """The learning rate of the current step before layer decay (`optim.lr_at`)."""

@@ -170,7 +170,9 @@ class CaptionContrastiveModel(ModelPT):
         return out.loss
 
     def configure_optimizers(self):
-        return (self.engine or self.build_engine()).optimizer
+        engine = self.engine or self.build_engine()
+        engine.check_parameters(self.core)
+        return engine.optimizer
 
     def on_save_checkpoint(self, checkpoint):
         """checkpoint["engine"] = `TrainEngine.state_dict()` (the LoRA weights, optimizer, EMA, data

@@ -169,7 +169,9 @@ class LLM2CLIPModel(_model_pt()):
         return self.engine
 
     def configure_optimizers(self):
-        return (self.engine or self.build_engine()).optimizer
+        engine = self.engine or self.build_engine()
+        engine.check_parameters(self.net)
+        return engine.optimizer
 
     @staticmethod
     def _dp_group():
