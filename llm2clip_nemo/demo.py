@@ -4,7 +4,8 @@
     2. stage 1: caption-contrastive LoRA on SmolLM2-135M (CRA before / after)
     3. `convert import-llm`: the merged CC-LLM into the Megatron teacher
     4. `extract`: sidecar embeddings from the CC teacher and from the raw SmolLM2 (the control)
-    5. stage 2: the same tiny CLIP trained against each teacher (offline)
+    5. stage 2: the same tiny CLIP trained against each teacher (offline); A/B runs on the CC
+       teacher, same steps and seeds: every caption of a sample per step, and EMA of the weights
     6. `evaluate` both on the held-out concepts (short-name and long-caption retrieval, CRA)
     7. `convert export-hf`, reload with `LLM2CLIP.from_pretrained`, check the scores are unchanged
     8. demo_out/report.md with plots, and a final table
@@ -155,22 +156,31 @@ def run(out: Path, size: DemoSize) -> dict:
             log(f"[{tag}/{split}] " + format_summary(r).splitlines()[2])
     timed("extract", t0)
 
-    stage("5/8 stage 2: tiny CLIP against the CC teacher and against the raw teacher")
+    stage("5/8 stage 2: tiny CLIP against the CC teacher and against the raw teacher; A/B runs on the CC teacher")
     t0 = time.time()
     runs = {}
-    for tag, path in teachers.items():
-        cfg = load_config(TrainCLIPConfig, "pretrain_tiny", [
-            f"model.teacher.path={path}", f"model.train_ds.urls={train_dir}",
+
+    def stage2_overrides(tag):
+        return [
+            f"model.teacher.path={teachers[tag]}", f"model.train_ds.urls={train_dir}",
             f"model.train_ds.sidecar_dir={out / 'sidecars' / tag / 'train'}",
             f"model.validation_ds.urls={test_dir}", f"model.validation_ds.sidecar_dir={out / 'sidecars' / tag / 'test'}",
             f"model.validation_ds.every_n_steps={max(size.stage2_steps // 3, 1)}",
             f"trainer.max_steps={size.stage2_steps}", f"exp_manager.exp_dir={out / 'runs'}",
             f"exp_manager.name=clip_{tag}", "exp_manager.resume_if_exists=false",
-            f"exp_manager.checkpoint_every_n_steps={size.stage2_steps}"])
-        runs[tag] = train_clip(cfg)
+            f"exp_manager.checkpoint_every_n_steps={size.stage2_steps}"]
+
+    for tag in teachers:
+        runs[tag] = train_clip(load_config(TrainCLIPConfig, "pretrain_tiny", stage2_overrides(tag)))
         v = runs[tag]["validation"][-1]
         log(f"[{tag}] loss {runs[tag]['losses'][0][1]:.3f} -> {runs[tag]['losses'][-1][1]:.3f}; held-out long-caption "
             f"R@1 i2t {v['i2t_R@1']:.1f} t2i {v['t2i_R@1']:.1f}")
+    ab = {"one caption, no EMA": runs["cc"]}
+    for label, extra in ab_variants(size.stage2_steps).items():  # same teacher, steps and seeds as runs["cc"]
+        ab[label] = train_clip(load_config(TrainCLIPConfig, "pretrain_tiny", [
+            *stage2_overrides("cc"), *extra, f"exp_manager.name=clip_cc_{label.replace(', ', '_').replace(' ', '_')}"]))
+    summary_ab = {k: {m: r["validation"][-1][m] for m in ("i2t_R@1", "t2i_R@1")} for k, r in ab.items()}
+    log(ab_table(summary_ab))
     timed("stage2", t0)
 
     stage("6/8 evaluate both models on the held-out concepts")
@@ -196,6 +206,7 @@ def run(out: Path, size: DemoSize) -> dict:
 
     stage("8/8 report")
     summary = summarize(s1, runs, results, exported, names, ds)
+    summary["ab"] = summary_ab
     write_report(out, s1, runs, results, summary, timings, ds, write_comparison_report)
     summary["timings_s"] = timings
     summary["total_s"] = round(time.time() - t_start, 1)
@@ -232,6 +243,22 @@ def summarize(s1, runs, results, exported, names, ds) -> dict:
             for k in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")),
         "export_long_i2t_R@1": _metric(ex, "long_retrieval", "i2t_R@1"),
     }
+
+
+def ab_variants(steps: int) -> dict[str, list[str]]:
+    """The demo's A/B variants of the CC-teacher run (issue 18 item 4), each changing one thing: every
+    caption of a sample as positives (multi-positive InfoNCE), or an EMA of the weights averaging over
+    about a fifth of the run (decay 1 - 5/steps, warm-up over the first tenth)."""
+    return {"every caption, no EMA": ["model.train_ds.caption_sampling=all"],
+            "one caption, EMA": ["model.ema.enabled=true", f"model.ema.decay={1 - 5 / steps:.4f}",
+                                 f"model.ema.warmup_steps={max(steps // 10, 1)}"]}
+
+
+def ab_table(ab: dict) -> str:
+    """Markdown rows: held-out long-caption R@1 (percent) of each A/B run at its final validation."""
+    lines = ["| CC teacher, same steps and seeds | held-out long-caption R@1 image->text | text->image |",
+             "|---|---|---|"]
+    return "\n".join(lines + [f"| {k} | {v['i2t_R@1']:.1f} | {v['t2i_R@1']:.1f} |" for k, v in ab.items()])
 
 
 def summary_table(s: dict) -> str:
@@ -273,6 +300,9 @@ def write_report(out: Path, s1, runs, results, summary, timings, ds, write_compa
           f"Data: {ds.n_train} training images, {ds.n_test} held-out images of {ds.n_concepts_test} concepts never "
           "seen in training (Twemoji + Unicode captions).", "",
           summary_table(summary), "",
+          "## What each addition does (A/B on the CC teacher)", "",
+          "Held-out long-caption retrieval at each run's final validation (with the EMA weights in the EMA run).", "",
+          ab_table(summary["ab"]), "",
           "## Plots", "", "![stage 1 loss](plots/stage1_loss.png)", "", "![stage 2 loss](plots/stage2_loss.png)", ""]
     for key, p in comp.items():
         if str(p).endswith(".png"):

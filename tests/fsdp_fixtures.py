@@ -17,7 +17,7 @@ def tiny_cfg():
     from llm2clip_nemo.config import load_config
     from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
 
-    return load_config(TrainCLIPConfig, None, TINY_VISION + [f"model.adapter.input_dim={TEACHER_DIM}"]).model
+    return load_config(TrainCLIPConfig, None, TINY_VISION).model  # the adapter input is TEACHER_DIM
 
 
 def batch(step: int):
@@ -28,15 +28,17 @@ def batch(step: int):
 
 def build(groups, cfg):
     """(net, optimizer, ema) parallelised by `cfg`; the weights come from seed 0 as in a fresh run."""
+    from llm2clip_nemo.engine import param_groups
     from llm2clip_nemo.engine.parallelize import parallelize
-    from llm2clip_nemo.models.llm2clip import LLM2CLIP, param_groups
+    from llm2clip_nemo.models.network import LLM2CLIPNetwork, layer_id
 
     mc = tiny_cfg()
     torch.manual_seed(0)
-    net = LLM2CLIP(mc, groups)
+    net = LLM2CLIPNetwork(mc, groups, TEACHER_DIM)
     ema = copy.deepcopy(net.adapter)  # an extra module state to checkpoint beside the model (stand-in for EMA)
     parallelize(net, cfg)
-    groups_ = param_groups(net, mc.optim, mc.vision.num_layers)
+    n = mc.vision.num_layers
+    groups_ = param_groups(net.named_parameters(), mc.optim, lambda name: layer_id(name, n), n)
     for g in groups_:
         g.pop("names")
     return net, torch.optim.AdamW(groups_, lr=1e-3, betas=(0.9, 0.98), eps=1e-6), ema

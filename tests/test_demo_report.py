@@ -16,6 +16,17 @@ def test_summary_table_labels_paper_cra_and_all_pairs_apart():
                         "| 0.2 -> 49.8 | 0.2 |")
 
 
+def test_ab_rows_name_each_variant_and_its_scores():
+    from llm2clip_nemo.demo import ab_table, ab_variants
+
+    assert ab_variants(250) == {"every caption, no EMA": ["model.train_ds.caption_sampling=all"],
+                                "one caption, EMA": ["model.ema.enabled=true", "model.ema.decay=0.9800",
+                                                     "model.ema.warmup_steps=25"]}
+    rows = ab_table({"one caption, no EMA": {"i2t_R@1": 12.5, "t2i_R@1": 10.0},
+                     "every caption, no EMA": {"i2t_R@1": 15.25, "t2i_R@1": 9.0}}).splitlines()
+    assert rows[2:] == ["| one caption, no EMA | 12.5 | 10.0 |", "| every caption, no EMA | 15.2 | 9.0 |"]
+
+
 def test_third_party_noise_is_counted_not_printed():
     """The demo's screen: NeMo INFO lines and third-party warnings (NeMo routes Python warnings through
     its logger) are dropped and counted by package; our own warnings and any error still print."""

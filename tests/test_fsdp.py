@@ -62,14 +62,14 @@ def test_parallelize_keeps_parameter_names(one_rank):  # noqa: F811
 
 
 def test_refuses_checkpointing_twice(one_rank):  # noqa: F811
-    from fsdp_fixtures import tiny_cfg
+    from fsdp_fixtures import TEACHER_DIM, tiny_cfg
 
-    from llm2clip_nemo.models.llm2clip import LLM2CLIP
+    from llm2clip_nemo.models.network import LLM2CLIPNetwork
 
     mc = tiny_cfg()
     mc.vision.recompute = True
     with pytest.raises(ValueError) as e:
-        parallelize(LLM2CLIP(mc, one_rank), ParallelizeConfig(activation_checkpointing=True))
+        parallelize(LLM2CLIPNetwork(mc, one_rank, TEACHER_DIM), ParallelizeConfig(activation_checkpointing=True))
     assert str(e.value) == ("vision.recompute=true and parallelize.activation_checkpointing=true would checkpoint "
                             "every block twice: set vision.recompute=false.")
 

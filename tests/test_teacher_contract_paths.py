@@ -153,7 +153,7 @@ def _train_worker(rank, world, teacher_dir, shards, dim):
 
     from llm2clip_nemo.data.config import StreamConfig
     from llm2clip_nemo.data.stream import ImageTextStream
-    from llm2clip_nemo.models.llm2clip import LLM2CLIP
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPNetwork
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.config import TeacherConfig
     from llm2clip_nemo.text.teacher import Teacher
@@ -171,7 +171,7 @@ def _train_worker(rank, world, teacher_dir, shards, dim):
     losses, lengths = {}, []
     for mode in ("online", "offline", "cut77"):
         torch.manual_seed(0)
-        net = LLM2CLIP(mcfg, g, teacher_dim=dim)
+        net = LLM2CLIPNetwork(mcfg, g, teacher_dim=dim)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
         losses[mode] = []
         for b in batches:

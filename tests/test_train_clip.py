@@ -30,12 +30,12 @@ def tiny_model_cfg(loss, sampling="one"):
 def _dp_worker(rank, world, loss_kind, pixels, emb, mask=None):
     import torch.distributed as dist
 
-    from llm2clip_nemo.models.llm2clip import LLM2CLIP
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPNetwork
     from llm2clip_nemo.runtime import init_parallel
 
     g = init_parallel(1)
     torch.manual_seed(0)
-    net = LLM2CLIP(tiny_model_cfg(loss_kind, sampling="one" if mask is None else "all"), g, teacher_dim=24)
+    net = LLM2CLIPNetwork(tiny_model_cfg(loss_kind, sampling="one" if mask is None else "all"), g, teacher_dim=24)
     n = pixels.shape[0] // world
     sl = slice(rank * n, (rank + 1) * n)
     loss = net(pixels[sl], emb[sl], group=dist.group.WORLD if world > 1 else None,
@@ -56,7 +56,7 @@ def _dp_worker(rank, world, loss_kind, pixels, emb, mask=None):
         k1 = []
         for sampling, e in (("one", emb[:, 0]), ("all", emb[:, :1])):
             torch.manual_seed(0)
-            other = LLM2CLIP(tiny_model_cfg(loss_kind, sampling=sampling), g, teacher_dim=24)
+            other = LLM2CLIPNetwork(tiny_model_cfg(loss_kind, sampling=sampling), g, teacher_dim=24)
             with torch.no_grad():
                 k1.append(other(pixels, e, caption_mask=None if sampling == "one" else mask[:, :1] | True).item())
         return losses.item(), grads, k1
@@ -126,7 +126,7 @@ def _online_offline_worker(rank, world, teacher_dir, sidecar, captions, keys):
     import torch.distributed as dist
 
     from llm2clip_nemo.data.sidecar import SidecarReader
-    from llm2clip_nemo.models.llm2clip import LLM2CLIP
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPNetwork
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.teacher import Teacher
 
@@ -137,7 +137,7 @@ def _online_offline_worker(rank, world, teacher_dir, sidecar, captions, keys):
     reader = SidecarReader(sidecar, fingerprint=teacher.fingerprint)
     offline = torch.stack([reader.vector(k, "txt") for k in keys[mine]])
     torch.manual_seed(0)
-    net = LLM2CLIP(tiny_model_cfg("clip"), g, teacher.hidden_size)
+    net = LLM2CLIPNetwork(tiny_model_cfg("clip"), g, teacher.hidden_size)
     torch.manual_seed(10 + rank)
     pixels = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
@@ -173,16 +173,18 @@ def _losses(log):
 
 def test_sigkill_then_resume_repeats_the_loss_sequence(tiny, tmp_path):
     """Three CLI runs under the same process settings: uninterrupted; SIGKILLed after its step-10
-    checkpoint; resumed from that checkpoint. The per-step losses must be identical."""
+    checkpoint; resumed from that checkpoint. The per-step losses must be identical, and so must the
+    EMA of the weights (model.ema, issue 18) in the final checkpoints."""
     teacher, train, val = tiny
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    subprocess.run(_pretrain_cmd(tiny_overrides(teacher, train, val, tmp_path / "clean", steps=24)), env=env,
+    ema = {"model.ema.enabled": "true", "model.ema.decay": 0.9, "model.ema.warmup_steps": 4}
+    subprocess.run(_pretrain_cmd(tiny_overrides(teacher, train, val, tmp_path / "clean", steps=24, **ema)), env=env,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ref = [r["loss"] for r in _losses(tmp_path / "clean" / "run" / "losses.jsonl")]
     assert len(ref) == 24
     exp = tmp_path / "killed"
     log = exp / "run" / "losses.jsonl"
-    proc = subprocess.Popen(_pretrain_cmd(tiny_overrides(teacher, train, val, exp, steps=24)), env=env,
+    proc = subprocess.Popen(_pretrain_cmd(tiny_overrides(teacher, train, val, exp, steps=24, **ema)), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -193,12 +195,18 @@ def test_sigkill_then_resume_repeats_the_loss_sequence(tiny, tmp_path):
     proc.wait()
     before = _losses(log)
     assert 10 < len(before) < 24, "the run was not killed mid-training"
-    subprocess.run(_pretrain_cmd(tiny_overrides(teacher, train, val, exp, steps=24)), env=env, check=True,
+    subprocess.run(_pretrain_cmd(tiny_overrides(teacher, train, val, exp, steps=24, **ema)), env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = _losses(log)  # exp_manager moves the killed run's log files aside on resume
     assert after[0]["step"] in (10, 15, 20) and after[0]["step"] <= len(before)  # from its last checkpoint
     per_step = {r["step"]: r["loss"] for r in before + after}  # the resumed run's value wins for repeated steps
     assert [per_step[s] for s in range(24)] == ref
+    final = [torch.load(max((d / "run" / "checkpoints").glob("*last.ckpt"), key=lambda p: p.stat().st_mtime),
+                        weights_only=False)["engine"] for d in (tmp_path / "clean", exp)]
+    assert final[0]["step"] == final[1]["step"] >= 20
+    assert final[0]["ema"]["updates"] == final[1]["ema"]["updates"] == final[0]["step"]
+    for name, want in final[0]["ema"]["shadow"].items():
+        assert torch.equal(final[1]["ema"]["shadow"][name], want), name
 
 
 def test_fingerprint_mismatch_is_refused_by_training(tiny, tmp_path):

@@ -138,13 +138,13 @@ def _finetune_cfg(path, *overrides):
 def test_finetune_init_adopts_the_checkpoints_architecture_and_matches_transformers(groups, tmp_path):
     """Every numerics field left to the checkpoint (quick_gelu, eps 1e-6, the widths...) is adopted where
     the run starts, and the fine-tune init then gives transformers' embeddings."""
-    from llm2clip_nemo.models.llm2clip import LLM2CLIP, init_vision_from_hf
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPNetwork, init_vision_from_hf
 
     hf, path = _saved_quick_gelu_ckpt(tmp_path)
     v = _finetune_cfg(path, *ARCH_FROM_CKPT).model.vision
     assert (v.image_size, v.patch_size, v.num_channels, v.width, v.num_layers, v.num_heads, v.mlp_dim,
             v.activation, v.layernorm_eps) == (32, 8, 3, 64, 2, 4, 112, "quick_gelu", 1e-6)
-    net = LLM2CLIP(_finetune_cfg(path, *ARCH_FROM_CKPT).model, groups, teacher_dim=576).eval()
+    net = LLM2CLIPNetwork(_finetune_cfg(path, *ARCH_FROM_CKPT).model, groups, teacher_dim=576).eval()
     init_vision_from_hf(net, path)
     pixels = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

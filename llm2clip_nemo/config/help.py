@@ -52,14 +52,15 @@ def _default(f: dataclasses.Field):
     return dataclasses.MISSING
 
 
-def config_fields(schema: type, prefix: str = "") -> list[tuple[str, str, object, str]]:
-    """(dotted key, type, default, doc) of every leaf field of `schema`, nested dataclasses flattened."""
+def config_fields(schema, prefix: str = "") -> list[tuple[str, str, object, str]]:
+    """(dotted key, type, default, doc) of every leaf field of `schema` (a dataclass, or an instance whose
+    values are the defaults: a nested field's default_factory may set its own), nested ones flattened."""
     rows = []
-    docs = field_docs(schema)
+    docs = field_docs(schema if isinstance(schema, type) else type(schema))
     for f in dataclasses.fields(schema):
-        value = _default(f)
+        value = _default(f) if isinstance(schema, type) else getattr(schema, f.name)
         if dataclasses.is_dataclass(value):
-            rows += config_fields(type(value), f"{prefix}{f.name}.")
+            rows += config_fields(value, f"{prefix}{f.name}.")
             continue
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         rows.append((f"{prefix}{f.name}", type_name, value, docs.get(f.name, "")))

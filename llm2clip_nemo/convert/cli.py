@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--teacher", help="the teacher LLM (Megatron or HF dir) when the recorded path has moved")
+    c.add_argument("--weights", choices=("ema", "raw"), help="the EMA of the weights (model.ema.enabled runs) or the "
+                   "trained weights (default: ema when the checkpoint has one, else raw)")
     return p
 
 
@@ -70,7 +72,7 @@ def main(argv: list[str]) -> int:
         else:
             from .hf_export import export_hf
 
-            print(f"wrote Hugging Face export {export_hf(args.model, args.out, teacher_path=args.teacher)}")
+            print(f"wrote Hugging Face export {export_hf(args.model, args.out, teacher_path=args.teacher, weights=args.weights)}")
     except (ConfigError, CheckpointError) as e:  # bad input: one line, exit 2
         print(f"llm2clip-nemo convert {args.cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -75,9 +75,11 @@ def _hidden_size(llm_dir: Path) -> int:
 
 
 def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teacher_path: str | os.PathLike | None = None,
-              tensor_parallel: int = 1) -> Path:
+              tensor_parallel: int = 1, weights: str | None = None) -> Path:
     """Export the model at `model_path` (any layout `load_llm2clip` accepts) to `out_dir`, which
     must not exist. Returns `out_dir`. `teacher_path` replaces the recorded teacher location.
+    `weights`: "ema", "raw" or None = the EMA when the checkpoint has one (`load_llm2clip`); the
+    choice is recorded in llm2clip.json (training.weights); "ema" without an EMA raises ConfigError.
     Raises ConfigError if the recorded teacher is not found (naming it and `--teacher`), ValueError
     if the adapter's input size is not the teacher LLM's hidden size, or the teacher's fingerprint
     is not the one the checkpoint recorded."""
@@ -88,7 +90,7 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists: choose a new --out or remove it.")
-    model = load_llm2clip(model_path, tensor_parallel=tensor_parallel, teacher_path=teacher_path)
+    model = load_llm2clip(model_path, tensor_parallel=tensor_parallel, teacher_path=teacher_path, weights=weights)
     info, tc = model.load_info, model.typed
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -138,6 +140,7 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
         model_config = OmegaConf.to_container(to_dictconfig(tc), resolve=True)
         model_config["teacher"]["path"] = LLM  # relative: the export is self-contained
         training = {"global_step": info.global_step, "source": info.path, "layout": info.layout,
+                    "weights": info.extra.get("weights", "raw"),
                     "train_urls": tc.train_ds.urls, "teacher_source": str(tc.teacher.path)}
         meta = {"format": EXPORT_FORMAT, "vision": VISION, "adapter": ADAPTER, "llm": LLM,
                 "embed_dim": tc.vision.embed_dim, "image_size": tc.vision.image_size,

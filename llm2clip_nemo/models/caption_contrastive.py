@@ -1,13 +1,16 @@
 """Stage 1 as a NeMo model: caption-contrastive LoRA fine-tuning of an LLM (LLM2CLIP's "CC" LLM).
 
 `CaptionContrastiveModel` is a `nemo.core.ModelPT` around `CaptionEncoder` (plain torch, see
-caption_encoder.py). It trains with Lightning (DDP over data-parallel ranks, embeddings gathered
-with gradient inside the loss), validates by caption retrieval accuracy (CRA) on a held-out set,
-and exports the LoRA-merged LLM as a stock Hugging Face directory.
+caption_encoder.py). Lightning is the outer loop (DDP over data-parallel ranks, embeddings gathered
+with gradient inside the loss) with manual optimisation through `engine.TrainEngine` (AdamW on the
+LoRA weights, schedule, accumulation, clipping, finite-loss skip, EMA; its state is the checkpoint,
+under checkpoint["engine"]). It validates by caption retrieval accuracy (CRA) on a held-out set
+(with the EMA weights when model.ema.enabled) and exports the LoRA-merged LLM as a stock Hugging
+Face directory.
 """
 from __future__ import annotations
 
-import math
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -19,10 +22,16 @@ from .caption_contrastive_config import (  # noqa: F401  (re-exported)
     DEMO,
     CaptionContrastiveModelConfig,
     CaptionDataConfig,
-    OptimConfig,
     check_global_batch,
 )
-from .caption_data import StepLoader, TripleSchedule, eval_captions, load_records, tokenize_with_instruction
+from .caption_data import (
+    BatchCursor,
+    StepLoader,
+    TripleSchedule,
+    eval_captions,
+    load_records,
+    tokenize_with_instruction,
+)
 from .caption_encoder import CaptionEncoder
 from .caption_encoder import export_merged as _export_encoder
 from .nemo_base import allow_our_targets, from_dictconfig, to_dictconfig
@@ -39,17 +48,6 @@ def resolve_demo_paths(data: CaptionDataConfig) -> tuple[str, str]:
     train = res.train_urls if data.train_path == DEMO else data.train_path
     val = res.test_urls if data.val_path == DEMO else data.val_path
     return train, val
-
-
-def lr_lambda(optim: OptimConfig, max_steps: int):
-    def f(step: int) -> float:
-        if optim.warmup_steps and step < optim.warmup_steps:
-            return (step + 1) / optim.warmup_steps
-        if optim.schedule == "constant":
-            return 1.0
-        frac = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
-        return 0.5 * (1 + math.cos(math.pi * frac)) if optim.schedule == "cosine" else 1.0 - frac
-    return f
 
 
 class _Batches:
@@ -76,9 +74,14 @@ class CaptionContrastiveModel(ModelPT):
         super().__init__(cfg=cfg, trainer=trainer)
         self.schema = schema
         self.core = CaptionEncoder(schema)
+        self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the LoRA weights only (base weights come from llm_path)
         self._layout = layout
         """runtime.ParallelLayout (TP=1): its dp_group spreads the contrastive batch; built on first use."""
+        self.engine = None
+        self.cursor = BatchCursor()
+        """The data position (batches trained), saved and restored by the engine."""
+        self._val_ema = ExitStack()
         self.cra_history: list[tuple[int, float]] = []
         """(step, CRA by the paper's protocol) at each validation."""
         self.cra_all_pairs_history: list[tuple[int, float]] = []
@@ -117,12 +120,11 @@ class CaptionContrastiveModel(ModelPT):
         d = self.schema.data
         rank, world = self._rank_world()
         check_global_batch(d.global_batch_size, world)
-        accum = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        accum = self.engine.micro_batches if self.engine is not None else 1
         max_steps = self._trainer.max_steps if self._trainer is not None else 1
         sched = TripleSchedule(self._records("train"), d.global_batch_size, d.pair_config())
         return StepLoader(sched, self.core.tokenizer, rank, world, max_steps * accum, d.max_length,
-                          bool(d.hard_negatives), start_step=lambda: (self._trainer.global_step * accum
-                                                                      if self._trainer is not None else 0))
+                          bool(d.hard_negatives), start_step=lambda: self.cursor.next_batch)
 
     def val_captions(self) -> tuple[list[str], list[int]]:
         return eval_captions(self._records("val"), self.schema.data.val_max_images or None)
@@ -153,28 +155,42 @@ class CaptionContrastiveModel(ModelPT):
             self._layout = init_parallel(1, megatron=False)
         return self._layout
 
-    def training_step(self, batch, batch_idx):
+    def _loss(self, batch) -> torch.Tensor:
         if self.in_mntp_phase():
             gen = torch.Generator().manual_seed(self.schema.data.seed * 7919 + self.global_step)
-            loss = self.core.mntp_loss(batch, gen)
-        else:
-            loss = self.core.contrastive_loss(batch, group=self.layout.dp_group)
-        self.log("loss", loss.detach(), prog_bar=True, on_step=True, batch_size=int(batch["n"]))
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False, on_step=True, batch_size=1)
-        return loss
+            return self.core.mntp_loss(batch, gen)
+        return self.core.contrastive_loss(batch, group=self.layout.dp_group)
+
+    def build_engine(self, micro_batches: int = 1, throughput=None):
+        """The `TrainEngine` over the LoRA weights of `self.core`, fed by `self.cursor`."""
+        from ..engine import TrainEngine
+
+        max_steps = self._trainer.max_steps if self._trainer is not None else 1
+        self.engine = TrainEngine(self.core, self.schema.optim, max_steps, dp_group=None, data=self.cursor,
+                                  ema=self.schema.ema, micro_batches=micro_batches, throughput=throughput)
+        return self.engine
+
+    def training_step(self, batch, batch_idx):
+        self.engine.attach(self.manual_backward, self.optimizers().step)
+        out = self.engine.train_step(batch, self._loss, samples=int(batch["n"]))
+        for k, v in out.metrics.items():
+            self.log(k, v, prog_bar=k in ("loss", "samples_per_s", "nonfinite_steps"), on_step=True, batch_size=1)
+        return out.loss
 
     def configure_optimizers(self):
-        o = self.schema.optim
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        max_steps = self._trainer.max_steps if self._trainer is not None else 1
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, max_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        engine = self.engine or self.build_engine()
+        engine.dp_group = self.layout.dp_group  # known once Lightning has joined the ranks (not at build)
+        engine.check_parameters(self.core)
+        return engine.optimizer
 
     def on_save_checkpoint(self, checkpoint):
-        # Only the trainable (LoRA) weights: the frozen LLM is rebuilt from model.llm_path.
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        """checkpoint["engine"] = `TrainEngine.state_dict()` (the LoRA weights, optimizer, EMA, data
+        position, step, RNG); Lightning's copies are dropped (the frozen LLM comes from model.llm_path)."""
+        checkpoint["engine"] = self.engine.state_dict()
+        checkpoint["state_dict"], checkpoint["optimizer_states"], checkpoint["lr_schedulers"] = {}, [], []
+
+    def on_load_checkpoint(self, checkpoint):
+        (self.engine or self.build_engine()).load_state_dict(checkpoint["engine"])
 
     # ---- validation: CRA ----------------------------------------------------------------------
     @torch.no_grad()
@@ -187,6 +203,8 @@ class CaptionContrastiveModel(ModelPT):
 
     def on_validation_epoch_start(self):
         self._val_feats = []
+        if self.engine is not None:  # validate the EMA weights (restored at the epoch's end)
+            self._val_ema.enter_context(self.engine.ema_applied())
 
     def validation_step(self, batch, batch_idx):
         idx, texts = batch
@@ -195,6 +213,7 @@ class CaptionContrastiveModel(ModelPT):
     def on_validation_epoch_end(self):
         from ..metrics import caption_retrieval_accuracy, caption_retrieval_all_pairs
 
+        self._val_ema.close()
         texts, image_ids = self.val_captions()
         parts = self._val_feats
         if self.layout.dp_size > 1:

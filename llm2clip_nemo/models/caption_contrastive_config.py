@@ -8,30 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
+from ..engine.ema import EmaConfig
+from ..engine.optim import OptimConfig
 from .caption_encoder import EncoderConfig
 
 DEMO = "demo"
 DEFAULT_INSTRUCTION = "Given a caption, retrieve a detailed relevant caption"
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 2e-4
-    """Peak learning rate (AdamW)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on the LoRA weights."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    """AdamW betas."""
-    warmup_steps: int = 300
-    """Linear warmup from 0 over this many steps."""
-    schedule: str = "constant"
-    """After warmup: constant | cosine (to 0 at trainer.max_steps) | linear (to 0)."""
-
-    def validate(self) -> None:
-        if self.schedule not in ("constant", "cosine", "linear"):
-            raise ConfigError(f"model.optim.schedule={self.schedule!r}: choose constant, cosine or linear.")
-        if self.lr <= 0 or self.warmup_steps < 0:
-            raise ConfigError(f"model.optim: lr={self.lr} must be > 0 and warmup_steps={self.warmup_steps} >= 0.")
 
 
 @dataclass
@@ -92,7 +74,10 @@ class CaptionDataConfig:
 
 @dataclass
 class CaptionContrastiveModelConfig(EncoderConfig):
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=2e-4, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0, warmup_steps=300, schedule="constant", grad_clip=1.0))
+    """Stage 1's defaults: AdamW as torch's (eps 1e-8), no weight decay on the LoRA weights, warmup then constant."""
+    ema: EmaConfig = field(default_factory=EmaConfig)
     data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
 
 

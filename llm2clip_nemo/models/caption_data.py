@@ -89,11 +89,29 @@ def collate_triples(tokenizer, triples: Sequence[CaptionTriple], max_length: int
             "n": torch.tensor(len(triples)), "h": torch.tensor(1 if hard_negatives else 0)}
 
 
-class StepLoader:
-    """Iterable of this rank's training batches from step `start_step()` to `total_steps`.
+class BatchCursor:
+    """Stage 1's data position: the number of (micro-)batches trained on. Batch k of a run is a
+    function of (seed, k), so this one integer resumes the data exactly. The training engine calls
+    `track` for each batch it trains on and saves `state_dict()` in its checkpoint payload."""
 
-    `start_step` is read each time iteration begins (the trainer's step on resume), so a resumed
-    run continues at the exact batch; Lightning sees a sized iterable of the remaining steps.
+    def __init__(self) -> None:
+        self.next_batch = 0
+
+    def track(self, batch) -> None:
+        self.next_batch += 1
+
+    def state_dict(self) -> dict:
+        return {"next_batch": self.next_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.next_batch = int(state["next_batch"])
+
+
+class StepLoader:
+    """Iterable of this rank's training batches from batch `start_step()` to `total_steps`.
+
+    `start_step` is read each time iteration begins (a `BatchCursor`'s position on resume), so a
+    resumed run continues at the exact batch; Lightning sees a sized iterable of the remaining ones.
     """
 
     def __init__(self, schedule: TripleSchedule, tokenizer, rank: int, world: int, total_steps: int,
@@ -111,14 +129,6 @@ class StepLoader:
 
     def __len__(self) -> int:
         return max(self.total_steps - self.start_step(), 0)
-
-    # Lightning's resumability protocol. The position needs no saving: it is the trainer's step,
-    # restored from the checkpoint before iteration starts.
-    def state_dict(self) -> dict:
-        return {"position": "trainer.global_step"}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def __iter__(self):
         for step in range(self.start_step(), self.total_steps):

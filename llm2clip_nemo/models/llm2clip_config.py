@@ -9,36 +9,11 @@ from dataclasses import dataclass, field
 
 from ..config import ConfigError
 from ..data.config import StreamConfig
+from ..engine.ema import EmaConfig
+from ..engine.optim import OptimConfig
 from ..text.adapter import AdapterConfig
 from ..text.config import TeacherConfig
 from ..vision.config import ViTConfig
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 5e-4
-    """Peak learning rate."""
-    weight_decay: float = 0.05
-    """AdamW decay on weight matrices; none on biases, norms, logit scale/bias."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    """AdamW betas."""
-    eps: float = 1e-6
-    """AdamW epsilon."""
-    layer_decay: float = 1.0
-    """Layer-wise lr decay of the ViT: layer l of L gets lr * decay^(L+1-l) (0.85 in the paper's fine-tune)."""
-    warmup_steps: int = 0
-    """Linear warmup steps."""
-    min_lr_ratio: float = 0.0
-    """Cosine floor as a fraction of lr."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm (0 = off)."""
-    max_nonfinite_steps: int = 20
-    """A NaN/inf loss skips its step; more skipped steps than this abort the run."""
-
-    def validate(self) -> None:
-        if self.lr <= 0 or not 0 < self.layer_decay <= 1 or self.warmup_steps < 0:
-            raise ConfigError(f"model.optim: lr={self.lr} must be > 0, layer_decay={self.layer_decay} in (0, 1], "
-                              f"warmup_steps={self.warmup_steps} >= 0.")
 
 
 @dataclass
@@ -84,6 +59,7 @@ class LLM2CLIPConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     train_ds: StreamConfig = field(default_factory=StreamConfig)
     validation_ds: ValidationConfig = field(default_factory=ValidationConfig)
     global_batch_size: int = 0

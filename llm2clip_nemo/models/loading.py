@@ -72,10 +72,21 @@ def find_checkpoint(path: str | Path) -> tuple[str, Path]:
             return "hf_export", path
         if (path / "model.nemo").is_file():
             return "nemo", path / "model.nemo"
-        last = sorted((path / "checkpoints").glob("*last.ckpt")) if (path / "checkpoints").is_dir() else []
-        if last:
-            return "ckpt", max(last, key=lambda p: p.stat().st_mtime)
+        last = _last_ckpt(path)
+        if last is not None:
+            return "ckpt", last
     raise UnknownLayoutError(f"unknown checkpoint layout: {_describe(path)}. Expected {ACCEPTED}.")
+
+
+def _last_ckpt(run_dir: Path) -> Path | None:
+    """The newest checkpoints/*last.ckpt of a run directory, None when there is none."""
+    last = sorted((run_dir / "checkpoints").glob("*last.ckpt")) if (run_dir / "checkpoints").is_dir() else []
+    return max(last, key=lambda p: p.stat().st_mtime) if last else None
+
+
+def _has_ema(ckpt_path: Path) -> bool:
+    engine = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("engine") or {}
+    return engine.get("ema") is not None
 
 
 # ---- reading config + weights per layout ------------------------------------------------------
@@ -96,20 +107,34 @@ def read_nemo(path: Path) -> tuple[dict, dict]:
     return cfg, sd
 
 
-def read_ckpt(path: Path) -> tuple[dict, dict, dict]:
-    """(model config dict, state dict, {global_step, what the run stored under 'llm2clip'}) of a stage-2
-    Lightning checkpoint. UnknownLayoutError if it lacks state_dict or hyper_parameters.cfg."""
+WEIGHTS = ("ema", "raw")
+
+
+def read_ckpt(path: Path, weights: str | None = None) -> tuple[dict, dict, dict]:
+    """(model config, `net.*` state dict, extra) of a stage-2 Lightning checkpoint, whose weights are in
+    the training engine's payload (checkpoint["engine"]: "model" = trained weights, "ema" = their EMA).
+    weights: "raw", "ema", or None = "ema" when the checkpoint has an EMA, else "raw"; extra["weights"]
+    says which was read. ConfigError for "ema" on a checkpoint without EMA."""
     # Lightning pickles the OmegaConf hyper-parameters, which weights_only refuses: checkpoints are
     # trusted files written by our own runs (data shards, in contrast, are never unpickled).
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if "state_dict" not in ckpt or "cfg" not in hp:
-        raise UnknownLayoutError(f"unknown checkpoint layout: {path} is a .ckpt without state_dict and "
+    engine = ckpt.get("engine") if isinstance(ckpt, dict) else None
+    if not isinstance(engine, dict) or "model" not in engine or "cfg" not in hp:
+        raise UnknownLayoutError(f"unknown checkpoint layout: {path} is a .ckpt without state_dict (engine.model) and "
                                  f"hyper_parameters.cfg (keys {sorted(ckpt)[:8] if isinstance(ckpt, dict) else '?'}): "
                                  "not a stage-2 (pretrain/finetune) Lightning checkpoint.")
     cfg = hp["cfg"]
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return cfg, ckpt["state_dict"], {"global_step": ckpt.get("global_step"), **ckpt.get("llm2clip", {})}
+    chosen = weights or ("ema" if engine.get("ema") is not None else "raw")
+    if chosen not in WEIGHTS:
+        raise ConfigError(f"weights={chosen!r}: choose {' or '.join(WEIGHTS)}.")
+    if chosen == "ema" and engine.get("ema") is None:
+        raise ConfigError(f"--weights ema but {path} has no EMA (trained with model.ema.enabled=false): "
+                          "use --weights raw.")
+    sd = engine["ema"]["shadow"] if chosen == "ema" else engine["model"]
+    extra = {"global_step": ckpt.get("global_step"), **ckpt.get("llm2clip", {}), "weights": chosen}
+    return cfg, {f"net.{k}": v for k, v in sd.items()}, extra
 
 
 def _check_model_cfg(cfg: dict, path: Path) -> None:
@@ -243,25 +268,36 @@ def check_teacher_fingerprint(model, recorded: str | None) -> None:
 
 
 def load_llm2clip(path: str | Path, *, tensor_parallel: int = 1, teacher_path: str | Path | None = None,
-                  groups=None, verify_teacher: bool = True):
+                  groups=None, verify_teacher: bool = True, weights: str | None = None):
     """An eval-mode `LLM2CLIPModel` from any accepted layout (see module doc); `model.load_info`
     says where it came from. `teacher_path` replaces the recorded teacher location (e.g. after
     moving files); `tensor_parallel` is the teacher TP to run with (not the one trained with).
     verify_teacher: compare the teacher's fingerprint with the one the layout recorded (.ckpt and
     exports record one; hashing the LLM weights costs ~1 s per GB).
-    Raises UnknownLayoutError for anything else, ConfigError when the teacher does not fit."""
+    weights: "ema" (the EMA of a run trained with model.ema.enabled), "raw" (the trained weights), or
+    None = "ema" when the layout has one. A .nemo archive holds the raw weights only: a run directory
+    whose last checkpoint has an EMA is read from that checkpoint unless weights="raw".
+    Raises UnknownLayoutError for anything else, ConfigError when the teacher does not fit or
+    weights="ema" names a layout without EMA."""
     from ..runtime import init_parallel
 
     layout, where = find_checkpoint(path)
+    if layout == "nemo" and weights != "raw" and Path(path).is_dir():
+        last = _last_ckpt(Path(path))
+        if last is not None and (weights == "ema" or _has_ema(last)):
+            layout, where = "ckpt", last
+    if layout != "ckpt" and weights == "ema":
+        raise ConfigError(f"--weights ema but {where} is a {'.nemo archive' if layout == 'nemo' else 'Hugging Face export'}, "
+                          "which holds one set of weights: pass the run's checkpoints/*last.ckpt (or --weights raw).")
     groups = groups or init_parallel(tensor_parallel, field="tensor_parallel")
     if layout == "hf_export":
         model, info = _load_export(where, tensor_parallel, teacher_path, groups)
     else:
         if layout == "nemo":
             cfg, sd = read_nemo(where)
-            extra = {}
+            extra = {"weights": "raw"}
         else:
-            cfg, sd, extra = read_ckpt(where)
+            cfg, sd, extra = read_ckpt(where, weights)
         _check_model_cfg(cfg, where)
         proj = sd.get("net.adapter.proj.weight")
         model = build_model(prepare_config(cfg, tensor_parallel, teacher_path, where), groups,
@@ -270,7 +306,7 @@ def load_llm2clip(path: str | Path, *, tensor_parallel: int = 1, teacher_path: s
         step = extra.get("global_step")
         if step is None and where.name == "model.nemo" and (where.parent / "result.json").is_file():
             step = json.loads((where.parent / "result.json").read_text()).get("global_step")
-        info = LoadInfo(layout, str(where), step, extra.get("teacher_fingerprint"))
+        info = LoadInfo(layout, str(where), step, extra.get("teacher_fingerprint"), {"weights": extra["weights"]})
     if verify_teacher:
         check_teacher_fingerprint(model, info.teacher_fingerprint)
     model.load_info = info

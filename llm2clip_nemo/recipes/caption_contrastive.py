@@ -46,35 +46,25 @@ def load(config_name: str | None = DEFAULT_CONFIG, overrides: Sequence[str] = ()
     return load_config(CaptionContrastiveConfig, config_name, overrides, config_dir)
 
 
-def _loss_curve_callback(curve: list):
-    from lightning.pytorch.callbacks import Callback
-
-    class LossCurve(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            curve.append((int(trainer.global_step), float(loss)))
-
-    return LossCurve()
-
-
 def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
     """Train; returns {"cra_before", "cra_after", "cra_all_pairs_before", "cra_all_pairs_after",
     "cra_history", "hf_merged", "loss_curve", "log_dir"}. CRA is the paper's protocol (each image's
     first caption against all images' second captions, `metrics.caption_retrieval_accuracy`);
     cra_all_pairs every caption against all others (`caption_retrieval_all_pairs`); both in percent.
+    loss_curve: (optimizer steps done, that step's loss) of this process's steps. With model.ema.enabled,
+    CRA and hf_merged use the EMA of the LoRA weights.
 
     `callbacks`: extra Lightning callbacks (e.g. a time budget in the demo)."""
     import lightning.pytorch as pl
 
     from ..models.caption_contrastive import CaptionContrastiveModel, export_merged
-    from .trainer import SamplesPerSecond, build_trainer
+    from .trainer import build_trainer
 
     cfg.model.data.check_paths()  # the file system is read where the run starts, not by validate()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    curve: list[tuple[int, float]] = []
-    trainer, log_dir = build_trainer(
-        cfg, callbacks=[SamplesPerSecond(cfg.model.data.global_batch_size), _loss_curve_callback(curve), *callbacks])
+    trainer, log_dir = build_trainer(cfg, callbacks=list(callbacks))
     model = CaptionContrastiveModel(cfg.model, trainer=trainer)
+    engine = model.build_engine(micro_batches=cfg.trainer.accumulate_grad_batches)
     resume_from = trainer.ckpt_path  # set by exp_manager when a checkpoint exists
     trainer.ckpt_path = None  # validate the untrained model, not the checkpoint; fit gets it explicitly
     cra_before = all_pairs_before = None
@@ -89,9 +79,11 @@ def run(cfg: CaptionContrastiveConfig, callbacks: Sequence = ()) -> dict:
     if cfg.export_merged:
         hf_merged = log_dir / "hf_merged"
         if trainer.is_global_zero:
-            export_merged(model, hf_merged)
+            with engine.ema_applied():  # the EMA of the LoRA weights when model.ema.enabled
+                export_merged(model, hf_merged)
         trainer.strategy.barrier()
     history = [h for h in model.cra_history if h[0] > 0 or not cfg.cra_before]
+    curve = [(step + 1, loss) for step, loss in engine.loss_log]  # (optimizer steps done, loss of the last one)
     return {"cra_before": cra_before, "cra_after": cra_after, "cra_all_pairs_before": all_pairs_before,
             "cra_all_pairs_after": all_pairs_after, "cra_history": history,
             "hf_merged": str(hf_merged) if hf_merged else None, "loss_curve": curve, "log_dir": str(log_dir)}

@@ -19,22 +19,16 @@ from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
 from ..models.llm2clip_config import LLM2CLIPConfig
 from ..runtime import LayoutError
-from .trainer import ExpManagerConfig, SamplesPerSecond, TrainerConfig, build_trainer
+from .trainer import ExpManagerConfig, TrainerConfig, build_trainer
 
 
 @dataclass
 class TrainCLIPConfig:
     model: LLM2CLIPConfig = field(default_factory=LLM2CLIPConfig)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(gradient_clip_val=0.0))
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     exp_manager: ExpManagerConfig = field(default_factory=ExpManagerConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     """Knobs of `llm2clip-nemo plan` (capacity estimates); training ignores them."""
-
-    def validate(self) -> None:
-        """Checks of the values alone; the launch and the files are checked by `prepare_run`."""
-        if self.trainer.gradient_clip_val or self.trainer.accumulate_grad_batches != 1:
-            raise ConfigError("stage 2 steps its optimizer itself: leave trainer.gradient_clip_val=0 and "
-                              "trainer.accumulate_grad_batches=1; set model.optim.grad_clip instead.")
 
 
 def adopt_finetune_architecture(model: LLM2CLIPConfig) -> LLM2CLIPConfig:
@@ -70,11 +64,14 @@ def prepare_run(cfg: TrainCLIPConfig, mode: str | None = None) -> TrainCLIPConfi
     return resolved
 
 
-def per_rank_batch(global_batch: int, world: int) -> int:
-    if global_batch % world:
-        raise ConfigError(f"model.global_batch_size={global_batch} is not divisible by the {world} ranks: "
-                          f"use a multiple of {world}.")
-    return global_batch // world
+def per_rank_batch(global_batch: int, world: int, micro_batches: int = 1) -> int:
+    """Samples per micro-batch per rank of a `global_batch` (samples per optimizer step, all ranks)."""
+    if global_batch % (world * micro_batches):
+        per = f"the {world} ranks" + (f" x {micro_batches} micro-batches (trainer.accumulate_grad_batches)"
+                                      if micro_batches > 1 else "")
+        raise ConfigError(f"model.global_batch_size={global_batch} is not divisible by {per}: "
+                          f"use a multiple of {world * micro_batches}.")
+    return global_batch // (world * micro_batches)
 
 
 def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
@@ -87,16 +84,15 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
 
     cfg = prepare_run(cfg, mode)
     groups = init_parallel(cfg.model.teacher.tensor_parallel)
+    micro = cfg.trainer.accumulate_grad_batches
     if cfg.model.global_batch_size:
-        cfg.model.train_ds.batch_size = per_rank_batch(cfg.model.global_batch_size, groups.world_size)
-    global_batch = cfg.model.train_ds.batch_size * groups.world_size
-    trainer, log_dir = build_trainer(cfg, callbacks=[SamplesPerSecond(global_batch)])
+        cfg.model.train_ds.batch_size = per_rank_batch(cfg.model.global_batch_size, groups.world_size, micro)
+    trainer, log_dir = build_trainer(cfg)
     model = LLM2CLIPModel(to_dictconfig(cfg.model), trainer=trainer, groups=groups)
-    model.loss_log_path = Path(log_dir) / "losses.jsonl"
-    model.setup_training_data()
+    engine = model.build_engine(log_path=Path(log_dir) / "losses.jsonl", micro_batches=micro)
     trainer.fit(model)
-    result = {"log_dir": str(log_dir), "losses": model.loss_log, "validation": model.val_history,
-              "nonfinite_steps": model.nonfinite_steps, "global_step": trainer.global_step,
+    result = {"log_dir": str(log_dir), "losses": engine.loss_log, "validation": model.val_history,
+              "nonfinite_steps": engine.nonfinite_steps, "global_step": trainer.global_step,
               "data": model._stream.summary() if model._stream is not None else None}
     if groups.rank == 0:
         (Path(log_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))

@@ -4,12 +4,13 @@
 
 Everything is `lightning.pytorch` (what NeMo 3.0 uses); the separately installed
 `pytorch_lightning` package is never imported: its Trainer is a different class that NeMo refuses.
-Validation is scheduled by global step (`check_val_every_n_epoch=None`), so resumed runs and
-step-indexed data loaders need no notion of epochs.
+Both stages optimise manually through `engine.TrainEngine` (clipping, accumulation, samples/s), so
+Lightning gets neither gradient_clip_val nor accumulate_grad_batches. Validation is scheduled by
+global step (`check_val_every_n_epoch=None`), so resumed runs and step-indexed data loaders need no
+notion of epochs.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +37,9 @@ class TrainerConfig:
     """Validate every N optimizer steps."""
     log_every_n_steps: int = 1
     """Logging period in steps (TensorBoard and the progress bar)."""
-    gradient_clip_val: float = 1.0
-    """Gradient norm clip (0 = off)."""
     accumulate_grad_batches: int = 1
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step (gradient accumulation, done by the training engine; the
+    gradient-norm clip is model.optim.grad_clip)."""
     enable_progress_bar: bool = True
     """TQDM bar with loss and samples/s."""
     deterministic: bool = False
@@ -52,8 +52,10 @@ class TrainerConfig:
             raise ConfigError(f"trainer.accelerator={self.accelerator!r}: choose auto, cpu or gpu.")
         if self.strategy not in ("auto", "ddp", "fsdp"):
             raise ConfigError(f"trainer.strategy={self.strategy!r}: choose auto, ddp or fsdp.")
-        if self.max_steps < 1 or self.val_check_interval < 1 or self.devices < 1 or self.num_nodes < 1:
-            raise ConfigError("trainer.max_steps, val_check_interval, devices and num_nodes must be >= 1.")
+        if (self.max_steps < 1 or self.val_check_interval < 1 or self.devices < 1 or self.num_nodes < 1
+                or self.accumulate_grad_batches < 1):
+            raise ConfigError("trainer.max_steps, val_check_interval, devices, num_nodes and accumulate_grad_batches "
+                              "must be >= 1.")
 
     @property
     def world_size(self) -> int:
@@ -101,28 +103,6 @@ def resolve_strategy(tc: TrainerConfig):
     return "auto"
 
 
-class SamplesPerSecond:
-    """Callback factory (kept lazy so importing this module stays light)."""
-
-    def __new__(cls, global_batch: int):
-        from lightning.pytorch.callbacks import Callback
-
-        class _SamplesPerSecond(Callback):
-            def __init__(self):
-                self.t0 = None
-
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                self.t0 = time.perf_counter()
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if self.t0 is not None:
-                    dt = max(time.perf_counter() - self.t0, 1e-9)
-                    pl_module.log("samples_per_s", global_batch / dt, prog_bar=True, on_step=True,
-                                  on_epoch=False, batch_size=1, rank_zero_only=True)
-
-        return _SamplesPerSecond()
-
-
 def exp_manager_dict(ec: ExpManagerConfig) -> dict:
     return {
         # explicit_log_dir alone (NeMo logs an error when exp_dir is given too); name names checkpoints
@@ -151,7 +131,6 @@ def build_trainer(cfg, callbacks=()) -> tuple:
         num_nodes=tc.num_nodes, strategy=resolve_strategy(tc), precision=resolve_precision(tc.precision),
         max_steps=tc.max_steps, max_epochs=-1, max_time=tc.max_time, val_check_interval=tc.val_check_interval,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=tc.log_every_n_steps,
-        gradient_clip_val=tc.gradient_clip_val or None, accumulate_grad_batches=tc.accumulate_grad_batches,
         enable_progress_bar=tc.enable_progress_bar, deterministic=tc.deterministic,
         use_distributed_sampler=False, logger=False, enable_checkpointing=False, callbacks=list(callbacks),
     )
