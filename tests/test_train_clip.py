@@ -276,6 +276,16 @@ def test_every_caption_run_logs_the_multi_positive_loss_of_its_batches(tiny, tmp
     assert [s for s, _ in res["losses"]] == [0, 1]
     assert res["losses"][0][1] == pytest.approx(want, rel=1e-6, abs=1e-6)
     assert res["data"]["fields"] == {"txt": 16, "long": 16}  # both fields of every trained sample
+    # throughput accounting of the run (runtime.throughput): 2 steps x 8 samples on one device, model
+    # FLOPs per sample from the run's ViT and adapter (teacher hidden size 64), MFU against the CPU peak
+    from llm2clip_nemo.runtime.flops import train_flops_per_sample
+
+    cfg = load_config(TrainCLIPConfig, None, over).model
+    tp = res["throughput"]
+    assert tp["samples"] == 16 and tp["samples_per_s"] == pytest.approx(16 / tp["seconds"], rel=1e-9)
+    assert tp["tflops"] == pytest.approx(tp["samples_per_s"] * train_flops_per_sample(cfg.vision, cfg.adapter, 64) / 1e12,
+                                         rel=1e-9)
+    assert 0 < tp["mfu"] < 1
 
 
 def test_every_caption_online_embeds_present_captions_only():

@@ -187,7 +187,7 @@ class LLM2CLIPModel(_model_pt()):
         out = self.engine.train_step(batch, self._loss, samples=batch["image"].shape[0])
         self._stepped = out.stepped
         for k, v in out.metrics.items():
-            self.log(k, v, prog_bar=k in ("loss", "logit_scale", "samples_per_s", "nonfinite_steps"), batch_size=1)
+            self.log(k, v, prog_bar=k in ("loss", "logit_scale", "samples_per_s", "mfu", "nonfinite_steps"), batch_size=1)
         return out.loss if out.stepped else None
 
     # -- held-out retrieval ------------------------------------------------------------------------

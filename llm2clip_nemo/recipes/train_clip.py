@@ -76,11 +76,13 @@ def per_rank_batch(global_batch: int, world: int, micro_batches: int = 1) -> int
 
 def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
     """Train (after `prepare_run`); returns {'log_dir', 'losses': [(step, loss)], 'validation': [...], 'nonfinite_steps'}."""
+    import torch
     import torch.distributed as dist
 
     from ..models.llm2clip import LLM2CLIPModel
     from ..models.nemo_base import to_dictconfig
     from ..runtime import init_parallel
+    from ..runtime.throughput import meter_for
 
     cfg = prepare_run(cfg, mode)
     groups = init_parallel(cfg.model.teacher.tensor_parallel)
@@ -89,10 +91,14 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
         cfg.model.train_ds.batch_size = per_rank_batch(cfg.model.global_batch_size, groups.world_size, micro)
     trainer, log_dir = build_trainer(cfg)
     model = LLM2CLIPModel(to_dictconfig(cfg.model), trainer=trainer, groups=groups)
-    engine = model.build_engine(log_path=Path(log_dir) / "losses.jsonl", micro_batches=micro)
+    # samples/s per device, model TFLOP/s and MFU of every step (runtime.throughput), logged and summarised
+    meter = meter_for(cfg.model, model.net.adapter.input_dim, groups.world_size, groups.device.type,
+                      threads=torch.get_num_threads())
+    engine = model.build_engine(log_path=Path(log_dir) / "losses.jsonl", micro_batches=micro, throughput=meter)
     trainer.fit(model)
     result = {"log_dir": str(log_dir), "losses": engine.loss_log, "validation": model.val_history,
               "nonfinite_steps": engine.nonfinite_steps, "global_step": trainer.global_step,
+              "throughput": meter.summary(),
               "data": model._stream.summary() if model._stream is not None else None}
     if groups.rank == 0:
         (Path(log_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
