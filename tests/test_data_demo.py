@@ -9,15 +9,8 @@ import time
 import pytest
 from PIL import Image
 
-from llm2clip_nemo.data.demo_dataset import (
-    CREDITS,
-    EMOJI_TEST,
-    SKIN_TONES,
-    EmojiEntry,
-    base_concept_keys,
-    build_demo_dataset,
-    group_concepts,
-)
+from llm2clip_nemo.data.demo_dataset import CREDITS, EMOJI_TEST, build_demo_dataset
+from llm2clip_nemo.data.emoji_meta import SKIN_TONES, EmojiEntry, base_concept_keys, group_concepts
 from llm2clip_nemo.data.spec import parse_sources
 from llm2clip_nemo.data.tario import iter_tar_samples
 

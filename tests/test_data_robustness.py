@@ -11,8 +11,9 @@ import pytest
 import torch
 from synthetic_shards import jpeg, tiny_stream_config
 
+from llm2clip_nemo.data.samples import decode_member
 from llm2clip_nemo.data.shards import ShardSample, write_shards
-from llm2clip_nemo.data.stream import ImageTextStream, decode_member
+from llm2clip_nemo.data.stream import ImageTextStream
 from llm2clip_nemo.data.tario import add_member, iter_tar_samples
 
 torch.set_num_threads(1)

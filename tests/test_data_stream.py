@@ -12,7 +12,8 @@ from synthetic_shards import tiny_stream_config as stream_cfg
 from synthetic_shards import write_synthetic_shards as make_shards
 
 from llm2clip_nemo.data.spec import DataSourceError
-from llm2clip_nemo.data.stream import ImageTextStream, NoValidSamplesError
+from llm2clip_nemo.data.stream import ImageTextStream
+from llm2clip_nemo.data.stream_samples import NoValidSamplesError
 from llm2clip_nemo.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """The demo's summary table names each caption-retrieval measure for what it is."""
 from __future__ import annotations
 
-from llm2clip_nemo.demo import summary_table
+from llm2clip_nemo.demo.report import summary_table
 
 
 def test_summary_table_labels_paper_cra_and_all_pairs_apart():
@@ -17,7 +17,8 @@ def test_summary_table_labels_paper_cra_and_all_pairs_apart():
 
 
 def test_ab_rows_name_each_variant_and_its_scores():
-    from llm2clip_nemo.demo import ab_table, ab_variants
+    from llm2clip_nemo.demo.pipeline import ab_variants
+    from llm2clip_nemo.demo.report import ab_table
 
     assert ab_variants(250) == {"every caption, no EMA": ["model.train_ds.caption_sampling=all"],
                                 "one caption, EMA": ["model.ema.enabled=true", "model.ema.decay=0.9800",
@@ -32,7 +33,7 @@ def test_third_party_noise_is_counted_not_printed():
     its logger) are dropped and counted by package; our own warnings and any error still print."""
     import logging
 
-    from llm2clip_nemo.demo import ThirdPartyNoise
+    from llm2clip_nemo.demo.console import ThirdPartyNoise
 
     def rec(level, msg):
         return logging.LogRecord("nemo_logger", level, "nemo_logging.py", 364, msg, None, None)

@@ -4,11 +4,12 @@ from .captions import CaptionChoice, CaptionPolicy
 from .config import StreamConfig
 from .images import IMAGE_REASONS, DecodedImage, ImageDecodeError, decode_image
 from .pairs import CaptionPairDataset, CaptionRecord, CaptionTriple, PairConfig, make_triples, read_caption_records
-from .samples import SAMPLE_REASONS, Checked, Sample, check_sample, field_captions
+from .samples import SAMPLE_REASONS, Checked, Sample, check_sample, decode_member, field_captions
 from .shards import ShardSample, safe_key, samples_from_folder, samples_from_img2dataset, write_shards
 from .sidecar import SidecarMeta, SidecarMismatchError, SidecarReader, SidecarWriter, sidecar_path
 from .spec import DataSourceError, parse_sources
-from .stream import ImageTextStream, NoValidSamplesError, TrackedLoader, decode_member
+from .stream import ImageTextStream, TrackedLoader
+from .stream_samples import NoValidSamplesError
 from .transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageTransform, TransformConfig, normalize_batch
 
 __all__ = [

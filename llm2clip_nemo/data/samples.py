@@ -18,11 +18,12 @@ non-blank strings; null, numbers and nested objects are not captions.
 """
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .images import IMAGE_REASONS, ImageDecodeError, check_image
+from .images import IMAGE_REASONS, ImageDecodeError, check_image, decode_image
 from .tario import IMAGE_EXTS, RawSample
 
 MEMBER_REASONS = ("pickle_member", "bad_text", "bad_json")
@@ -136,3 +137,24 @@ class ReasonCounter(dict):
 
     def as_dict(self) -> dict[str, int]:
         return dict(sorted(self.items()))
+
+
+def decode_member(ext: str, data: bytes):
+    """The decode whitelist for loose members: images (via `decode_image`), text, json, npy, cls; pickles never.
+
+    Returns None for anything not whitelisted (the caller counts it); ImageDecodeError (with .reason)
+    for an unusable image, ValueError for an npy that needs pickle."""
+    import numpy as np
+
+    base = ext.rsplit(".", 1)[-1]
+    if base in IMAGE_EXTS:
+        return decode_image(data).image  # upright RGB
+    if base in ("txt", "text", "caption"):
+        return data.decode("utf-8")
+    if base == "json":
+        return json.loads(data)
+    if base == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if base == "cls":
+        return int(data.decode().strip())
+    return None
