@@ -56,8 +56,8 @@ def teacher_row(device: str, n: int, batch: int, bucket: int) -> dict:
     """Our online teacher (contract-prepared captions, length buckets) vs the HF loop, captions/s."""
     import torch
     from common import mixed_length_captions
-    from llm2clip_nemo.text.hf_io import embedded_llm_dir
 
+    from llm2clip_nemo.formats.hf_io import embedded_llm_dir
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.hf_encoder import HFEncoder
     from llm2clip_nemo.text.teacher import Teacher

@@ -177,7 +177,7 @@ def test_run_fields_are_not_config_fields():
 def test_the_adapter_takes_its_sizes_from_the_teacher_and_the_vision_tower(tmp_path):
     from llm_fixtures import write_tiny_llama
 
-    from llm2clip_nemo.models.llm2clip import LLM2CLIP
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPNetwork
     from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
     from llm2clip_nemo.runtime import init_parallel
     from llm2clip_nemo.text.config import TeacherConfig, teacher_hidden_size
@@ -185,7 +185,7 @@ def test_the_adapter_takes_its_sizes_from_the_teacher_and_the_vision_tower(tmp_p
     teacher = write_tiny_llama(tmp_path / "t", hidden=48, heads=4, kv_heads=2)
     assert teacher_hidden_size(TeacherConfig(path=str(teacher))) == 48
     model = load_config(TrainCLIPConfig, "pretrain_tiny", ["model.vision.embed_dim=40"]).model
-    net = LLM2CLIP(model, init_parallel(1), teacher_hidden_size(TeacherConfig(path=str(teacher))))
+    net = LLM2CLIPNetwork(model, init_parallel(1), teacher_hidden_size(TeacherConfig(path=str(teacher))))
     assert (net.adapter.input_dim, net.adapter.joint_dim) == (48, 40)
     assert tuple(net.adapter.proj.weight.shape) == (40, 48) and net.vision.cfg.embed_dim == 40
 

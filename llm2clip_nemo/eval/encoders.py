@@ -62,11 +62,10 @@ def spread_groups(model, groups=None) -> tuple[object, object]:
     over every rank. groups: a `runtime.ParallelLayout`; None takes the model's own (its teacher's), else this
     process's layout (`runtime.current_layout`, built over the running process group when absent).
     """
-    import torch.distributed as dist
+    from ..runtime import current_layout, init_parallel, process_count
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if process_count() == 1:
         return None, None
-    from ..runtime import current_layout, init_parallel
 
     own = _tp_teacher_groups(model)
     groups = groups if groups is not None else own

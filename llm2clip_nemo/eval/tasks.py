@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import metrics as M
+from ..runtime import process_rank
 from .data import EvalData, EvalDataError, load_eval_data
 from .encoders import adapt_all, encoders_for, image_features_fn, load_any_model
 from .features import extract_features
@@ -84,7 +85,6 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
     Every rank must call this under torchrun; rank 0 writes. Recalls and accuracies are percentages.
     Raises `EvalDataError` for tasks the data cannot serve.
     """
-    import torch.distributed as dist
 
     from .results import plot_retrieval_grids, write_comparison_report
 
@@ -97,7 +97,7 @@ def evaluate(model, data, tasks=None, out_dir: str | Path | None = None, *, name
     name = name or enc.describe
     task_list = resolve_tasks(tasks, data)
     es = data.set
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    rank0 = process_rank() == 0
 
     # 1. image features, data-parallel
     img = extract_features(list(range(es.n_images)), image_features_fn(enc, es.images), batch_size,

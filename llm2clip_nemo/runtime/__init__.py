@@ -11,6 +11,8 @@ from .layout import (
     current_layout,
     destroy_parallel,
     init_parallel,
+    process_count,
+    process_rank,
     processes_per_node,
 )
 from .parallel import init_distributed
@@ -26,6 +28,8 @@ __all__ = [
     "expand_nodelist",
     "init_distributed",
     "init_parallel",
+    "process_count",
+    "process_rank",
     "processes_per_node",
     "seed_everything",
 ]

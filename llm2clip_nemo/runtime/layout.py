@@ -133,6 +133,16 @@ def processes_per_node(env: DistEnv, environ: Mapping[str, str] | None = None) -
     return None, ""
 
 
+def process_rank() -> int:
+    """This process's rank in the job (torch.distributed's default group), 0 when not distributed."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def process_count() -> int:
+    """The processes of the job (torch.distributed's default group), 1 when not distributed."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def current_layout() -> ParallelLayout | None:
     """The layout `init_parallel` built in this process, if it is still live."""
     return _BUILT[0] if _BUILT and _live(_BUILT[0], megatron=False) else None
