@@ -178,7 +178,7 @@ class TrainEngine:
 
     def _finish_step(self, step: int) -> dict:
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], self.cfg.grad_clip)
+            self._clip([p for _, p in self.trainable])
         lr = self._acc["lr"]
         self._optimizer_step()
         if self.ema is not None:
@@ -199,6 +199,19 @@ class TrainEngine:
             metrics.update({k: float(v) for k, v in self.throughput.update(samples, seconds).items()
                             if isinstance(v, (int, float)) and k != "samples_per_s"})
         return metrics
+
+    def _clip(self, params: list[torch.Tensor]) -> None:
+        """Clip the gradients' global L2 norm to `optim.grad_clip`: torch's function for plain tensors,
+        `parallelize.clip_grad_norm_` (the same formula, sharded norms summed over `dp_group`) when the
+        model is sharded (fsdp2 DTensor parameters)."""
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(p, DTensor) for p in params):
+            from .parallelize import clip_grad_norm_
+
+            clip_grad_norm_(params, self.cfg.grad_clip, group=self.dp_group)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
 
     def _extra(self) -> dict:
         return self.extra_metrics() if self.extra_metrics is not None else {}

@@ -62,6 +62,7 @@ class LLM2CLIPModel(_model_pt()):
         self.teacher_fingerprint = None
         self._stream = None
         self.engine = None
+        self._parallelized = False
         self._stepped = False
         self.val_history: list[dict] = []
 
@@ -160,12 +161,33 @@ class LLM2CLIPModel(_model_pt()):
 
         tc = self.typed
         self.setup_training_data()
+        self.parallelize()
         self.engine = TrainEngine(
             self.net, tc.optim, self.trainer.max_steps, layer_of=lambda n: layer_id(n, tc.vision.num_layers),
             num_layers=tc.vision.num_layers, dp_group=self._dp_group(), data=self._stream, ema=tc.ema,
             micro_batches=micro_batches, throughput=throughput, log_path=log_path, write_log=self.groups.rank == 0,
             extra_metrics=lambda: {"logit_scale": self.net.loss.scale().item()})
         return self.engine
+
+    def parallelize(self) -> None:
+        """Apply `model.parallel` to `self.net` once (`engine.parallelize`: activation checkpointing,
+        compile, then ddp = composable replicate or fsdp2 = fully_shard) over the vision DP group, after
+        moving it to this rank's device. Called before the optimizer is built: fsdp2 replaces the
+        parameters by sharded DTensors. Lightning then must not wrap the module (recipes/trainer.py
+        `SelfParallelStrategy`). Under fsdp2, `image_features`/`text_features` (validation, export)
+        gather the weights like `forward` does."""
+        if self._parallelized:
+            return
+        from ..engine.parallelize import parallelize
+
+        self.net.to(self.groups.device)
+        parallelize(self.net, self.typed.parallel, self._dp_group())
+        if self.typed.parallel.data_parallel == "fsdp2":
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            for name in ("image_features", "text_features"):
+                register_fsdp_forward_method(self.net, name)
+        self._parallelized = True
 
     def configure_optimizers(self):
         engine = self.engine or self.build_engine()

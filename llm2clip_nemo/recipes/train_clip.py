@@ -89,7 +89,7 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
     micro = cfg.trainer.accumulate_grad_batches
     if cfg.model.global_batch_size:
         cfg.model.train_ds.batch_size = per_rank_batch(cfg.model.global_batch_size, groups.world_size, micro)
-    trainer, log_dir = build_trainer(cfg)
+    trainer, log_dir = build_trainer(cfg, self_parallel=True)
     model = LLM2CLIPModel(to_dictconfig(cfg.model), trainer=trainer, groups=groups)
     # samples/s per device, model TFLOP/s and MFU of every step (runtime.throughput), logged and summarised
     meter = meter_for(cfg.model, model.net.adapter.input_dim, groups.world_size, groups.device.type,

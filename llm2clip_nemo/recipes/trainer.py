@@ -90,7 +90,27 @@ def resolve_precision(p: str) -> str:
     return p
 
 
-def resolve_strategy(tc: TrainerConfig):
+def _self_parallel_strategy():
+    """A Lightning DDPStrategy that leaves the LightningModule unwrapped: for a model that parallelises
+    itself (stage 2: `engine.parallelize` over its vision DP group, before its optimizer is built).
+    It joins the process group `runtime.init_parallel` already made and adds no gradient reduction."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    class SelfParallelStrategy(DDPStrategy):
+        def configure_ddp(self) -> None:
+            pass  # the model's own parallelize() did it
+
+    return SelfParallelStrategy()
+
+
+def resolve_strategy(tc: TrainerConfig, self_parallel: bool = False):
+    """Lightning's strategy for `tc`. `self_parallel`: the model parallelises itself, so a multi-rank
+    run gets a DDPStrategy that does not wrap it (and trainer.strategy=fsdp is refused)."""
+    if self_parallel:
+        if tc.strategy == "fsdp":
+            raise ConfigError("trainer.strategy=fsdp: stage 2 shards its network itself; set trainer.strategy=auto "
+                              "and model.parallel.data_parallel=fsdp2.")
+        return _self_parallel_strategy() if tc.strategy == "ddp" or tc.world_size > 1 else "auto"
     if tc.strategy == "fsdp":
         if not torch.cuda.is_available():
             raise ConfigError("trainer.strategy=fsdp needs CUDA GPUs; on CPU use trainer.strategy=ddp (or auto).")
@@ -120,15 +140,16 @@ def exp_manager_dict(ec: ExpManagerConfig) -> dict:
     }
 
 
-def build_trainer(cfg, callbacks=()) -> tuple:
-    """(lightning.pytorch.Trainer, log_dir) from `cfg.trainer` and `cfg.exp_manager`."""
+def build_trainer(cfg, callbacks=(), self_parallel: bool = False) -> tuple:
+    """(lightning.pytorch.Trainer, log_dir) from `cfg.trainer` and `cfg.exp_manager`; `self_parallel`:
+    see `resolve_strategy`."""
     import lightning.pytorch as pl
     from nemo.utils.exp_manager import exp_manager
 
     tc: TrainerConfig = cfg.trainer
     trainer = pl.Trainer(
         accelerator="gpu" if tc.accelerator == "cuda" else tc.accelerator, devices=tc.devices,
-        num_nodes=tc.num_nodes, strategy=resolve_strategy(tc), precision=resolve_precision(tc.precision),
+        num_nodes=tc.num_nodes, strategy=resolve_strategy(tc, self_parallel), precision=resolve_precision(tc.precision),
         max_steps=tc.max_steps, max_epochs=-1, max_time=tc.max_time, val_check_interval=tc.val_check_interval,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=tc.log_every_n_steps,
         enable_progress_bar=tc.enable_progress_bar, deterministic=tc.deterministic,
