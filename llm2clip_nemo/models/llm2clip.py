@@ -277,23 +277,72 @@ class LLM2CLIPModel(_model_pt()):
                                     step=r["step"])
         return r
 
-    # -- checkpoints: the engine's payload, the teacher's identity -------------------------------
+    # -- checkpoints: the engine's tensors through DCP, its counters and the teacher's identity --
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """checkpoint[ENGINE_KEY] = `TrainEngine.state_dict()` (weights, optimizer, EMA, data position,
-        step, RNG); Lightning's own copies of the weights and optimizer are dropped."""
+        """checkpoint[ENGINE_KEY] = `TrainEngine.meta_state_dict()` (step, counters, EMA updates, rank 0's
+        data position and RNG); the weights, optimizer state and EMA go to a DCP directory beside the
+        .ckpt (`save_sharded_checkpoint`, called by the strategy), whose path is added as
+        checkpoint[ENGINE_KEY]["dcp"]. Lightning's own copies of the weights and optimizer are dropped."""
         checkpoint["llm2clip"] = {"teacher_fingerprint": self.resolve_teacher_identity(),
                                   "teacher_path": self.typed.teacher.path}
-        checkpoint[ENGINE_KEY] = self.engine.state_dict()
+        checkpoint[ENGINE_KEY] = self.engine.meta_state_dict()
         checkpoint["state_dict"], checkpoint["optimizer_states"] = {}, []
 
+    def save_sharded_checkpoint(self, checkpoint: dict, directory: Path) -> Path:
+        """Collective (every rank): write the engine's tensors for the .ckpt being saved to
+        `directory/step_NNNNNNNN` (`TrainEngine.save_sharded`; kept when a checkpoint of the same step,
+        e.g. `last` after `step=N`, was written there already) and record that path, relative to the
+        .ckpt's folder, as checkpoint[ENGINE_KEY]["dcp"]. Returns the step directory."""
+        from ..engine.checkpoint import is_complete
+
+        target = Path(directory) / f"step_{self.engine.step:08d}"
+        if not is_complete(target):
+            self.engine.save_sharded(target).wait()
+        checkpoint[ENGINE_KEY]["dcp"] = f"{target.parent.name}/{target.name}"
+        return target
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Check the teacher, then restore the engine: tensors from the checkpoint's DCP directory into
+        this run's layout and world size (collective), counters from the .ckpt."""
         meta = checkpoint.get("llm2clip", {})
         fp = self.resolve_teacher_identity()
         if meta.get("teacher_fingerprint") not in (None, fp):
             raise ConfigError(
                 f"the checkpoint was trained against teacher fingerprint {meta['teacher_fingerprint']} "
                 f"({meta.get('teacher_path')}), but model.teacher gives {fp}: resume with the original teacher.")
-        (self.engine or self.build_engine()).load_state_dict(checkpoint[ENGINE_KEY])
+        payload = checkpoint[ENGINE_KEY]
+        engine = self.engine or self.build_engine()
+        if "dcp" not in payload:  # an in-memory payload (TrainEngine.state_dict)
+            engine.load_state_dict(payload)
+            return
+        exact = engine.load_sharded(Path(self.trainer.ckpt_path).parent / payload["dcp"], payload)
+        if not exact and self.groups.rank == 0:
+            from nemo.utils import logging
+
+            logging.warning("resumed at another world size: weights, optimizer and EMA restored; the data stream "
+                            "starts afresh (its positions are per rank).")
+
+    def save_nemo(self, path: str | Path) -> None:
+        """Collective: write `model.nemo` (ModelPT.save_to) from rank 0 with full weights, gathered from
+        every rank when the network is sharded (fsdp2)."""
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(p, DTensor) for p in self.net.parameters()):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            self._state_override = {f"net.{k}": v for k, v in full.items()}
+        try:
+            if self.groups.rank == 0:
+                self.save_to(str(path))
+        finally:
+            self._state_override = None
+
+    def state_dict(self, *args, **kwargs):
+        """The module's state dict; during `save_nemo` of a sharded network, the gathered full one."""
+        if getattr(self, "_state_override", None) is not None:
+            return dict(self._state_override)
+        return super().state_dict(*args, **kwargs)
 
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -102,7 +102,7 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
               "data": model._stream.summary() if model._stream is not None else None}
     if groups.rank == 0:
         (Path(log_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
-        model.save_to(str(Path(log_dir) / "model.nemo"))
+    model.save_nemo(Path(log_dir) / "model.nemo")  # collective: gathers sharded weights
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
     result["model"] = model

@@ -11,6 +11,7 @@ notion of epochs.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,17 +101,38 @@ def _self_parallel_strategy():
         def configure_ddp(self) -> None:
             pass  # the model's own parallelize() did it
 
+        def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+            hook = getattr(self.lightning_module, "save_sharded_checkpoint", None)
+            keep = hook(checkpoint, sharded_dir(filepath)) if hook is not None else None  # every rank
+            super().save_checkpoint(checkpoint, filepath, storage_options)  # rank 0 writes the .ckpt
+            if keep is not None and self.is_global_zero:  # the .ckpt now points at `keep`: older steps go
+                for old in keep.parent.iterdir():
+                    if old != keep:
+                        shutil.rmtree(old, ignore_errors=True)
+
+        def remove_checkpoint(self, filepath) -> None:
+            super().remove_checkpoint(filepath)
+            if self.is_global_zero:
+                shutil.rmtree(sharded_dir(filepath), ignore_errors=True)
+
     return SelfParallelStrategy()
 
 
+def sharded_dir(ckpt_path) -> Path:
+    """The directory beside a Lightning .ckpt that holds its sharded tensors: `<stem>.dcp/`."""
+    return Path(ckpt_path).with_suffix(".dcp")
+
+
 def resolve_strategy(tc: TrainerConfig, self_parallel: bool = False):
-    """Lightning's strategy for `tc`. `self_parallel`: the model parallelises itself, so a multi-rank
-    run gets a DDPStrategy that does not wrap it (and trainer.strategy=fsdp is refused)."""
+    """Lightning's strategy for `tc`. `self_parallel`: the model parallelises itself and checkpoints its
+    tensors through DCP (`save_sharded_checkpoint(checkpoint, dir)`), so every run (one rank too) gets
+    a DDPStrategy that does not wrap it, writes that directory beside each .ckpt and removes it with
+    the .ckpt (trainer.strategy=fsdp is refused)."""
     if self_parallel:
         if tc.strategy == "fsdp":
             raise ConfigError("trainer.strategy=fsdp: stage 2 shards its network itself; set trainer.strategy=auto "
                               "and model.parallel.data_parallel=fsdp2.")
-        return _self_parallel_strategy() if tc.strategy == "ddp" or tc.world_size > 1 else "auto"
+        return _self_parallel_strategy()
     if tc.strategy == "fsdp":
         if not torch.cuda.is_available():
             raise ConfigError("trainer.strategy=fsdp needs CUDA GPUs; on CPU use trainer.strategy=ddp (or auto).")
