@@ -26,18 +26,23 @@ def overrides(tiny, exp, steps=10, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in merged.items()]
 
 
-def _train_worker(rank, world, over):
-    """Run the recipe; return (per-step losses, full weights gathered from every layout, validation)."""
+def _runs_worker(rank, world, runs):
+    """Run the recipe once per overrides list in `runs`, in this process one after the other; per run:
+    (per-step losses of this rank, full weights gathered from every layout, validation, parameter kinds)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from llm2clip_nemo.config import load_config
     from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig, run
 
-    res = run(load_config(TrainCLIPConfig, "pretrain_tiny", over))
-    net = res["model"].net
-    full = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    kinds = sorted({type(p).__name__ for p in net.parameters()})
-    return res["losses"], {k: v for k, v in full.items() if isinstance(v, torch.Tensor)}, res["validation"], kinds
+    out = []
+    for over in runs:
+        res = run(load_config(TrainCLIPConfig, "pretrain_tiny", over))
+        net = res["model"].net
+        full = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        kinds = sorted({type(p).__name__ for p in net.parameters()})
+        out.append((res["losses"], {k: v for k, v in full.items() if isinstance(v, torch.Tensor)}, res["validation"],
+                    kinds))
+    return out
 
 
 def _assert_same_losses(got, want):
@@ -46,20 +51,76 @@ def _assert_same_losses(got, want):
         assert a == pytest.approx(b, rel=REL), f"step {step}: {a!r} vs {b!r}"
 
 
-def test_fsdp2_equals_ddp_on_two_ranks(tiny):
+K = 4  # the interrupted runs stop after step K (their checkpoint: last.ckpt + last.dcp/ at step K)
+EMA = {"model.ema.enabled": "true", "model.ema.decay": 0.9, "model.ema.warmup_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny):
+    """Six runs on 2 gloo ranks in one pair of processes: DDP and FSDP2 for 10 steps; FSDP2 stopped
+    after step K then resumed under DDP to 10; DDP stopped after K then resumed under FSDP2."""
+    def o(exp, dp, steps=10):
+        return overrides(tiny, exp, steps, **{"model.parallel.data_parallel": dp, **EMA})
+
+    names = ["ddp", "fsdp", "f2d_first", "f2d_resumed", "d2f_first", "d2f_resumed"]
+    plan = [o("ddp", "ddp"), o("fsdp", "fsdp2"), o("f2d", "fsdp2", K), o("f2d", "ddp"), o("d2f", "ddp", K),
+            o("d2f", "fsdp2")]
+    per_rank = run_workers(_runs_worker, 2, plan)
+    return {n: [per_rank[r][i] for r in range(2)] for i, n in enumerate(names)}
+
+
+def test_fsdp2_equals_ddp_on_two_ranks(runs):
     """10 steps of pretrain_tiny on 2 gloo ranks: FSDP2 (sharded DTensor parameters) and DDP (composable
-    replicate) give the same per-step losses (relative 1e-5), the same final weights and the same
-    held-out retrieval."""
-    ddp = run_workers(_train_worker, 2, overrides(tiny, "ddp", **{"model.parallel.data_parallel": "ddp"}))
-    fsdp = run_workers(_train_worker, 2, overrides(tiny, "fsdp", **{"model.parallel.data_parallel": "fsdp2"}))
-    (l_ddp, w_ddp, v_ddp, k_ddp), (l_fsdp, w_fsdp, v_fsdp, k_fsdp) = ddp[0], fsdp[0]
-    assert k_ddp == ["Parameter"] and "DTensor" in k_fsdp  # really the two layouts
-    assert len(l_ddp) == 10
-    _assert_same_losses(l_fsdp, l_ddp)
-    _assert_same_losses(fsdp[1][0], ddp[1][0])  # rank 1's own micro-batch losses too
-    assert set(w_fsdp) == set(w_ddp)
+    replicate) give the same per-step losses on both ranks (relative 1e-5), the same final weights
+    and the same held-out retrieval at steps 5 and 10."""
+    for rank in range(2):
+        (l_ddp, w_ddp, v_ddp, k_ddp), (l_fsdp, w_fsdp, v_fsdp, k_fsdp) = runs["ddp"][rank], runs["fsdp"][rank]
+        assert k_ddp == ["Parameter"] and "DTensor" in k_fsdp  # really the two layouts
+        assert [s for s, _ in l_ddp] == list(range(10))
+        _assert_same_losses(l_fsdp, l_ddp)
+    w_ddp, w_fsdp = runs["ddp"][0][1], runs["fsdp"][0][1]  # gathered on rank 0
+    assert set(w_fsdp) == set(w_ddp) and len(w_ddp) > 10
     for name, want in w_ddp.items():
         torch.testing.assert_close(w_fsdp[name], want, rtol=1e-5, atol=1e-6, msg=name)
     assert [v["step"] for v in v_fsdp] == [v["step"] for v in v_ddp] == [5, 10]
     for a, b in zip(v_fsdp, v_ddp):
-        assert a["mean_R@1"] == pytest.approx(b["mean_R@1"]) if "mean_R@1" in a else a == b
+        assert a["i2t_R@1"] == pytest.approx(b["i2t_R@1"]) and a["t2i_R@1"] == pytest.approx(b["t2i_R@1"])
+
+
+@pytest.mark.parametrize("first,resumed", [("f2d_first", "f2d_resumed"), ("d2f_first", "d2f_resumed")])
+def test_resume_under_the_other_layout_repeats_the_losses(runs, first, resumed):
+    """Stopped after step K under one layout (its checkpoint: the .ckpt + the DCP directory of model,
+    optimizer and EMA, per-rank data position and RNG), resumed under the other: steps 0..K-1 and
+    K..9 together are the uninterrupted DDP run's losses on each rank (relative 1e-5), and so are the
+    final weights."""
+    for rank in range(2):
+        ref = runs["ddp"][rank][0]
+        assert [s for s, _ in runs[first][rank][0]] == list(range(K))
+        _assert_same_losses(runs[first][rank][0] + runs[resumed][rank][0], ref)
+    for name, want in runs["ddp"][0][1].items():
+        torch.testing.assert_close(runs[resumed][0][1][name], want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fsdp2_checkpoint_and_model_nemo_hold_the_full_weights(tiny, runs):
+    """The FSDP2 run's last.ckpt read in one process (`models.loading.read_ckpt`: the DCP directory's
+    shards joined) and its model.nemo equal the weights gathered at the end of training; the EMA read
+    from the FSDP2-resumed run equals the uninterrupted DDP run's (relative 1e-5)."""
+    from llm2clip_nemo.models.loading import read_ckpt, read_nemo
+
+    root = tiny[0]
+    gathered = runs["fsdp"][0][1]
+    run_dir = root / "fsdp" / "pretrain_tiny"
+    (ckpt,) = (run_dir / "checkpoints").glob("*last.ckpt")
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.dcp/*")) == ["step_00000010"]
+    _, raw, extra = read_ckpt(ckpt, "raw")
+    _, nemo = read_nemo(run_dir / "model.nemo")
+    for name, want in gathered.items():
+        assert torch.equal(raw[f"net.{name}"], want), name
+        assert torch.equal(nemo[f"net.{name}"], want), name
+    ema = {}
+    for exp in ("ddp", "d2f"):
+        (c,) = (root / exp / "pretrain_tiny" / "checkpoints").glob("*last.ckpt")
+        ema[exp] = read_ckpt(c, "ema")[1]
+    assert set(ema["ddp"]) == set(ema["d2f"]) and ema["ddp"]
+    for name, want in ema["ddp"].items():
+        torch.testing.assert_close(ema["d2f"][name], want, rtol=1e-5, atol=1e-6, msg=name)

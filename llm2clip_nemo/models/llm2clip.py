@@ -258,6 +258,8 @@ class LLM2CLIPModel(_model_pt()):
                     break
         finally:
             self.net.train(was)
+            if hasattr(self.net, "reshard"):  # fsdp2: the root group stays gathered after a forward without
+                self.net.reshard()           # backward; a stale gathered copy would shadow the next weight update
         m = self.typed.validation_ds.max_samples
         return torch.cat(imgs)[:m], torch.cat(txts)[:m], keys[:m]
 
