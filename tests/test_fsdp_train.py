@@ -143,3 +143,16 @@ def test_compile_equals_eager_through_the_recipe(tiny):
     assert [s for s, _ in r_eager[0]] == list(range(5)) and r_eager[0][0][1] != r_eager[0][-1][1]
     assert r_eager[3] == ["Parameter"] and r_compiled[3] == ["DTensor", "Parameter", "compiled"]
     _assert_same_losses(r_compiled[0], r_eager[0])
+
+
+def test_two_rank_fsdp2_checkpoint_resumes_on_one_rank(tiny, runs):
+    """The 2-rank FSDP2 run's step-10 checkpoint resumed by a 1-rank DDP run (DCP reshards 2 -> 1):
+    it continues at step 10 with exactly the weights the 2-rank run ended with. (The data position is
+    per rank and is not carried across a change of world size: the stream starts afresh, so the losses
+    after such a resume are not those of an uninterrupted run.)"""
+    root = tiny[0]
+    shutil.copytree(root / "fsdp", root / "to1")
+    (r,), = run_workers(_runs_worker, 1, [overrides(tiny, "to1", 10, **{"trainer.devices": 1, **EMA})])
+    assert r[0] == [] and r[3] == ["Parameter"]  # no step left to train; restored into a plain (unsharded) net
+    for name, want in runs["fsdp"][0][1].items():
+        assert torch.equal(r[1][name], want), name
