@@ -156,3 +156,20 @@ def test_two_rank_fsdp2_checkpoint_resumes_on_one_rank(tiny, runs):
     assert r[0] == [] and r[3] == ["Parameter"]  # no step left to train; restored into a plain (unsharded) net
     for name, want in runs["fsdp"][0][1].items():
         assert torch.equal(r[1][name], want), name
+
+
+def test_refused_combinations_name_the_fix():
+    """vision.recompute with parallel.activation_checkpointing, and Lightning's FSDP for stage 2, are one-line config errors."""
+    from llm2clip_nemo.config import ConfigError, load_config
+    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
+    from llm2clip_nemo.recipes.trainer import TrainerConfig, resolve_strategy
+
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainCLIPConfig, "pretrain_tiny", ["model.vision.recompute=true",
+                                                       "model.parallel.activation_checkpointing=true"])
+    assert str(e.value) == ("model.vision.recompute=true and model.parallel.activation_checkpointing=true would "
+                            "checkpoint every block twice: set one of them to false.")
+    with pytest.raises(ConfigError) as e:
+        resolve_strategy(TrainerConfig(strategy="fsdp"), self_parallel=True)
+    assert str(e.value) == ("trainer.strategy=fsdp: stage 2 shards its network itself; set trainer.strategy=auto "
+                            "and model.parallel.data_parallel=fsdp2.")
