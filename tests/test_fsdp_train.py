@@ -62,11 +62,11 @@ EMA = {"model.ema.enabled": "true", "model.ema.decay": 0.9, "model.ema.warmup_st
 def runs(tiny):
     """Six runs on 2 gloo ranks in one pair of processes: DDP and FSDP2 for 10 steps; FSDP2 stopped
     after step K then resumed under DDP to 10; DDP stopped after K then resumed under FSDP2."""
-    def o(exp, dp, steps=10):
-        return overrides(tiny, exp, steps, **{"model.parallel.data_parallel": dp, **EMA})
+    def o(exp, dp, steps=10, **extra):
+        return overrides(tiny, exp, steps, **{"model.parallel.data_parallel": dp, **EMA, **extra})
 
     names = ["ddp", "fsdp", "f2d_first", "f2d_resumed", "d2f_first", "d2f_resumed"]
-    plan = [o("ddp", "ddp"), o("fsdp", "fsdp2"), o("f2d", "fsdp2", K), o("f2d", "ddp"), o("d2f", "ddp", K),
+    plan = [o("ddp", "ddp", **{"exp_manager.checkpoint_every_n_steps": 5}), o("fsdp", "fsdp2"), o("f2d", "fsdp2", K), o("f2d", "ddp"), o("d2f", "ddp", K),
             o("d2f", "fsdp2")]
     per_rank = run_workers(_runs_worker, 2, plan)
     return {n: [per_rank[r][i] for r in range(2)] for i, n in enumerate(names)}
@@ -125,6 +125,12 @@ def test_fsdp2_checkpoint_and_model_nemo_hold_the_full_weights(tiny, runs):
         (c,) = (root / exp / "pretrain_tiny" / "checkpoints").glob("*last.ckpt")
         ema[exp] = read_ckpt(c, "ema")[1]
     assert set(ema["ddp"]) == set(ema["d2f"]) and ema["ddp"]
+    # the DDP run checkpointed every 5 steps: one DCP directory per .ckpt; last's shares step 10's files
+    ckpts = root / "ddp" / "pretrain_tiny" / "checkpoints"
+    assert sorted(str(p.relative_to(ckpts)) for p in ckpts.glob("*.dcp/*")) == [
+        "step=10-last.dcp/step_00000010", "step=10.dcp/step_00000010", "step=5.dcp/step_00000005"]
+    for f in (ckpts / "step=10.dcp" / "step_00000010").iterdir():
+        assert f.stat().st_ino == (ckpts / "step=10-last.dcp" / "step_00000010" / f.name).stat().st_ino, f.name
     for name, want in ema["ddp"].items():
         torch.testing.assert_close(ema["d2f"][name], want, rtol=1e-5, atol=1e-6, msg=name)
 

@@ -292,13 +292,29 @@ class LLM2CLIPModel(_model_pt()):
 
     def save_sharded_checkpoint(self, checkpoint: dict, directory: Path) -> Path:
         """Collective (every rank): write the engine's tensors for the .ckpt being saved to
-        `directory/step_NNNNNNNN` (`TrainEngine.save_sharded`; kept when a checkpoint of the same step,
-        e.g. `last` after `step=N`, was written there already) and record that path, relative to the
-        .ckpt's folder, as checkpoint[ENGINE_KEY]["dcp"]. Returns the step directory."""
+        `directory/step_NNNNNNNN` (`TrainEngine.save_sharded`) and record that path, relative to the
+        .ckpt's folder, as checkpoint[ENGINE_KEY]["dcp"]. When another checkpoint of the same step was
+        written beside it (Lightning saves `step=N` then `last` at the same step), its files are
+        hard-linked instead of written again; a complete `target` is kept. Returns the step directory."""
+        import os
+        import shutil
+
+        import torch.distributed as dist
+
         from ..engine.checkpoint import is_complete
 
         target = Path(directory) / f"step_{self.engine.step:08d}"
-        if not is_complete(target):
+        done = is_complete(target)
+        twin = None if done else next((d for d in sorted(Path(directory).parent.glob(f"*.dcp/{target.name}"))
+                                       if d != target and is_complete(d)), None)
+        if twin is not None:
+            group = self._dp_group()
+            dist.barrier(group=group)  # every rank has decided before rank 0 creates `target`
+            if self.groups.rank == 0:
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(twin, target, copy_function=os.link)
+            dist.barrier(group=group)
+        elif not done:
             self.engine.save_sharded(target).wait()
         checkpoint[ENGINE_KEY]["dcp"] = f"{target.parent.name}/{target.name}"
         return target
