@@ -3,7 +3,9 @@
     engine = TrainEngine(net, cfg.optim, max_steps, dp_group=..., data=stream, ema=cfg.ema)
     engine.attach(backward=module.manual_backward, optimizer_step=module.optimizers().step)
     out = engine.train_step(batch, loss_fn, samples=len(batch))     # once per micro-batch
-    payload = engine.state_dict()    # the whole checkpoint;  engine.load_state_dict(payload) on resume
+    payload = engine.state_dict()    # the whole state in memory;  engine.load_state_dict(payload) on resume
+    engine.save_sharded(dir); meta = engine.meta_state_dict()   # a run's checkpoint: tensors via DCP (any
+    engine.load_sharded(dir, meta)                             # layout, world size) + small counters
 
 One call of `train_step` is one micro-batch: it records the batch in the data position, sets the
 learning rate (`optim.lr_at`), computes the loss, agrees with the other data-parallel ranks whether
