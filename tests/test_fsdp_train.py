@@ -179,3 +179,25 @@ def test_refused_combinations_name_the_fix():
         resolve_strategy(TrainerConfig(strategy="fsdp"), self_parallel=True)
     assert str(e.value) == ("trainer.strategy=fsdp: stage 2 shards its network itself; set trainer.strategy=auto "
                             "and model.parallel.data_parallel=fsdp2.")
+
+
+def _cli_worker(rank, world, argv):
+    import contextlib
+    import io
+
+    from llm2clip_nemo.recipes.train_clip import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv, "pretrain")
+    return code, [line for line in err.getvalue().splitlines() if line.startswith("llm2clip-nemo")]
+
+
+def test_resume_that_does_not_fit_exits_2_in_one_line(tiny, runs):
+    """Resuming the FSDP2 run's checkpoint (trained with EMA) without EMA: exit code 2, one line naming the fix."""
+    root = tiny[0]
+    shutil.copytree(root / "fsdp", root / "no_ema")
+    argv = ["--config-name", "pretrain_tiny", *overrides(tiny, "no_ema", 12, **{"trainer.devices": 1})]
+    assert run_workers(_cli_worker, 1, argv) == [(2, [
+        "llm2clip-nemo pretrain: config error: the checkpoint has an EMA but this run sets model.ema.enabled=False: "
+        "resume with the setting it was trained with."])]

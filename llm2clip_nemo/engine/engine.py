@@ -260,7 +260,7 @@ class TrainEngine:
         Returns whether the data position was restored. ValueError as `load_state_dict`."""
         from .checkpoint import load_checkpoint
 
-        self._check_meta(meta)
+        self.check_meta(meta)
         loaded = load_checkpoint(path, self.model, self.optimizer, modules=self._sharded_modules(), group=self.dp_group)
         if self.ema is not None:
             self.ema.updates = int(meta["ema"]["updates"])
@@ -274,7 +274,8 @@ class TrainEngine:
     def _sharded_modules(self) -> dict:
         return {"ema": _EmaShadows(self.ema)} if self.ema is not None else {}
 
-    def _check_meta(self, state: dict) -> None:
+    def check_meta(self, state: dict) -> None:
+        """ValueError unless `state` (a `meta_state_dict()`) is of this version and has EMA exactly when this run has."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"training state version {state.get('version')!r} is not {STATE_VERSION}")
         if (state["ema"] is None) != (self.ema is None):
@@ -287,7 +288,7 @@ class TrainEngine:
         model to its device and built its data iterators (which draw from torch's RNG).
         Raises KeyError when the trainable parameter names differ, ValueError on another version or
         when the checkpoint has EMA and this run not (or the reverse)."""
-        self._check_meta(state)
+        self.check_meta(state)
         mine = dict(self.trainable)
         if set(state["model"]) != set(mine):
             raise KeyError(f"checkpoint does not fit the trained parameters: missing "

@@ -328,12 +328,21 @@ class LLM2CLIPModel(_model_pt()):
             raise ConfigError(
                 f"the checkpoint was trained against teacher fingerprint {meta['teacher_fingerprint']} "
                 f"({meta.get('teacher_path')}), but model.teacher gives {fp}: resume with the original teacher.")
+        from ..engine.checkpoint import TrainingCheckpointError, read_train_state
+
         payload = checkpoint[ENGINE_KEY]
         engine = self.engine or self.build_engine()
-        if "dcp" not in payload:  # an in-memory payload (TrainEngine.state_dict)
+        directory = Path(self.trainer.ckpt_path).parent / payload["dcp"] if "dcp" in payload else None
+        try:  # a resume that does not fit this run: one line naming the fix (exit 2), before any collective
+            engine.check_meta(payload)
+            if directory is not None:
+                read_train_state(directory)
+        except (ValueError, TrainingCheckpointError) as e:
+            raise ConfigError(str(e)) from None
+        if directory is None:  # an in-memory payload (TrainEngine.state_dict)
             engine.load_state_dict(payload)
             return
-        exact = engine.load_sharded(Path(self.trainer.ckpt_path).parent / payload["dcp"], payload)
+        exact = engine.load_sharded(directory, payload)
         if not exact and self.groups.rank == 0:
             from nemo.utils import logging
 
