@@ -84,8 +84,13 @@ def test_export_hf_weights_ema_or_raw(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.splitlines() == [f"llm2clip-nemo convert export-hf: error: --weights ema but {tiny['ckpt']} has no EMA "
                                 "(trained with model.ema.enabled=false): use --weights raw."]
+    from llm2clip_nemo.models.loading import read_ckpt
+
     ckpt = torch.load(tiny["ckpt"], map_location="cpu", weights_only=False)
-    model = ckpt["engine"]["model"]
+    # an in-memory engine payload (TrainEngine.state_dict layout) built from the run's DCP tensors, with an EMA added
+    model = {k.removeprefix("net."): v for k, v in read_ckpt(tiny["ckpt"], "raw")[1].items()}
+    del ckpt["engine"]["dcp"]
+    ckpt["engine"]["model"] = model
     ckpt["engine"]["ema"] = {"updates": 2, "shadow": {k: v + 0.5 for k, v in model.items()}}
     with_ema = tmp_path / "ema.ckpt"
     torch.save(ckpt, with_ema)

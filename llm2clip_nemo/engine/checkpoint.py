@@ -109,7 +109,7 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None, modules: M
     else:
         state = {"model": get_model_state_dict(model)}
     for name, m in (modules or {}).items():
-        state[name] = get_model_state_dict(m)
+        state[name] = get_model_state_dict(m) if isinstance(m, nn.Module) else m.state_dict()
     return state
 
 
@@ -159,9 +159,11 @@ class PendingSave:
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, step: int,
                     extras: dict | None = None, rank_state: dict | None = None,
-                    modules: Mapping[str, nn.Module] | None = None, async_save: bool = False,
+                    modules: Mapping[str, object] | None = None, async_save: bool = False,
                     group=None) -> PendingSave:
     """Write a checkpoint of `model`, `optimizer` and `modules` (e.g. {"ema": ema_net}) to directory `path`.
+    A `modules` entry is an nn.Module or any object with `state_dict()` -> {name: tensor} of its live
+    tensors and `load_state_dict(sd)` (a DCP `Stateful`, e.g. the engine's EMA shadows).
 
     Collective: every rank of `group` (None: the default group) calls it with the same `path`.
     `extras` (JSON-able: step counters, the data position) is written by rank 0; `rank_state`
@@ -240,7 +242,10 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     else:
         set_model_state_dict(model, state["model"])
     for name, m in (modules or {}).items():
-        set_model_state_dict(m, state[name])
+        if isinstance(m, nn.Module):
+            set_model_state_dict(m, state[name])
+        else:
+            m.load_state_dict(state[name])
     rank_state = None
     if meta["world_size"] == world:
         saved = torch.load(rank_file(path, rank), weights_only=True)

@@ -3,7 +3,9 @@
     engine = TrainEngine(net, cfg.optim, max_steps, dp_group=..., data=stream, ema=cfg.ema)
     engine.attach(backward=module.manual_backward, optimizer_step=module.optimizers().step)
     out = engine.train_step(batch, loss_fn, samples=len(batch))     # once per micro-batch
-    payload = engine.state_dict()    # the whole checkpoint;  engine.load_state_dict(payload) on resume
+    payload = engine.state_dict()    # the whole state in memory;  engine.load_state_dict(payload) on resume
+    engine.save_sharded(dir); meta = engine.meta_state_dict()   # a run's checkpoint: tensors via DCP (any
+    engine.load_sharded(dir, meta)                             # layout, world size) + small counters
 
 One call of `train_step` is one micro-batch: it records the batch in the data position, sets the
 learning rate (`optim.lr_at`), computes the loss, agrees with the other data-parallel ranks whether
@@ -178,7 +180,7 @@ class TrainEngine:
 
     def _finish_step(self, step: int) -> dict:
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], self.cfg.grad_clip)
+            self._clip([p for _, p in self.trainable])
         lr = self._acc["lr"]
         self._optimizer_step()
         if self.ema is not None:
@@ -200,6 +202,19 @@ class TrainEngine:
                             if isinstance(v, (int, float)) and k != "samples_per_s"})
         return metrics
 
+    def _clip(self, params: list[torch.Tensor]) -> None:
+        """Clip the gradients' global L2 norm to `optim.grad_clip`: torch's function for plain tensors,
+        `parallelize.clip_grad_norm_` (the same formula, sharded norms summed over `dp_group`) when the
+        model is sharded (fsdp2 DTensor parameters)."""
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(p, DTensor) for p in params):
+            from .parallelize import clip_grad_norm_
+
+            clip_grad_norm_(params, self.cfg.grad_clip, group=self.dp_group)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+
     def _extra(self) -> dict:
         return self.extra_metrics() if self.extra_metrics is not None else {}
 
@@ -210,16 +225,62 @@ class TrainEngine:
 
     # ---- the checkpoint -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The whole training state: {"version", "step", "nonfinite_steps", "model" (trainable weights by
-        parameter name, CPU copies), "optimizer", "ema" (or None), "data" (the data source's position,
-        or None), "rng" (`rng_state()`)}. Take it at an optimizer-step boundary (Lightning's step
-        checkpoints are): gradients of a half-accumulated step are not part of it."""
-        return {"version": STATE_VERSION, "step": self.step, "nonfinite_steps": self.nonfinite_steps,
-                "model": {n: p.detach().cpu().clone() for n, p in self.trainable},
+        """The whole training state in memory (plain-torch use): {"version", "step", "nonfinite_steps",
+        "model" (trainable weights by parameter name, CPU copies), "optimizer", "ema" (or None), "data"
+        (the data source's position, or None), "rng" (`rng_state()`)}. Take it at an optimizer-step
+        boundary (Lightning's step checkpoints are): gradients of a half-accumulated step are not part
+        of it. Unsharded models only; a run checkpoints with `save_sharded` + `meta_state_dict`."""
+        return {**self.meta_state_dict(), "model": {n: p.detach().cpu().clone() for n, p in self.trainable},
                 "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "data": self.data.state_dict() if self.data is not None else None,
-                "rng": rng_state()}
+                "ema": self.ema.state_dict() if self.ema is not None else None}
+
+    def meta_state_dict(self) -> dict:
+        """The training state without tensors of the model's size: {"version", "step", "nonfinite_steps",
+        "ema": {"updates"} or None, "data", "rng"} (this process's data position and RNG)."""
+        return {"version": STATE_VERSION, "step": self.step, "nonfinite_steps": self.nonfinite_steps,
+                "ema": {"updates": self.ema.updates} if self.ema is not None else None,
+                "data": self.data.state_dict() if self.data is not None else None, "rng": rng_state()}
+
+    def save_sharded(self, path: str | Path):
+        """Write the model, optimizer and EMA tensors to DCP directory `path` (`engine.checkpoint.save_checkpoint`:
+        every rank its own shards, whatever the layout; FQNs as in the unwrapped model), with each rank's
+        data position (`rank_state`) and RNG. Collective over `dp_group`. Returns the `PendingSave`."""
+        from .checkpoint import save_checkpoint
+
+        rank_state = {"data": self.data.state_dict() if self.data is not None else None}
+        return save_checkpoint(path, self.model, self.optimizer, step=self.step, rank_state=rank_state,
+                               modules=self._sharded_modules(), group=self.dp_group)
+
+    def load_sharded(self, path: str | Path, meta: dict) -> bool:
+        """Restore a checkpoint written by `save_sharded` (tensors, into the current layout and world size)
+        and its `meta_state_dict()` (counters). The data position and RNG are this rank's own when the
+        world size is the one that saved; at another world size the data source starts afresh (its
+        positions are per rank) and the RNG is left as it is. The RNG is applied at the next
+        `train_step` (after the outer loop has built its data iterators). Collective over `dp_group`.
+        Returns whether the data position was restored. ValueError as `load_state_dict`."""
+        from .checkpoint import load_checkpoint
+
+        self.check_meta(meta)
+        loaded = load_checkpoint(path, self.model, self.optimizer, modules=self._sharded_modules(), group=self.dp_group)
+        if self.ema is not None:
+            self.ema.updates = int(meta["ema"]["updates"])
+        exact = loaded.rank_state is not None
+        if exact and self.data is not None and loaded.rank_state.get("data") is not None:
+            self.data.load_state_dict(loaded.rank_state["data"])
+        self.step, self.nonfinite_steps = int(meta["step"]), int(meta["nonfinite_steps"])
+        self._pending = {"optimizer": None, "rng": rng_state() if exact else None}
+        return exact
+
+    def _sharded_modules(self) -> dict:
+        return {"ema": _EmaShadows(self.ema)} if self.ema is not None else {}
+
+    def check_meta(self, state: dict) -> None:
+        """ValueError unless `state` (a `meta_state_dict()`) is of this version and has EMA exactly when this run has."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"training state version {state.get('version')!r} is not {STATE_VERSION}")
+        if (state["ema"] is None) != (self.ema is None):
+            raise ValueError(f"the checkpoint {'has no' if state['ema'] is None else 'has an'} EMA but this run sets "
+                             f"model.ema.enabled={self.ema is not None}: resume with the setting it was trained with.")
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()`. Weights, counters, EMA and data position at once; the optimizer
@@ -227,16 +288,12 @@ class TrainEngine:
         model to its device and built its data iterators (which draw from torch's RNG).
         Raises KeyError when the trainable parameter names differ, ValueError on another version or
         when the checkpoint has EMA and this run not (or the reverse)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"training state version {state.get('version')!r} is not {STATE_VERSION}")
+        self.check_meta(state)
         mine = dict(self.trainable)
         if set(state["model"]) != set(mine):
             raise KeyError(f"checkpoint does not fit the trained parameters: missing "
                            f"{sorted(set(mine) - set(state['model']))[:6]}, unexpected "
                            f"{sorted(set(state['model']) - set(mine))[:6]}.")
-        if (state["ema"] is None) != (self.ema is None):
-            raise ValueError(f"the checkpoint {'has no' if state['ema'] is None else 'has an'} EMA but this run sets "
-                             f"model.ema.enabled={self.ema is not None}: resume with the setting it was trained with.")
         with torch.no_grad():
             for n, p in mine.items():
                 p.copy_(state["model"][n])
@@ -249,5 +306,25 @@ class TrainEngine:
 
     def _apply_pending(self) -> None:
         pending, self._pending = self._pending, None
-        self.optimizer.load_state_dict(pending["optimizer"])
-        set_rng_state(pending["rng"])
+        if pending["optimizer"] is not None:
+            self.optimizer.load_state_dict(pending["optimizer"])
+        if pending["rng"] is not None:
+            set_rng_state(pending["rng"])
+
+
+class _EmaShadows:
+    """The EMA's shadow tensors as a DCP `Stateful` ({parameter name: shadow}, the live tensors, so DCP
+    loads into them in place; DTensor shards under fsdp2, like the parameters they follow)."""
+
+    def __init__(self, ema: EMA):
+        self.ema = ema
+
+    def state_dict(self) -> dict:
+        self.ema._follow()
+        return dict(self.ema.shadow)
+
+    def load_state_dict(self, sd: dict) -> None:
+        with torch.no_grad():
+            for n, t in sd.items():
+                if t is not self.ema.shadow[n]:
+                    self.ema.shadow[n].copy_(t)

@@ -11,6 +11,7 @@ from ..config import ConfigError
 from ..data.config import StreamConfig
 from ..engine.ema import EmaConfig
 from ..engine.optim import OptimConfig
+from ..engine.parallelize import ParallelizeConfig
 from ..text.adapter import AdapterConfig
 from ..text.config import TeacherConfig
 from ..vision.config import ViTConfig
@@ -60,6 +61,11 @@ class LLM2CLIPConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    parallel: ParallelizeConfig = field(default_factory=ParallelizeConfig)
+    """How the network (ViT, adapter, logit scale) is parallelised over the vision data-parallel group,
+    applied by the model itself before its optimizer is built (`engine.parallelize`; Lightning then
+    leaves the module unwrapped): data_parallel ddp | fsdp2, activation_checkpointing, compile.
+    The training state is checkpointed through DCP, so a run resumes under another layout."""
     train_ds: StreamConfig = field(default_factory=StreamConfig)
     validation_ds: ValidationConfig = field(default_factory=ValidationConfig)
     global_batch_size: int = 0
@@ -83,6 +89,9 @@ class LLM2CLIPConfig:
                               f"checkpoint, but model.mode={self.mode}: give model.vision.{f} a value.")
         if self.teacher_mode not in ("offline", "online"):
             raise ConfigError(f"model.teacher_mode={self.teacher_mode!r}: choose offline or online.")
+        if self.vision.recompute and self.parallel.activation_checkpointing:
+            raise ConfigError("model.vision.recompute=true and model.parallel.activation_checkpointing=true would "
+                              "checkpoint every block twice: set one of them to false.")
 
     @property
     def stream_output(self) -> str:

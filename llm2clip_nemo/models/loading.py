@@ -120,7 +120,7 @@ def read_ckpt(path: Path, weights: str | None = None) -> tuple[dict, dict, dict]
     ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     engine = ckpt.get("engine") if isinstance(ckpt, dict) else None
-    if not isinstance(engine, dict) or "model" not in engine or "cfg" not in hp:
+    if not isinstance(engine, dict) or not ("model" in engine or "dcp" in engine) or "cfg" not in hp:
         raise UnknownLayoutError(f"unknown checkpoint layout: {path} is a .ckpt without state_dict (engine.model) and "
                                  f"hyper_parameters.cfg (keys {sorted(ckpt)[:8] if isinstance(ckpt, dict) else '?'}): "
                                  "not a stage-2 (pretrain/finetune) Lightning checkpoint.")
@@ -132,9 +132,24 @@ def read_ckpt(path: Path, weights: str | None = None) -> tuple[dict, dict, dict]
     if chosen == "ema" and engine.get("ema") is None:
         raise ConfigError(f"--weights ema but {path} has no EMA (trained with model.ema.enabled=false): "
                           "use --weights raw.")
-    sd = engine["ema"]["shadow"] if chosen == "ema" else engine["model"]
+    if "dcp" in engine:  # the tensors in the DCP directory beside the .ckpt, any layout and world size
+        sd = _read_dcp(Path(path).parent / engine["dcp"], "ema" if chosen == "ema" else "model")
+    else:
+        sd = engine["ema"]["shadow"] if chosen == "ema" else engine["model"]
     extra = {"global_step": ckpt.get("global_step"), **ckpt.get("llm2clip", {}), "weights": chosen}
     return cfg, {f"net.{k}": v for k, v in sd.items()}, extra
+
+
+def _read_dcp(directory: Path, key: str) -> dict[str, torch.Tensor]:
+    """The full tensors of part `key` ("model" or "ema") of a training DCP checkpoint, in this process
+    (`engine.checkpoint.read_full_state_dict`); UnknownLayoutError when it is missing or incomplete."""
+    from ..engine.checkpoint import TrainingCheckpointError, read_full_state_dict
+
+    try:
+        sd = read_full_state_dict(directory, key)
+    except TrainingCheckpointError as e:
+        raise UnknownLayoutError(str(e)) from None
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
 def _check_model_cfg(cfg: dict, path: Path) -> None:

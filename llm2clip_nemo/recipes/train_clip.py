@@ -89,7 +89,7 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
     micro = cfg.trainer.accumulate_grad_batches
     if cfg.model.global_batch_size:
         cfg.model.train_ds.batch_size = per_rank_batch(cfg.model.global_batch_size, groups.world_size, micro)
-    trainer, log_dir = build_trainer(cfg)
+    trainer, log_dir = build_trainer(cfg, self_parallel=True)
     model = LLM2CLIPModel(to_dictconfig(cfg.model), trainer=trainer, groups=groups)
     # samples/s per device, model TFLOP/s and MFU of every step (runtime.throughput), logged and summarised
     meter = meter_for(cfg.model, model.net.adapter.input_dim, groups.world_size, groups.device.type,
@@ -102,7 +102,7 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
               "data": model._stream.summary() if model._stream is not None else None}
     if groups.rank == 0:
         (Path(log_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
-        model.save_to(str(Path(log_dir) / "model.nemo"))
+    model.save_nemo(Path(log_dir) / "model.nemo")  # collective: gathers sharded weights
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
     result["model"] = model

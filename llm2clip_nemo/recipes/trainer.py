@@ -11,6 +11,7 @@ notion of epochs.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,48 @@ def resolve_precision(p: str) -> str:
     return p
 
 
-def resolve_strategy(tc: TrainerConfig):
+def _self_parallel_strategy():
+    """A Lightning DDPStrategy that leaves the LightningModule unwrapped: for a model that parallelises
+    itself (stage 2: `engine.parallelize` over its vision DP group, before its optimizer is built).
+    It joins the process group `runtime.init_parallel` already made and adds no gradient reduction."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    class SelfParallelStrategy(DDPStrategy):
+        def configure_ddp(self) -> None:
+            pass  # the model's own parallelize() did it
+
+        def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+            hook = getattr(self.lightning_module, "save_sharded_checkpoint", None)
+            keep = hook(checkpoint, sharded_dir(filepath)) if hook is not None else None  # every rank
+            super().save_checkpoint(checkpoint, filepath, storage_options)  # rank 0 writes the .ckpt
+            if keep is not None and self.is_global_zero:  # the .ckpt now points at `keep`: older steps go
+                for old in keep.parent.iterdir():
+                    if old != keep:
+                        shutil.rmtree(old, ignore_errors=True)
+
+        def remove_checkpoint(self, filepath) -> None:
+            super().remove_checkpoint(filepath)
+            if self.is_global_zero:
+                shutil.rmtree(sharded_dir(filepath), ignore_errors=True)
+
+    return SelfParallelStrategy()
+
+
+def sharded_dir(ckpt_path) -> Path:
+    """The directory beside a Lightning .ckpt that holds its sharded tensors: `<stem>.dcp/`."""
+    return Path(ckpt_path).with_suffix(".dcp")
+
+
+def resolve_strategy(tc: TrainerConfig, self_parallel: bool = False):
+    """Lightning's strategy for `tc`. `self_parallel`: the model parallelises itself and checkpoints its
+    tensors through DCP (`save_sharded_checkpoint(checkpoint, dir)`), so every run (one rank too) gets
+    a DDPStrategy that does not wrap it, writes that directory beside each .ckpt and removes it with
+    the .ckpt (trainer.strategy=fsdp is refused)."""
+    if self_parallel:
+        if tc.strategy == "fsdp":
+            raise ConfigError("trainer.strategy=fsdp: stage 2 shards its network itself; set trainer.strategy=auto "
+                              "and model.parallel.data_parallel=fsdp2.")
+        return _self_parallel_strategy()
     if tc.strategy == "fsdp":
         if not torch.cuda.is_available():
             raise ConfigError("trainer.strategy=fsdp needs CUDA GPUs; on CPU use trainer.strategy=ddp (or auto).")
@@ -120,15 +162,16 @@ def exp_manager_dict(ec: ExpManagerConfig) -> dict:
     }
 
 
-def build_trainer(cfg, callbacks=()) -> tuple:
-    """(lightning.pytorch.Trainer, log_dir) from `cfg.trainer` and `cfg.exp_manager`."""
+def build_trainer(cfg, callbacks=(), self_parallel: bool = False) -> tuple:
+    """(lightning.pytorch.Trainer, log_dir) from `cfg.trainer` and `cfg.exp_manager`; `self_parallel`:
+    see `resolve_strategy`."""
     import lightning.pytorch as pl
     from nemo.utils.exp_manager import exp_manager
 
     tc: TrainerConfig = cfg.trainer
     trainer = pl.Trainer(
         accelerator="gpu" if tc.accelerator == "cuda" else tc.accelerator, devices=tc.devices,
-        num_nodes=tc.num_nodes, strategy=resolve_strategy(tc), precision=resolve_precision(tc.precision),
+        num_nodes=tc.num_nodes, strategy=resolve_strategy(tc, self_parallel), precision=resolve_precision(tc.precision),
         max_steps=tc.max_steps, max_epochs=-1, max_time=tc.max_time, val_check_interval=tc.val_check_interval,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=tc.log_every_n_steps,
         enable_progress_bar=tc.enable_progress_bar, deterministic=tc.deterministic,
