@@ -167,8 +167,13 @@ def check_pretrain_tiny_checkpoints(ckpt_dir: Path, log_text: str) -> None:
     ckpts = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
     assert "step=4-last.ckpt" in ckpts and "step=2.ckpt" in ckpts, (ckpts, log_text[-3000:])
     ck = torch.load(ckpt_dir / "step=4-last.ckpt", weights_only=False, map_location="cpu")
-    assert ck["global_step"] == 4 and ck["llm2clip"]["stream_state"]["world_size"] == 4
-    assert not any(k.startswith("teacher") for k in ck["state_dict"])  # the teacher stays out of checkpoints
+    # the engine's payload: rank 0's data position in the .ckpt, the tensors in its DCP directory
+    assert ck["global_step"] == 4 and ck["engine"]["data"]["world_size"] == 4
+    from llm2clip_nemo.models.loading import read_ckpt
+
+    _, weights, _ = read_ckpt(ckpt_dir / "step=4-last.ckpt", "raw")
+    assert any(k.startswith("net.vision.") for k in weights)
+    assert not any("teacher" in k for k in weights)  # the teacher stays out of checkpoints
 
 
 def test_sbatch_pretrain_tiny_2_nodes_x_2_tasks_writes_a_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
