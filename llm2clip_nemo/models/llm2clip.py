@@ -11,7 +11,8 @@ only its fingerprint (and refuse to resume against another teacher).
 
 `LLM2CLIPModel` is a thin NeMo/Lightning adapter (manual optimisation) over `engine.TrainEngine`,
 which owns the optimizer, layer-wise lr decay, schedule, clipping, the finite-loss skip, EMA,
-throughput and the checkpoint payload (saved under checkpoint["engine"]).
+throughput and the checkpoint payload; its checkpoint hooks (DCP tensors beside each .ckpt) are
+`models.checkpointing.EngineCheckpointHooks`.
 """
 from __future__ import annotations
 
@@ -21,14 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ConfigError
 from ..text.adapter import check_teacher_dim
 from ..text.config import teacher_hidden_size
+from .checkpointing import ENGINE_KEY, EngineCheckpointHooks  # noqa: F401  (ENGINE_KEY re-exported)
 from .llm2clip_config import LLM2CLIPConfig, LossConfig, OptimConfig, ValidationConfig  # noqa: F401  (re-exported)
 from .network import LLM2CLIPNetwork, init_vision_from_hf, layer_id  # noqa: F401  (re-exported)
-
-ENGINE_KEY = "engine"
-"""Key of `TrainEngine.state_dict()` in a Lightning checkpoint (which keeps no other copy of the weights)."""
 
 # ---- the NeMo model ------------------------------------------------------------------------------
 
@@ -38,7 +36,7 @@ def _model_pt():
     return ModelPT
 
 
-class LLM2CLIPModel(_model_pt()):
+class LLM2CLIPModel(EngineCheckpointHooks, _model_pt()):
     """NeMo ModelPT for stage 2. Build with `LLM2CLIPModel(cfg_dictconfig, trainer)`."""
 
     def __init__(self, cfg, trainer=None, groups=None, teacher=None):
@@ -278,98 +276,6 @@ class LLM2CLIPModel(_model_pt()):
             self.logger.log_metrics({f"val/{k}": v for k, v in r.items() if k.startswith(("i2t", "t2i", "mean"))},
                                     step=r["step"])
         return r
-
-    # -- checkpoints: the engine's tensors through DCP, its counters and the teacher's identity --
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """checkpoint[ENGINE_KEY] = `TrainEngine.meta_state_dict()` (step, counters, EMA updates, rank 0's
-        data position and RNG); the weights, optimizer state and EMA go to a DCP directory beside the
-        .ckpt (`save_sharded_checkpoint`, called by the strategy), whose path is added as
-        checkpoint[ENGINE_KEY]["dcp"]. Lightning's own copies of the weights and optimizer are dropped."""
-        checkpoint["llm2clip"] = {"teacher_fingerprint": self.resolve_teacher_identity(),
-                                  "teacher_path": self.typed.teacher.path}
-        checkpoint[ENGINE_KEY] = self.engine.meta_state_dict()
-        checkpoint["state_dict"], checkpoint["optimizer_states"] = {}, []
-
-    def save_sharded_checkpoint(self, checkpoint: dict, directory: Path) -> Path:
-        """Collective (every rank): write the engine's tensors for the .ckpt being saved to
-        `directory/step_NNNNNNNN` (`TrainEngine.save_sharded`) and record that path, relative to the
-        .ckpt's folder, as checkpoint[ENGINE_KEY]["dcp"]. When another checkpoint of the same step was
-        written beside it (Lightning saves `step=N` then `last` at the same step), its files are
-        hard-linked instead of written again; a complete `target` is kept. Returns the step directory."""
-        import os
-        import shutil
-
-        import torch.distributed as dist
-
-        from ..engine.checkpoint import is_complete
-
-        target = Path(directory) / f"step_{self.engine.step:08d}"
-        done = is_complete(target)
-        twin = None if done else next((d for d in sorted(Path(directory).parent.glob(f"*.dcp/{target.name}"))
-                                       if d != target and is_complete(d)), None)
-        if twin is not None:
-            group = self._dp_group()
-            dist.barrier(group=group)  # every rank has decided before rank 0 creates `target`
-            if self.groups.rank == 0:
-                shutil.rmtree(target, ignore_errors=True)
-                shutil.copytree(twin, target, copy_function=os.link)
-            dist.barrier(group=group)
-        elif not done:
-            self.engine.save_sharded(target).wait()
-        checkpoint[ENGINE_KEY]["dcp"] = f"{target.parent.name}/{target.name}"
-        return target
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Check the teacher, then restore the engine: tensors from the checkpoint's DCP directory into
-        this run's layout and world size (collective), counters from the .ckpt."""
-        meta = checkpoint.get("llm2clip", {})
-        fp = self.resolve_teacher_identity()
-        if meta.get("teacher_fingerprint") not in (None, fp):
-            raise ConfigError(
-                f"the checkpoint was trained against teacher fingerprint {meta['teacher_fingerprint']} "
-                f"({meta.get('teacher_path')}), but model.teacher gives {fp}: resume with the original teacher.")
-        from ..engine.checkpoint import TrainingCheckpointError, read_train_state
-
-        payload = checkpoint[ENGINE_KEY]
-        engine = self.engine or self.build_engine()
-        directory = Path(self.trainer.ckpt_path).parent / payload["dcp"] if "dcp" in payload else None
-        try:  # a resume that does not fit this run: one line naming the fix (exit 2), before any collective
-            engine.check_meta(payload)
-            if directory is not None:
-                read_train_state(directory)
-        except (ValueError, TrainingCheckpointError) as e:
-            raise ConfigError(str(e)) from None
-        if directory is None:  # an in-memory payload (TrainEngine.state_dict)
-            engine.load_state_dict(payload)
-            return
-        exact = engine.load_sharded(directory, payload)
-        if not exact and self.groups.rank == 0:
-            from nemo.utils import logging
-
-            logging.warning("resumed at another world size: weights, optimizer and EMA restored; the data stream "
-                            "starts afresh (its positions are per rank).")
-
-    def save_nemo(self, path: str | Path) -> None:
-        """Collective: write `model.nemo` (ModelPT.save_to) from rank 0 with full weights, gathered from
-        every rank when the network is sharded (fsdp2)."""
-        from torch.distributed.tensor import DTensor
-
-        if any(isinstance(p, DTensor) for p in self.net.parameters()):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            full = get_model_state_dict(self.net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            self._state_override = {f"net.{k}": v for k, v in full.items()}
-        try:
-            if self.groups.rank == 0:
-                self.save_to(str(path))
-        finally:
-            self._state_override = None
-
-    def state_dict(self, *args, **kwargs):
-        """The module's state dict; during `save_nemo` of a sharded network, the gathered full one."""
-        if getattr(self, "_state_override", None) is not None:
-            return dict(self._state_override)
-        return super().state_dict(*args, **kwargs)
 
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()

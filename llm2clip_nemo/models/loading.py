@@ -9,6 +9,10 @@ Every layout is read the same way: the model config, then the weights, loaded th
 canonical key layout. That is why a `.nemo` is unpacked here rather than passed to
 `ModelPT.restore_from`: a model trained with Transformer Engine layers (GPU) has other key names
 than the local layers an evaluation machine (CPU) builds, and restore_from would refuse it.
+
+Length (~330 lines): one reader per saved layout (run dir, .nemo, .ckpt with its DCP directory, HF
+export) and their one-line errors, kept together so every verb (evaluate, export-hf, from_pretrained)
+resolves a checkpoint by the same rules.
 """
 from __future__ import annotations
 
