@@ -17,7 +17,7 @@ items into samples and samples into batches, counting skips). All randomness is 
 counters (seed, worker, epoch, window, item), so a position is a handful of integers
 (`stream_state`), and resuming means reopening the listed shards at their offsets, re-reading one
 window and skipping the `done` items already delivered. Every batch carries its worker's position
-in `batch["stream_state"]`; the main process keeps the latest per worker (`track`), which is what
+in `batch["stream_state"]`; the main process keeps the latest per reader (`track`), which is what
 `state_dict()` saves.
 """
 from __future__ import annotations
