@@ -235,7 +235,9 @@ def test_version_1_state_resumes_exactly(tmp_path):
     first = ImageTextStream(cfg)
     before = _keys(first, 5)
     st = json.loads(json.dumps(first.state_dict()))
-    # the layout version 1 wrote (one pool, no mixing keys)
+    # the layout version 1 wrote (one rank's workers, one pool, no mixing keys)
+    st["positions"], st["stats"] = st["positions"]["0"], st["stats"]["0"]
+    del st["slots"], st["hosted"]
     for w, p in st["positions"].items():
         (pool,) = p.pop("pools")
         st["positions"][w] = {"epoch": p["epoch"], "next": pool["next"], "open": pool["open"],

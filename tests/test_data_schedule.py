@@ -12,7 +12,7 @@ def test_weyl_mix_keeps_every_prefix_within_a_few_items_of_its_share():
     # Independent draws would stray by ~sqrt(n * 0.75 * 0.25) = 43 items at n = 10000.
     sources = parse_sources("a/{0..3}.tar::b/{0..1}.tar", None, False, "1::3")
     for seed in (0, 1):
-        s = ShardSchedule(sources, seed=seed, world_size=2)
+        s = ShardSchedule(sources, seed=seed, slots=2)
         assert s.weights == [0.25, 0.75] and s.pools == [[0, 1, 2, 3], [4, 5]]
         for gw in range(4):
             u, from_b, worst = s.mix_offset(gw), 0, 0.0
@@ -23,7 +23,7 @@ def test_weyl_mix_keeps_every_prefix_within_a_few_items_of_its_share():
 
 
 def test_epoch_list_repeats_by_factor_and_splits_disjointly():
-    s = ShardSchedule(parse_sources("a/{0..3}.tar::b/{0..1}.tar", "1::2.5", False), seed=0, world_size=2)
+    s = ShardSchedule(parse_sources("a/{0..3}.tar::b/{0..1}.tar", "1::2.5", False), seed=0, slots=2)
     assert s.weights is None and s.pools == [[0, 1, 2, 3, 4, 5]]
     order = s.epoch_shards(0)
     assert order == [5, 2, 5, 4, 5, 0, 4, 4, 1, 3]  # factor 2.5: shard 5 three times, shard 4 three times here
@@ -33,5 +33,5 @@ def test_epoch_list_repeats_by_factor_and_splits_disjointly():
     with pytest.raises(DataSourceError) as e:
         s.worker_shards(0, 0, 0, 8)
     assert str(e.value) == (
-        "epoch 0 has 10 shards for 2 ranks x 8 workers = 16 readers: some would get none. Use fewer DataLoader "
+        "epoch 0 has 10 shards for 2 data slots (ranks) x 8 workers = 16 readers: some would get none. Use fewer DataLoader "
         "workers, more (smaller) shards (`llm2clip-nemo data build --samples-per-shard`), or data.resampled=true")

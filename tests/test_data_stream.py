@@ -150,7 +150,7 @@ def test_unreadable_path_and_empty_source_errors(shards, tmp_path):
     with pytest.raises(NoValidSamplesError, match=r"data source '.*' gave 10 items and no valid sample .*missing_caption"):
         next(iter(s))
     s = ImageTextStream(stream_cfg(shards, resampled=False, epochs=1), world_size=4, rank=0)
-    with pytest.raises(DataSourceError, match=r"epoch 0 has 6 shards for 4 ranks x 2 workers = 8 readers"):
+    with pytest.raises(DataSourceError, match=r"epoch 0 has 6 shards for 4 data slots \(ranks\) x 2 workers = 8 readers"):
         next(iter(s.loader(num_workers=2)))
 
 

@@ -119,7 +119,7 @@ def test_every_caption_batches_hold_each_fields_sidecar_vector(tiny, tmp_path):
         assert batch["caption_mask"][b].tolist() == [True, longs[i] is not None]
         assert batch["captions"][b] == [shorts[i], longs[i] or ""]
         assert batch["caption"][b] == shorts[i] and batch["caption_field"][b] == "txt"
-    assert batch["stream_state"]["stats"]["fields"] == {"txt": 8, "long": 5}
+    assert batch["stream_state"]["slots"][0]["stats"]["fields"] == {"txt": 8, "long": 5}
 
 
 def _online_offline_worker(rank, world, teacher_dir, sidecar, captions, keys):

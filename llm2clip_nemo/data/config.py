@@ -51,6 +51,14 @@ class StreamConfig:
     """Seeds shard order, interleaving, shuffling, crops and caption choice (with epoch and position)."""
     batch_size: int = 32
     """Samples per batch per rank (batches are built in the loader workers)."""
+    slots: int | None = None
+    """Data slots: the global batch is cut into this many equal parts, each read by its own fixed
+    readers (shard split, shuffles, skips: one `num_workers`-long row of readers per slot), and each
+    rank reads slots / world size of them, concatenated in slot order. None: the world size of the run
+    that starts the stream. A saved position resumes exactly (the same global batches, in the same
+    order) at any world size dividing the saved slot count, e.g. 8 ranks -> 4, 2, 1; start with a
+    multiple of today's world size (e.g. 64 on 8 ranks) to be able to grow to it later. Setting a
+    different value on resume starts the stream afresh (positions cannot be mapped)."""
     drop_last: bool = False
     """Drop a worker's final partial batch (finite epoch mode only)."""
     shard_shuffle: bool = True
@@ -83,6 +91,8 @@ class StreamConfig:
         if self.caption_sampling not in ("one", "all"):
             raise ConfigError(f"data.caption_sampling={self.caption_sampling!r}: choose one (a field per sample "
                               "per step) or all (every caption field as a positive)")
+        if self.slots is not None and self.slots < 1:
+            raise ConfigError(f"data.slots={self.slots} must be >= 1 or null (the world size)")
         for name in ("batch_size", "open_shards", "shuffle_buffer", "no_valid_error_after"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")

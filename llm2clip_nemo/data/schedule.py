@@ -6,7 +6,8 @@ is a pool and item t of a worker comes from the pool whose slice of [0, 1) holds
 frac(u + t / golden ratio) (u drawn by seed and worker, `mix_offset`): a low-discrepancy (Weyl)
 sequence, so every prefix of n items holds each source's share to within O(log n / n) rather than
 the O(1/sqrt n) of independent draws, whatever the shard sizes.
-Per DataLoader worker (and rank) each pool reads its own sequence of shards:
+Per reader (a DataLoader worker of a data slot: `stream.ImageTextStream` hosts slots on ranks) each
+pool reads its own sequence of shards:
   epoch mode:     the pool's epoch shard list (repeated by factor, shuffled by (seed, pool,
                   epoch)), taken [global_worker :: global_workers] so ranks and workers get
                   disjoint shards (`worker_shards`);
@@ -32,8 +33,9 @@ class ShardSchedule:
     upsampling factor; `weights` per-source sample shares (weights mode: one pool per source) or None
     (factor mode: one pool); `pools` the shard indices of each pool."""
 
-    def __init__(self, sources: list[Source], seed: int, world_size: int, shard_shuffle: bool = True):
-        self.sources, self.seed, self.world_size, self.shard_shuffle = sources, seed, world_size, shard_shuffle
+    def __init__(self, sources: list[Source], seed: int, slots: int, shard_shuffle: bool = True):
+        """`slots`: data slots (each with one reader per DataLoader worker; see stream.ImageTextStream)."""
+        self.sources, self.seed, self.slots, self.shard_shuffle = sources, seed, slots, shard_shuffle
         self.shards: list[tuple[str, int]] = [(u, s) for s, src in enumerate(sources) for u in src.urls]
         self.shard_factor = [sources[s].factor for _, s in self.shards]
         self.weights = mixing_weights(sources)
@@ -58,20 +60,20 @@ class ShardSchedule:
             rng.shuffle(order)
         return order
 
-    def worker_shards(self, epoch: int, rank: int, worker: int, num_workers: int, pool: int = 0) -> list[int]:
-        """Epoch mode: a pool's shards of one (rank, worker): disjoint slices of the epoch list.
+    def worker_shards(self, epoch: int, slot: int, worker: int, num_workers: int, pool: int = 0) -> list[int]:
+        """Epoch mode: a pool's shards of one reader (data slot, worker): disjoint slices of the epoch list.
 
-        DataSourceError when the epoch has fewer shards than ranks x workers."""
-        n_gw = self.world_size * num_workers
+        DataSourceError when the epoch has fewer shards than slots x workers."""
+        n_gw = self.slots * num_workers
         order = self.epoch_shards(epoch, pool)
         if len(order) < n_gw:
             raise DataSourceError(
                 ("" if self.weights is None else f"source {self.sources[pool].spec!r}: ")
-                + f"epoch {epoch} has {len(order)} shards for {self.world_size} ranks x {num_workers} workers = {n_gw} "
-                f"readers: some would get none. Use fewer DataLoader workers, more (smaller) shards "
+                + f"epoch {epoch} has {len(order)} shards for {self.slots} data slots (ranks) x {num_workers} workers = "
+                f"{n_gw} readers: some would get none. Use fewer DataLoader workers, more (smaller) shards "
                 f"(`llm2clip-nemo data build --samples-per-shard`), or data.resampled=true"
             )
-        return order[rank * num_workers + worker :: n_gw]
+        return order[slot * num_workers + worker :: n_gw]
 
     def draw(self, gw: int, j: int, pool: int = 0) -> int:
         """Resampled mode: the j-th shard of global worker `gw` in `pool`, drawn by factor with replacement."""

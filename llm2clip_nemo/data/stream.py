@@ -1,6 +1,12 @@
 """The training stream over image-text shards: mixing, splitting, shuffling, exact resumption.
 
-Which shard each (rank, DataLoader worker) reads and which source each item comes from is
+The global batch is cut into `data.slots` equal parts (default: the world size), and each part is
+read by its own row of readers, one per DataLoader worker: reader (slot, worker) is global reader
+slot * num_workers + worker, whatever process hosts it. Rank r of W reads slots [r*k, (r+1)*k),
+k = slots / W, and its batch is their parts concatenated in slot order, so the global batch (ranks
+gathered in rank order) is the same sequence of samples at every world size dividing the slot count,
+and a position saved at one such world size resumes exactly at another (`load_state_dicts`).
+Which shard each reader reads and which source each item comes from is
 `schedule.ShardSchedule` (factor pools or weighted pools mixed by a Weyl sequence; epoch or
 resampled shard orders). With weights each source runs its own epochs (a small source starts its
 next pass while a large one is mid-pass) and `epochs` ends the stream when the first source
@@ -11,7 +17,7 @@ items into samples and samples into batches, counting skips). All randomness is 
 counters (seed, worker, epoch, window, item), so a position is a handful of integers
 (`stream_state`), and resuming means reopening the listed shards at their offsets, re-reading one
 window and skipping the `done` items already delivered. Every batch carries its worker's position
-in `batch["stream_state"]`; the main process keeps the latest per worker (`track`), which is what
+in `batch["stream_state"]`; the main process keeps the latest per reader (`track`), which is what
 `state_dict()` saves.
 """
 from __future__ import annotations
@@ -27,7 +33,7 @@ from .config import OUTPUTS, StreamConfig
 from .schedule import ShardSchedule
 from .spec import DataSourceError, parse_sources
 from .stream_samples import SampleMaker, SkipLog
-from .stream_state import StreamTracker, start_pos
+from .stream_state import StreamTracker, merge_states, start_pos, upgrade
 from .tario import RawSample
 
 
@@ -38,6 +44,7 @@ class ImageTextStream(IterableDataset):
     "caption_field" list[str], "source" list[int], "url" list[str], "stream_state" dict;
     output="captions" (the online teacher prepares them by its contract) adds nothing;
     output="embeddings" adds "teacher_emb" float32 [B,dim].
+    Each batch holds `cfg.batch_size` samples: cfg.batch_size / k from each of this rank's k slots.
     caption_sampling="all" adds "captions" list[list[str]] [B][K] (K = fields with weight > 0, in
     caption_fields order; "" where absent) and "caption_mask" bool [B,K], and teacher_emb is [B,K,dim]
     (zero rows where absent); "caption"/"caption_field" then hold each sample's first present field.
@@ -49,7 +56,8 @@ class ImageTextStream(IterableDataset):
         """`output`, `teacher_fingerprint` and `teacher_dim` are the run's, not the user's: the model
         passes them (`output` from its teacher mode; for 'embeddings', sidecars of another teacher
         fingerprint or embedding size are refused, None skipping that check). ValueError for a bad
-        `output` or rank."""
+        `output` or rank; DataSourceError when data.slots is not a multiple of `world_size` or the
+        batch does not split evenly over the rank's slots."""
         cfg.validate()
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r} must be one of {OUTPUTS}")
@@ -57,18 +65,34 @@ class ImageTextStream(IterableDataset):
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size, self.output = cfg, rank, world_size, output
         self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths, cfg.weights, cfg.blend)
-        self.schedule = ShardSchedule(self.sources, cfg.seed, world_size, cfg.shard_shuffle)
+        self._plan(cfg.slots or world_size)
         self.weights = self.schedule.weights
         """Per-source sample shares (weights mode: one pool per source), None (factor mode: one pool)."""
         self.maker = SampleMaker(cfg, self.sources, output, teacher_fingerprint, teacher_dim)
         self.tracker = StreamTracker()
         """Main-process view of consumed batches (see track / state_dict)."""
 
-    # ---- one worker's item sequence ----------------------------------------------------------
-    def _items(self, lw: int, nw: int, pos: dict, stats: dict) -> Iterator[tuple[dict | None, dict]]:
+    def _plan(self, slots: int) -> None:
+        """Host data slots [rank*k, (rank+1)*k), k = slots / world size, each giving batch_size / k samples."""
+        if slots % self.world_size:
+            fits = [d for d in range(1, slots + 1) if slots % d == 0]
+            raise DataSourceError(
+                f"the data stream has {slots} data slots, which {self.world_size} ranks cannot share evenly: run at a "
+                f"world size dividing {slots} ({', '.join(map(str, fits))}) to continue it exactly, or set "
+                f"data.slots to a multiple of {self.world_size} (a resumed run then starts the stream afresh)")
+        k = slots // self.world_size
+        if self.cfg.batch_size % k:
+            raise DataSourceError(
+                f"the per-rank batch of {self.cfg.batch_size} does not split into the {k} data slots each rank reads "
+                f"({slots} slots over {self.world_size} ranks): use a global batch divisible by {slots}")
+        self.slots, self.hosted, self.slot_batch = slots, list(range(self.rank * k, (self.rank + 1) * k)), self.cfg.batch_size // k
+        self.schedule = ShardSchedule(self.sources, self.cfg.seed, slots, self.cfg.shard_shuffle)
+
+    # ---- one reader's item sequence ----------------------------------------------------------
+    def _items(self, slot: int, lw: int, nw: int, pos: dict, stats: dict) -> Iterator[tuple[dict | None, dict]]:
         """Yield (sample or None, position after it) forever or until the last epoch ends."""
         cfg = self.cfg
-        gw = self.rank * nw + lw
+        gw = slot * nw + lw
         sched = self.schedule
         multi = self.weights is not None
         u = sched.mix_offset(gw)  # weights mode: this worker's offset in the Weyl sequence
@@ -86,7 +110,7 @@ class ImageTextStream(IterableDataset):
             if (p, epoch) not in orders:
                 for k in [k for k in orders if k[0] == p]:
                     del orders[k]
-                orders[(p, epoch)] = sched.worker_shards(epoch, self.rank, lw, nw, p)
+                orders[(p, epoch)] = sched.worker_shards(epoch, slot, lw, nw, p)
             return orders[(p, epoch)]
 
         try:
@@ -169,38 +193,44 @@ class ImageTextStream(IterableDataset):
         url, src = self.schedule.shards[shard]
         return [oi, offset, self.sources[src].read(url, start=offset), shard]
 
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        nw, pw = (info.num_workers, info.id) if info is not None else (1, 0)
-        lw, pos, stats = self.tracker.resume_point(pw, nw, len(self.schedule.pools), len(self.sources))
-        # A finished batch is held until the next sample arrives, so that a worker's last batch can
+    def _slot_batches(self, slot: int, lw: int, nw: int, pos: dict, stats: dict) -> Iterator[tuple[list, dict, dict]]:
+        """One reader's batch parts: (samples, position after the part, counts)."""
+        # A finished part is held until the next sample arrives, so that a reader's last part can
         # carry the final position and skip counts (items after its last sample included).
         buf: list[dict] = []
         held = None
         last = pos
-        for sample, after in self._items(lw, nw, pos, stats):
+        for sample, after in self._items(slot, lw, nw, pos, stats):
             last = after
             if sample is None:
                 continue
             if held is not None:
-                yield self._emit(held, lw, nw, info is None)
+                yield held
                 held = None
             buf.append(sample)
-            if len(buf) == self.cfg.batch_size:
+            if len(buf) == self.slot_batch:
                 held = (buf, after, copy.deepcopy(stats))
                 buf = []
         if held is not None:
-            yield self._emit((held[0], last if not buf else held[1], stats if not buf else held[2]), lw, nw, info is None)
+            yield (held[0], last if not buf else held[1], stats if not buf else held[2])
         if buf and not self.cfg.drop_last:
-            yield self._emit((buf, last, stats), lw, nw, info is None)
+            yield (buf, last, stats)
 
-    def _emit(self, held, lw: int, nw: int, in_process: bool) -> dict:
-        buf, pos, stats = held
-        batch = self.maker.collate(buf, {"worker": lw, "num_workers": nw, "rank": self.rank,
-                                         "position": pos, "stats": stats})
-        if in_process:
-            self.track(batch)
-        return batch
+    def __iter__(self) -> Iterator[dict]:
+        """Batches of this rank: one part per hosted slot, in slot order; ends when the first slot's
+        readers end (finite epoch mode)."""
+        info = get_worker_info()
+        nw, pw = (info.num_workers, info.id) if info is not None else (1, 0)
+        lw = self.tracker.first_worker(pw, nw)
+        n_pools, n_src = len(self.schedule.pools), len(self.sources)
+        parts = [self._slot_batches(s, lw, nw, *self.tracker.resume_point(s, lw, n_pools, n_src)) for s in self.hosted]
+        for got in zip(*parts):
+            state = {"worker": lw, "num_workers": nw, "rank": self.rank,
+                     "slots": {s: {"position": pos, "stats": stats} for s, (_, pos, stats) in zip(self.hosted, got)}}
+            batch = self.maker.collate([x for samples, _, _ in got for x in samples], state)
+            if info is None:
+                self.track(batch)
+            yield batch
 
     # ---- position in the main process --------------------------------------------------------
     def track(self, batch: dict) -> None:
@@ -212,16 +242,32 @@ class ImageTextStream(IterableDataset):
                 "weights": self.weights, "upsampling_factors": self.cfg.upsampling_factors}
 
     def state_dict(self) -> dict:
-        """This rank's position: epoch, per-worker shard index and item offset, whose turn is next.
+        """This rank's position (`stream_state`, version 3): per reader of its slots the epoch, shard
+        index and item offset, and whose turn is next.
 
-        RNG state needs no saving: every draw is seeded by (seed, worker, epoch, window, item)."""
-        return self.tracker.state_dict(self._identity())
+        RNG state needs no saving: every draw is seeded by (seed, reader, epoch, window, item)."""
+        return self.tracker.state_dict(self._identity(), self.slots, self.hosted)
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict()`; version 1 states (before pools; factor mode only) are upgraded,
-        and resume exactly: factor mode's sequences did not change. ValueError for an unknown version;
-        DataSourceError when the state's rank, world size, seed, urls, weights or factors differ."""
-        self.tracker.load_state_dict(state, self._identity())
+    def load_state_dict(self, state: dict) -> bool:
+        """Restore a `state_dict()` that holds this rank's slots (at the world size that saved it, or a
+        merged one); versions 1 and 2 are upgraded and resume exactly. With data.slots unset the saved
+        slot count is taken (re-planning which slots this rank reads); with data.slots set to another
+        count the stream starts afresh. Returns whether the position was restored. ValueError for an
+        unknown version; DataSourceError when the seed, urls, weights or factors differ, the world size
+        does not divide the saved slot count, or the state lacks one of this rank's slots."""
+        state = upgrade(state)
+        if state["slots"] != self.slots:
+            if self.cfg.slots is not None:
+                return False
+            self._plan(state["slots"])
+        self.tracker.load_state_dict(state, self._identity(), self.hosted)
+        return True
+
+    def load_state_dicts(self, states: list[dict]) -> bool:
+        """Restore from every rank's `state_dict()` of one checkpoint (`stream_state.merge_states`), at any
+        world size dividing their slot count (e.g. the states of 2 ranks on 1 rank: it then reads both
+        slots). Returns and raises as `load_state_dict`."""
+        return self.load_state_dict(merge_states(states))
 
     def summary(self) -> dict:
         """Totals over this rank's workers: samples per source ("valid", "raw"), the achieved "share" of

@@ -1,13 +1,22 @@
-"""The training stream's position and counts: their records, the main-process tracker, save and restore.
+"""The training stream's position and counts: their records, the main-process tracker, save, restore, merge.
 
-A worker's position is a handful of integers:
+A reader is a (data slot, DataLoader worker) pair (see `stream.ImageTextStream`). Its position is a
+handful of integers:
   {"epoch", "pools": [{"epoch", "next" (shard-list index), "open": [[list index, item offset], ...]}],
    "window", "done"}
 and its counts `{"skipped": {reason: n}, "fields": {field: n}, "valid": [per source], "raw": [per source]}`.
-Every batch carries its worker's position and counts in `batch["stream_state"]`; the main process keeps
-the latest per worker (`StreamTracker.track`), which is what `state_dict()` saves. DataLoader hands out
-batches round-robin over workers, so the state also records whose turn is next and a resumed loader
-starts at that worker.
+Every batch carries, for each slot its rank reads, its worker's position and counts in
+`batch["stream_state"]["slots"]`; the main process keeps the latest per reader (`StreamTracker.track`),
+which is what `state_dict()` saves. DataLoader hands out batches round-robin over workers, so the state
+also records whose turn is next and a resumed loader starts at that worker. All slots of all ranks
+advance together (one batch part per slot per step), so every rank's state of one step has the same
+next worker, and the states of all ranks together (`merge_states`) describe the whole global stream:
+any world size that divides the slot count can pick up its slots from them.
+
+State version 3: {"version": 3, "rank", "world_size" (of the process that saved), "seed", "urls",
+"weights", "upsampling_factors", "slots" (slot count), "hosted" (slots the saver read), "num_workers",
+"next_worker", "positions": {slot: {worker: position}}, "stats": {slot: {worker: counts}}} (keys as
+strings: JSON). Versions 1 and 2 (one rank = one slot) are upgraded.
 """
 from __future__ import annotations
 
@@ -15,10 +24,9 @@ import copy
 
 from .spec import DataSourceError
 
-STATE_VERSION = 2
-IDENTITY_KEYS = ("rank", "world_size", "seed", "urls", "weights", "upsampling_factors")
-"""What a saved state must match to resume exactly (in the order `state_dict` writes them)."""
-_CHECK_ORDER = ("world_size", "rank", "seed", "urls", "weights", "upsampling_factors")
+STATE_VERSION = 3
+IDENTITY_KEYS = ("seed", "urls", "weights", "upsampling_factors")
+"""What a saved state must match to resume exactly."""
 
 
 def empty_stats(n_sources: int) -> dict:
@@ -32,71 +40,119 @@ def start_pos(n_pools: int, epoch: int = 0) -> dict:
             "window": 0, "done": 0}
 
 
-def upgrade_v1(state: dict) -> dict:
-    """A version 1 state (one pool: {"epoch", "next", "open", "window", "done"}) in version 2 form."""
-    def pos(p: dict) -> dict:
-        return {"epoch": p["epoch"], "pools": [{"epoch": p["epoch"], "next": p["next"], "open": p["open"]}],
-                "window": p["window"], "done": p["done"]}
-    return {**state, "version": 2, "positions": {w: pos(p) for w, p in state["positions"].items()}}
+def upgrade(state: dict) -> dict:
+    """A state of any known version in version 3 form (a copy). Version 1 (one pool: {"epoch", "next",
+    "open", "window", "done"} per worker) and 2 (pools; one rank's workers) become one slot, the rank's.
+    ValueError for an unknown version."""
+    state = copy.deepcopy(state)
+    version = state.get("version")
+    if version == 1:
+        state["positions"] = {w: {"epoch": p["epoch"], "pools": [{"epoch": p["epoch"], "next": p["next"],
+                                                                  "open": p["open"]}],
+                                  "window": p["window"], "done": p["done"]} for w, p in state["positions"].items()}
+        version = 2
+    if version == 2:
+        slot = str(state["rank"])
+        return {**state, "version": STATE_VERSION, "slots": state["world_size"], "hosted": [state["rank"]],
+                "positions": {slot: state["positions"]}, "stats": {slot: state["stats"]}}
+    if version != STATE_VERSION:
+        raise ValueError(f"stream state version {version!r} is not {STATE_VERSION}")
+    return state
+
+
+def merge_states(states: list[dict]) -> dict:
+    """One state holding the slots of every given state (each rank's, as saved at one step), so a run at
+    another world size can take its own slots from it. DataSourceError when the states are not of one
+    stream at one step (different seed, urls, mixing, slot count, worker count or next worker)."""
+    states = [upgrade(s) for s in states]
+    if not states:
+        raise ValueError("merge_states needs at least one state")
+    out = copy.deepcopy(states[0])
+    for s in states[1:]:
+        for k in (*IDENTITY_KEYS, "slots", "num_workers", "next_worker"):
+            a, b = out.get(k), s.get(k)
+            if a != b and not (k == "num_workers" and None in (a, b)):
+                raise DataSourceError(
+                    f"the saved stream states of ranks {out['rank']} and {s['rank']} differ in {k} ({a!r} vs "
+                    f"{b!r}): they are not one stream at one step; resume from a checkpoint all ranks wrote together")
+        out["num_workers"] = out["num_workers"] if out["num_workers"] is not None else s["num_workers"]
+        out["hosted"] = sorted(set(out["hosted"]) | set(s["hosted"]))
+        for k in ("positions", "stats"):
+            out[k].update(copy.deepcopy(s[k]))
+    return out
 
 
 class StreamTracker:
-    """Main-process view of consumed batches: the latest position and counts per DataLoader worker,
+    """Main-process view of consumed batches: the latest position and counts per reader (slot, worker),
     the number of workers and whose turn is next."""
 
     def __init__(self) -> None:
-        self.positions: dict[int, dict] = {}
-        self.stats: dict[int, dict] = {}
+        self.positions: dict[tuple[int, int], dict] = {}
+        self.stats: dict[tuple[int, int], dict] = {}
         self.num_workers: int | None = None
         self.next_worker = 0
 
     def track(self, batch: dict) -> None:
-        """Record a consumed batch's worker position and counts."""
+        """Record a consumed batch's reader positions and counts (one per slot it holds)."""
         st = batch["stream_state"]
         self.num_workers = st["num_workers"]
-        self.positions[st["worker"]] = st["position"]
-        self.stats[st["worker"]] = st["stats"]
+        for slot, part in st["slots"].items():
+            self.positions[(int(slot), st["worker"])] = part["position"]
+            self.stats[(int(slot), st["worker"])] = part["stats"]
         self.next_worker = (st["worker"] + 1) % st["num_workers"]
 
-    def resume_point(self, pw: int, nw: int, n_pools: int, n_sources: int) -> tuple[int, dict, dict]:
-        """(logical worker, position, counts) where DataLoader worker `pw` of `nw` starts: workers are
-        rotated so the saved next turn comes first. DataSourceError when `nw` differs from the saved count."""
+    def first_worker(self, pw: int, nw: int) -> int:
+        """The logical worker that DataLoader worker `pw` of `nw` plays: workers are rotated so the saved
+        next turn comes first. DataSourceError when `nw` differs from the saved count."""
         if self.num_workers is not None and self.num_workers != nw:
             raise DataSourceError(
                 f"the stream position was saved with {self.num_workers} DataLoader workers per rank but this "
                 f"loader has {nw}: positions are per worker, so resume with num_workers={self.num_workers}"
             )
-        lw = (pw + self.next_worker) % nw
-        pos = self.positions.get(lw, start_pos(n_pools))
-        return lw, pos, copy.deepcopy(self.stats.get(lw, empty_stats(n_sources)))
+        return (pw + self.next_worker) % nw
 
-    def state_dict(self, identity: dict) -> dict:
-        """The tracked positions and counts under `identity` (the `IDENTITY_KEYS` of the stream)."""
-        return {"version": STATE_VERSION, **{k: identity[k] for k in IDENTITY_KEYS},
+    def resume_point(self, slot: int, lw: int, n_pools: int, n_sources: int) -> tuple[dict, dict]:
+        """(position, counts) where reader (slot, logical worker lw) starts."""
+        pos = self.positions.get((slot, lw), start_pos(n_pools))
+        return pos, copy.deepcopy(self.stats.get((slot, lw), empty_stats(n_sources)))
+
+    def state_dict(self, identity: dict, slots: int, hosted: list[int]) -> dict:
+        """The tracked positions and counts (version 3, see the module docstring) under `identity`
+        ("rank", "world_size" and the `IDENTITY_KEYS`)."""
+        def nest(d: dict) -> dict:
+            out: dict = {str(s): {} for s in hosted}
+            for (s, w), v in sorted(d.items()):
+                out[str(s)][str(w)] = copy.deepcopy(v)
+            return out
+
+        return {"version": STATE_VERSION, "rank": identity["rank"], "world_size": identity["world_size"],
+                **{k: identity[k] for k in IDENTITY_KEYS}, "slots": slots, "hosted": list(hosted),
                 "num_workers": self.num_workers, "next_worker": self.next_worker,
-                "positions": {str(w): copy.deepcopy(p) for w, p in self.positions.items()},
-                "stats": {str(w): copy.deepcopy(s) for w, s in self.stats.items()}}
+                "positions": nest(self.positions), "stats": nest(self.stats)}
 
-    def load_state_dict(self, state: dict, identity: dict) -> None:
-        """Restore a `state_dict()`; version 1 states are upgraded. ValueError for an unknown version,
-        DataSourceError when a saved identity key differs from this stream's."""
-        if state.get("version") == 1:
-            state = upgrade_v1(state)
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
-        for k in _CHECK_ORDER:
+    def load_state_dict(self, state: dict, identity: dict, hosted: list[int]) -> None:
+        """Restore the readers of slots `hosted` from a version 3 state (`upgrade` first). DataSourceError
+        when a saved identity key differs from this stream's or the state lacks one of the slots."""
+        for k in IDENTITY_KEYS:
             if k in state and state[k] != identity[k]:
                 raise DataSourceError(
                     f"stream state was saved with {k}={state[k]!r} but this stream has {k}={identity[k]!r}: an exact "
                     f"resume needs the same {k}; restore the original setting or start the data stream fresh"
                 )
+        missing = [s for s in hosted if s not in state["hosted"]]
+        if missing:
+            raise DataSourceError(
+                f"the saved stream state holds data slots {state['hosted']} but rank {identity['rank']} reads "
+                f"{list(hosted)}: resume from the states of every rank (merge_states / load_state_dicts)")
         self.num_workers = state["num_workers"]
         self.next_worker = state["next_worker"]
-        self.positions = {int(w): copy.deepcopy(p) for w, p in state["positions"].items()}
-        self.stats = {int(w): copy.deepcopy(s) for w, s in state["stats"].items()}
+        self.positions = {(int(s), int(w)): copy.deepcopy(p) for s in map(str, hosted)
+                          for w, p in state["positions"].get(s, {}).items()}
+        self.stats = {(int(s), int(w)): copy.deepcopy(c) for s in map(str, hosted)
+                      for w, c in state["stats"].get(s, {}).items()}
 
     def summary(self, n_sources: int, weights: list[float] | None) -> dict:
-        """Totals over the tracked workers: samples per source ("valid", "raw"), the achieved "share" of
+        """Totals over the tracked readers: samples per source ("valid", "raw"), the achieved "share" of
         valid samples per source and the "target" share (`weights`; None in factor mode), skips by
         reason, caption field counts, the furthest "epoch"."""
         out = empty_stats(n_sources)

@@ -16,9 +16,9 @@ activation checkpointing): a checkpoint written under `ddp` loads under `fsdp2` 
 DCP reshards it to another world size (2 ranks -> 1 included). `read_full_state_dict` reads one
 back into plain tensors in one process with no process group (export, evaluation).
 
-What is not carried across a change of world size: the per-rank files (RNG, `rank_state`); a
-resumed run then starts from fresh RNG streams on every rank and `LoadedCheckpoint.rank_state` is
-None (the caller decides how to re-split its data position).
+What is not carried across a change of world size: the RNG (a resumed run keeps its fresh RNG
+streams) and `LoadedCheckpoint.rank_state` (None); `read_rank_states` gives the caller every saved
+rank's `rank_state` to re-split (e.g. the data stream's slots, `data.stream_state.merge_states`).
 """
 from __future__ import annotations
 
@@ -215,6 +215,20 @@ def read_train_state(path: str | Path) -> dict:
         raise TrainingCheckpointError(f"{p / TRAIN_STATE} has format {meta.get('format')}, this code reads {FORMAT}: "
                               "use the llm2clip_nemo version that wrote it.")
     return meta
+
+
+def read_rank_states(path: str | Path, ranks: list[int] | None = None) -> list:
+    """The saved `rank_state` of `ranks` (None: every saved rank), in that order (small per-rank files;
+    no process group needed). Raises TrainingCheckpointError when `path` is not a complete checkpoint or a rank file is missing."""
+    meta = read_train_state(path)
+    out = []
+    for r in range(int(meta["world_size"])) if ranks is None else ranks:
+        f = rank_file(path, r)
+        if not f.is_file():
+            raise TrainingCheckpointError(f"{f} is missing: the checkpoint {path} was written by {meta['world_size']} ranks "
+                                          "and each leaves its file; copy the whole directory or use an earlier step.")
+        out.append(torch.load(f, weights_only=True)["rank_state"])
+    return out
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,

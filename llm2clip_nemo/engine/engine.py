@@ -79,7 +79,9 @@ class TrainEngine:
     dp_group: the data-parallel process group the finite-loss vote and the samples count cover
         (None: this process alone).
     data: the training data source (any object with `state_dict`/`load_state_dict`, optionally
-        `track(batch)`, called for every consumed micro-batch); its state is the checkpoint's "data".
+        `track(batch)`, called for every consumed micro-batch, and `load_state_dicts(states)`, every
+        saved rank's state, to resume at another world size); its state is the checkpoint's "data".
+        `load_state_dict(s)` returning False means the position was not taken (a fresh start).
     ema: `EmaConfig` (None or enabled=false: no EMA).
     micro_batches: micro-batches per optimizer step (gradient accumulation).
     throughput: optional object with `update(samples: int, seconds: float) -> dict`, given the
@@ -256,23 +258,35 @@ class TrainEngine:
 
     def load_sharded(self, path: str | Path, meta: dict) -> bool:
         """Restore a checkpoint written by `save_sharded` (tensors, into the current layout and world size)
-        and its `meta_state_dict()` (counters). The data position and RNG are this rank's own when the
-        world size is the one that saved; at another world size the data source starts afresh (its
-        positions are per rank) and the RNG is left as it is. The RNG is applied at the next
-        `train_step` (after the outer loop has built its data iterators). Collective over `dp_group`.
-        Returns whether the data position was restored. ValueError as `load_state_dict`."""
-        from .checkpoint import load_checkpoint
+        and its `meta_state_dict()` (counters). The data position comes first, before any collective:
+        this rank's own at the world size that saved; at another world size every saved rank's, given
+        to the data source's `load_state_dicts` (when it has one; the stream re-splits its data slots).
+        The RNG is restored at the world size that saved (applied at the next `train_step`, after the
+        outer loop has built its data iterators) and left as it is otherwise. Collective over `dp_group`.
+        Returns whether the data position was restored. ValueError as `load_state_dict`; the data
+        source's own errors (e.g. DataSourceError) for a position it cannot take."""
+        import torch.distributed as dist
+
+        from .checkpoint import load_checkpoint, read_rank_states, read_train_state
 
         self.check_meta(meta)
-        loaded = load_checkpoint(path, self.model, self.optimizer, modules=self._sharded_modules(), group=self.dp_group)
+        same = read_train_state(path)["world_size"] == (dist.get_world_size(self.dp_group) if dist.is_initialized() else 1)
+        restored = False
+        if self.data is not None:
+            if same:
+                rank = dist.get_rank(self.dp_group) if dist.is_initialized() else 0
+                states = [read_rank_states(path, [rank])[0]["data"]]
+            else:
+                states = [s["data"] for s in read_rank_states(path)] if hasattr(self.data, "load_state_dicts") else [None]
+            if all(s is not None for s in states):
+                got = self.data.load_state_dict(states[0]) if same else self.data.load_state_dicts(states)
+                restored = got is not False
+        load_checkpoint(path, self.model, self.optimizer, modules=self._sharded_modules(), group=self.dp_group)
         if self.ema is not None:
             self.ema.updates = int(meta["ema"]["updates"])
-        exact = loaded.rank_state is not None
-        if exact and self.data is not None and loaded.rank_state.get("data") is not None:
-            self.data.load_state_dict(loaded.rank_state["data"])
         self.step, self.nonfinite_steps = int(meta["step"]), int(meta["nonfinite_steps"])
-        self._pending = {"optimizer": None, "rng": rng_state() if exact else None}
-        return exact
+        self._pending = {"optimizer": None, "rng": rng_state() if same else None}
+        return restored
 
     def _sharded_modules(self) -> dict:
         return {"ema": _EmaShadows(self.ema)} if self.ema is not None else {}

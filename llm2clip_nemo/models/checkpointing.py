@@ -85,12 +85,17 @@ class EngineCheckpointHooks:
         if directory is None:  # an in-memory payload (TrainEngine.state_dict)
             engine.load_state_dict(payload)
             return
-        exact = engine.load_sharded(directory, payload)
-        if not exact and self.groups.rank == 0:
+        from ..data.errors import DataSourceError
+
+        try:  # the data position is taken first, before the collective load: its refusal is one line too
+            restored = engine.load_sharded(directory, payload)
+        except (DataSourceError, TrainingCheckpointError) as e:
+            raise ConfigError(str(e)) from None
+        if not restored and self.groups.rank == 0:
             from nemo.utils import logging
 
-            logging.warning("resumed at another world size: weights, optimizer and EMA restored; the data stream "
-                            "starts afresh (its positions are per rank).")
+            logging.warning("resumed with weights, optimizer and EMA restored but the data stream starting afresh "
+                            "(data.slots was changed, or the checkpoint holds no position): samples already seen may come again.")
 
     def save_nemo(self, path: str | Path) -> None:
         """Collective: write `model.nemo` (ModelPT.save_to) from rank 0 with full weights, gathered from
