@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from .loader import ConfigError
 
+DEFAULT_SAMPLES = 1e9
+"""Samples a stage-2 run is planned for when plan.samples is 0."""
+
 
 @dataclass
 class PlanConfig:
@@ -17,7 +20,7 @@ class PlanConfig:
     batch: int = 0
     """Global batch; 0 = model.global_batch_size, else model.train_ds.batch_size per GPU."""
     samples: float = 0.0
-    """Samples seen by the run (wall time, storage); 0 = projection.samples (extract) or 1e9."""
+    """Samples seen by the run (wall time, storage); 0 = projection.samples (extract) or DEFAULT_SAMPLES (1e9)."""
     mfu: float = 0.4
     """Model FLOPs utilisation assumed for throughput, in (0, 1]."""
     gpu: str = "H100"

@@ -20,7 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..runtime.flops import adapter_forward_flops, gpu_peak_flops, train_flops_per_sample, vision_forward_flops
+from ..config.plan import DEFAULT_SAMPLES, PlanConfig
+from ..runtime.flops import (
+    GPU_PEAKS,
+    adapter_forward_flops,
+    train_flops_per_sample,
+    vision_forward_flops,
+)
 from ..runtime.layout import TP_FIELD, check_tp
 from ..text.adapter import AdapterConfig
 from .plan_counts import llama_forward_flops, llama_param_count, offline_storage_bytes, vit_activation_bytes
@@ -28,20 +34,17 @@ from .plan_report import format_table
 from .plan_shapes import TEACHER_PRESETS, TeacherShape, checkpoint_shape, preset_shape, teacher_shape, vision_shape
 
 
-def default_peak_tflops(gpu: str = "H100") -> float:
+def default_peak_tflops(gpu: str = PlanConfig.gpu) -> float:
     """Dense bf16 peak TFLOP/s of `gpu` (a name of `runtime.flops.GPU_PEAKS`, the table a run's MFU uses);
     ValueError naming plan.gpu and the choices when it is not in the table."""
-    from ..runtime.flops import GPU_PEAKS
-
-    peak = gpu_peak_flops(gpu, "bf16") if gpu in GPU_PEAKS else None
-    if peak is None:
+    if gpu not in GPU_PEAKS:
         raise ValueError(f"plan.gpu={gpu!r} is not in the peak table: choose one of {', '.join(GPU_PEAKS)} "
                          "or set plan.peak_tflops.")
-    return peak / 1e12
+    return GPU_PEAKS[gpu]["bf16"] / 1e12
 
 
-def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float = 0.4,
-         peak_tflops: float | None = None, samples: float = 1e9, captions_per_sample: int = 1,
+def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float = PlanConfig.mfu,
+         peak_tflops: float | None = None, samples: float = DEFAULT_SAMPLES, captions_per_sample: int = 1,
          recompute: bool = False, fused_attention: bool = True, distributed_optimizer: bool = False,
          embedding_bytes: float = 2, sidecar_fields: int | None = None, adapter: AdapterConfig | None = None,
          gpus_per_node: int | None = None, tp_field: str = "teacher.tensor_parallel",
@@ -131,7 +134,7 @@ def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float 
     return r
 
 
-def plan_extract(teacher: Any, *, gpus: int, samples: float, captions_per_sample: int = 1, mfu: float = 0.4,
+def plan_extract(teacher: Any, *, gpus: int, samples: float, captions_per_sample: int = 1, mfu: float = PlanConfig.mfu,
                  peak_tflops: float | None = None, embedding_bytes: float = 2,
                  tp_field: str = "teacher.tensor_parallel") -> dict[str, Any]:
     """Offline extraction only (the `extract` verb): teacher cost, time on `gpus` GPUs, sidecar storage.
@@ -234,7 +237,7 @@ def plan_from_config(cfg) -> dict[str, Any]:
         batch = knobs.batch or m.global_batch_size or m.train_ds.batch_size * gpus
         fields = [f for f, w in m.train_ds.caption_fields.items() if w > 0]
         return plan(m.vision, t, batch=batch, gpus=gpus, mfu=knobs.mfu, peak_tflops=peak,
-                    samples=knobs.samples or 1e9, captions_per_sample=1, sidecar_fields=len(fields),
+                    samples=knobs.samples or DEFAULT_SAMPLES, captions_per_sample=1, sidecar_fields=len(fields),
                     recompute=bool(m.vision.recompute), fused_attention=knobs.fused_attention,
                     distributed_optimizer=knobs.distributed_optimizer, embedding_bytes=knobs.embedding_bytes or 2,
                     adapter=m.adapter, tp_field=TP_FIELD)
@@ -254,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Reads the recipe's typed config (pretrain_*/finetune_*: TrainCLIPConfig; extract_*: ExtractConfig) "
                "with its overrides; the teacher's shape from plan.teacher_preset (or teacher.preset=NAME), a Megatron "
                "teacher dir or a HF dir at teacher.path. Planner knobs: plan.gpus, plan.batch, plan.samples, plan.mfu "
-               "(0.4), plan.gpu (H100: its dense bf16 peak from the table a run's MFU uses), plan.peak_tflops (0: plan.gpu's), "
+               f"({PlanConfig.mfu}), plan.gpu ({PlanConfig.gpu}: its dense bf16 peak from the table a run's MFU uses), "
+               "plan.peak_tflops (0: plan.gpu's), "
                "plan.fused_attention, plan.distributed_optimizer, "
                f"plan.embedding_bytes. Presets: {', '.join(sorted(TEACHER_PRESETS))}.")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
