@@ -10,7 +10,10 @@ step), every caption field the sidecars hold, the teacher's TP and max_length, a
 `plan.teacher_preset`, a Megatron teacher dir (`hf/config.json`), a HF dir (`config.json`) or the
 embedded SmolLM2.
 
-The formulas: `launch.plan_counts`; the shapes they read: `launch.plan_shapes`; the table:
+The vision tower and adapter are counted as a run counts them (`runtime.flops`, `ViTConfig`,
+`AdapterConfig`), the peak is the run's table (`runtime.flops.GPU_PEAKS`), the teacher's TP is checked
+by the run's rule (`recipes.train_clip.check_teacher_tp` -> `runtime.layout.check_tp`). The teacher
+and memory formulas: `launch.plan_counts`; the shapes they read: `launch.plan_shapes`; the table:
 `launch.plan_report`.
 """
 from __future__ import annotations
