@@ -133,6 +133,9 @@ def test_extract_plan_from_an_extract_config(tmp_path, capsys):
     assert r["offline_storage_bytes"] == 2e9 * 2 * 4096 * 2
     assert r["captions_per_s"] * r["teacher_forward_flops_per_caption"] == pytest.approx(512 * 989e12 * 0.4)
     assert r["extract_wall_time_s"] == pytest.approx(4e9 / r["captions_per_s"])
+    assert P.main([*argv[:-1], "plan.gpus=12"]) == 2  # extract's rule: init_parallel's check_tp, same line
+    assert capsys.readouterr().err == ("llm2clip-nemo plan: teacher.tensor_parallel=8 does not divide the world size "
+                                       "12: set it to one of [1, 2, 3, 4, 6, 12] or launch a multiple of 8 processes.\n")
     assert P.main(argv[:-2]) == 2  # a Megatron dir that is not on this machine, and no preset
     assert capsys.readouterr().err == (
         "llm2clip-nemo plan: teacher.path='/ckpt/megatron-tp8' is neither a Megatron teacher dir (hf/config.json) "
