@@ -70,8 +70,8 @@ def test_refuses_checkpointing_twice(one_rank):  # noqa: F811
     mc.vision.recompute = True
     with pytest.raises(ValueError) as e:
         parallelize(LLM2CLIPNetwork(mc, one_rank, TEACHER_DIM), ParallelizeConfig(activation_checkpointing=True))
-    assert str(e.value) == ("vision.recompute=true and parallelize.activation_checkpointing=true would checkpoint "
-                            "every block twice: set vision.recompute=false.")
+    assert str(e.value) == ("model.vision.recompute=true and model.parallel.activation_checkpointing=true would "
+                            "checkpoint every block twice: set one of them to false.")
 
 
 def test_clip_grad_norm_equals_torch_on_plain_gradients():
@@ -89,17 +89,26 @@ def test_clip_grad_norm_equals_torch_on_plain_gradients():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("data_parallel", "zero3", "parallelize.data_parallel='zero3' is not one of ddp, fsdp2: choose one of them."),
-    ("compile_scope", "model", "parallelize.compile_scope='model' is not one of blocks, tower: choose one of them."),
-    ("mixed_precision", "fp16", "parallelize.mixed_precision='fp16' is not one of auto, bf16, fp32: choose one of them."),
-    ("mixed_precision", "bf16", "parallelize.mixed_precision='bf16' needs data_parallel='fsdp2' (DDP keeps the "
-     "parameters' dtype): set data_parallel=fsdp2, or mixed_precision=auto and use autocast."),
+    ("data_parallel", "zero3", "model.parallel.data_parallel='zero3' is not one of ddp, fsdp2: choose one of them."),
+    ("compile_scope", "model", "model.parallel.compile_scope='model' is not one of blocks, tower: choose one of them."),
+    ("mixed_precision", "fp16",
+     "model.parallel.mixed_precision='fp16' is not one of auto, bf16, fp32: choose one of them."),
+    ("mixed_precision", "bf16", "model.parallel.mixed_precision='bf16' needs model.parallel.data_parallel='fsdp2' "
+     "(DDP keeps the parameters' dtype): set model.parallel.data_parallel=fsdp2, or model.parallel.mixed_precision=auto "
+     "and use autocast."),
 ])
-def test_config_errors(field, value, message):
+def test_config_errors(field, value, message, tmp_path, capsys):
+    """The message names the field as the user types it (model.parallel.X), in the library and on the
+    command line (one line, exit 2)."""
+    from llm2clip_nemo.recipes.train_clip import main
+
     cfg = ParallelizeConfig(**{field: value})
     with pytest.raises(ValueError) as e:
         cfg.validate()
     assert str(e.value) == message
+    assert main(["--config-name", "pretrain_tiny", f"model.parallel.{field}={value}",
+                 f"exp_manager.exp_dir={tmp_path}"], mode="pretrain") == 2
+    assert capsys.readouterr().err == f"llm2clip-nemo pretrain: config error: {message}\n"
 
 
 def test_fsdp2_bf16_policy_computes_in_bf16_keeps_fp32_weights(one_rank):  # noqa: F811

@@ -290,7 +290,8 @@ def test_siglip_finetune_trains_with_sigmoid_loss_and_exports_to_stock_siglip(ti
             "model.vision.activation=checkpoint", "model.vision.layernorm_eps=0", "model.loss.kind=siglip",
             f"model.train_ds.urls={tiny['train']}", "model.train_ds.batch_size=8", "model.train_ds.shuffle_buffer=8",
             "model.num_workers=0", "trainer.max_steps=2", f"exp_manager.exp_dir={tmp_path / 'runs'}",
-            "exp_manager.checkpoint_every_n_steps=2", "trainer.enable_progress_bar=false", *TINY]
+            "exp_manager.checkpoint_every_n_steps=2", "trainer.enable_progress_bar=false", *TINY,
+            "model.train_ds.transform.mean=[0.5,0.5,0.5]", "model.train_ds.transform.std=[0.5,0.5,0.5]"]  # SigLIP's
     cfg = prepare_run(load_config(TrainCLIPConfig, None, over))  # the checkpoint's architecture, adopted
     assert (cfg.model.vision.family, cfg.model.vision.activation, cfg.model.vision.layernorm_eps) == (
         "siglip", "gelu_tanh", 1e-6)
@@ -309,3 +310,21 @@ def test_siglip_finetune_trains_with_sigmoid_loss_and_exports_to_stock_siglip(ti
     with torch.no_grad():
         assert (hf(pixel_values=pixels).pooler_output - ours.net.vision(pixels)).abs().max().item() <= 1e-5
     assert "SiglipVisionModel.from_pretrained" in (export / "README.md").read_text()
+    # its image processor: the stock SiglipImageProcessor (PIL backend in transformers >= 5 without
+    # torchvision), giving exactly the pixels our eval transform feeds the tower
+    from transformers import AutoImageProcessor
+
+    from llm2clip_nemo.hf_model import preprocess_images
+
+    pp = json.loads((export / "vision" / "preprocessor_config.json").read_text())
+    assert (pp["image_processor_type"], pp["size"], pp["image_mean"], pp["image_std"]) == (
+        "SiglipImageProcessor", {"height": 16, "width": 16}, [0.5] * 3, [0.5] * 3)
+    assert type(AutoImageProcessor.from_pretrained(export / "vision")).__name__.removesuffix("Pil") == (
+        "SiglipImageProcessor")
+    proc = AutoImageProcessor.from_pretrained(export / "vision", backend="pil")
+    assert type(proc).__name__ == "SiglipImageProcessorPil"
+    img = Image.open(io.BytesIO(image_bytes(7, size=(40, 40))))  # square, resized 40 -> 16
+    theirs = proc(images=[img], return_tensors="pt")["pixel_values"]
+    mine = preprocess_images([img], 16, [0.5] * 3, [0.5] * 3)
+    assert theirs.shape == mine.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(theirs, mine, atol=1e-6, rtol=0)

@@ -13,30 +13,38 @@ LLAMA3_8B = dict(preset="llama-3-8b", seq_len=77, tensor_parallel=4)
 
 def test_vit_l14_forward_is_162_gflop():
     """The commonly quoted ViT-L/14@224 forward cost (e.g. the open_clip model profile table)."""
-    assert P.vit_forward_flops(P.vision_shape(VIT_L14)) == pytest.approx(162e9, rel=0.01)
+    assert P.plan(VIT_L14, batch=8, gpus=8)["vision_forward_flops"] == pytest.approx(162e9, rel=0.01)
 
 
 def test_vit_l14_params_match_openai_clip():
     # HF openai/clip-vit-large-patch14 vision_model (303,179,776) + visual_projection (1024 x 768)
-    assert P.vit_param_count(1024, 24, 4096, 14, 224, embed_dim=0) == 303_179_776
-    assert P.vit_param_count(1024, 24, 4096, 14, 224, embed_dim=768) == 303_966_208
+    assert P.plan({**VIT_L14, "embed_dim": 0}, batch=8, gpus=8)["vision_params"] == 303_179_776
+    assert P.plan(VIT_L14, batch=8, gpus=8)["vision_params"] == 303_966_208
 
 
 def test_siglip_param_counts_match_transformers():
     # transformers SiglipVisionModel of google/siglip-so400m-patch14-384 and siglip-base-patch16-224
-    assert P.vit_param_count(1152, 27, 4304, 14, 384, family="siglip") == 428_225_600
-    assert P.vit_param_count(768, 12, 3072, 16, 224, family="siglip") == 92_884_224
+    so400m = dict(width=1152, layers=27, heads=16, mlp_dim=4304, patch_size=14, image_size=384, family="siglip")
+    base = dict(width=768, layers=12, heads=12, mlp_dim=3072, patch_size=16, image_size=224, family="siglip")
+    assert P.plan(so400m, batch=8, gpus=8)["vision_params"] == 428_225_600
+    assert P.plan(base, batch=8, gpus=8)["vision_params"] == 92_884_224
 
 
-def test_vit_param_count_matches_the_vit_config_of_the_built_model():
-    """ViTConfig.num_params() is checked against the built megatron ViT and HF in test_vision."""
+def test_plan_flops_per_sample_are_the_runs_for_every_vit_preset():
+    """One count: the plan's training FLOPs per sample are `runtime.flops.train_flops_per_sample` (what a
+    run's MFU divides by: 3 x (ViTConfig.forward_flops + the adapter's forward)), equal, not close; and
+    its parameters are ViTConfig.num_params + AdapterConfig.num_params."""
+    from llm2clip_nemo.runtime.flops import train_flops_per_sample
+    from llm2clip_nemo.text.adapter import AdapterConfig
     from llm2clip_nemo.vision.config import PRESETS
 
     for name, cfg in PRESETS.items():
-        got = P.vit_param_count(cfg.width, cfg.num_layers, cfg.mlp_dim, cfg.patch_size, cfg.image_size,
-                                cfg.num_channels, cfg.embed_dim, cfg.family)
-        assert got == cfg.num_params(), name
-        assert P.vit_forward_flops(P.vision_shape(cfg)) == pytest.approx(cfg.forward_flops(), rel=1e-9), name
+        for adapter in (AdapterConfig(), AdapterConfig(num_blocks=2, expansion=3)):
+            r = P.plan(cfg, LLAMA3_8B, batch=64, gpus=8, adapter=adapter)
+            assert r["train_flops_per_sample"] == train_flops_per_sample(cfg, adapter, 4096), name
+            assert r["vision_forward_flops"] == cfg.forward_flops(), name
+            assert r["vision_params"] == cfg.num_params(), name
+            assert r["adapter_params"] == adapter.num_params(4096, cfg.embed_dim), name
 
 
 def test_llama_param_counts_match_published_models():
@@ -74,14 +82,16 @@ def test_plan_throughput_memory_and_modes():
     assert online["samples_per_s"] * online["model_flops_per_sample"] == pytest.approx(256 * 989e12 * 0.4)
     assert online["wall_time_s"] == pytest.approx(2e9 / online["samples_per_s"])
     assert online["model_flops_per_sample"] == pytest.approx(3 * 162e9 + 1.08e12, rel=0.01)
-    p = online["vision_params"]
+    p = online["vision_params"] + online["adapter_params"]  # the trainable tower and adapter
+    assert online["adapter_params"] == 4 * (2 * 4096 + 2 * 4096 * 8192 + 8192 + 4096) + 2 * 4096 + 4096 * 768
     assert (online["mem_params"], online["mem_grads"], online["mem_optimizer"]) == (4 * p, 4 * p, 8 * p)
     assert online["mem_teacher_weights"] == 2 * 7_504_924_672 / 4  # bf16 shard of a TP=4 teacher
     offline = P.plan(VIT_L14, {**LLAMA3_8B, "mode": "offline"}, batch=32768, gpus=256, samples=2e9)
     assert offline["teacher_flops_per_sample"] == 0 and offline["mem_teacher"] == 0
     assert offline["samples_per_s"] > 3 * online["samples_per_s"]  # the teacher dominates online cost
     zero = P.plan(VIT_L14, None, batch=32768, gpus=256, distributed_optimizer=True, recompute=True)
-    assert zero["mem_optimizer"] == 8 * p / 256
+    assert zero["adapter_params"] == 0  # no teacher, so no adapter input size: the tower alone
+    assert zero["mem_optimizer"] == 8 * zero["vision_params"] / 256
     assert zero["mem_activations"] == zero["mem_activations_recompute"] < zero["mem_activations_no_recompute"]
     assert zero["hardware_flops_per_sample"] == 4 * zero["vision_forward_flops"]
 
@@ -123,6 +133,9 @@ def test_extract_plan_from_an_extract_config(tmp_path, capsys):
     assert r["offline_storage_bytes"] == 2e9 * 2 * 4096 * 2
     assert r["captions_per_s"] * r["teacher_forward_flops_per_caption"] == pytest.approx(512 * 989e12 * 0.4)
     assert r["extract_wall_time_s"] == pytest.approx(4e9 / r["captions_per_s"])
+    assert P.main([*argv[:-1], "plan.gpus=12"]) == 2  # extract's rule: init_parallel's check_tp, same line
+    assert capsys.readouterr().err == ("llm2clip-nemo plan: teacher.tensor_parallel=8 does not divide the world size "
+                                       "12: set it to one of [1, 2, 3, 4, 6, 12] or launch a multiple of 8 processes.\n")
     assert P.main(argv[:-2]) == 2  # a Megatron dir that is not on this machine, and no preset
     assert capsys.readouterr().err == (
         "llm2clip-nemo plan: teacher.path='/ckpt/megatron-tp8' is neither a Megatron teacher dir (hf/config.json) "
@@ -136,6 +149,7 @@ VIT_L14_1280_FWD = (2 * 256 * 3 * 14 * 14 * W + 24 * (2 * S * (4 * W * W + 2 * W
                     + 2 * W * 1280)  # pretrain_large: projection to 1280
 LLAMA3_8B_NONEMB = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096) + 4096
 LLAMA3_8B_CAPTION_256 = 2 * 256 * LLAMA3_8B_NONEMB + 4 * 32 * 256**2 * 4096  # max_length 256
+ADAPTER_4096_1280_FWD = 2 * (4 * 2 * 4096 * 8192 + 4096 * 1280)  # 4 blocks d -> 2d -> d, then d -> 1280
 
 
 def run_plan(capsys, *args) -> dict:
@@ -150,8 +164,9 @@ def test_readme_command_plans_pretrain_large_offline(capsys):
     r = run_plan(capsys, "--config-name", "pretrain_large")
     assert (r["gpus"], r["global_batch"], r["teacher_mode"], r["sidecar_fields"]) == (512, 32768, "offline", 2)
     assert r["vision_forward_flops"] == VIT_L14_1280_FWD
-    assert r["model_flops_per_sample"] == 3 * VIT_L14_1280_FWD  # no teacher in an offline step
-    assert r["hardware_flops_per_sample"] == 4 * VIT_L14_1280_FWD  # model.vision.recompute: true
+    # no teacher in an offline step; the adapter is trained (3 x its forward)
+    assert r["model_flops_per_sample"] == 3 * VIT_L14_1280_FWD + 3 * ADAPTER_4096_1280_FWD
+    assert r["hardware_flops_per_sample"] == r["model_flops_per_sample"] + VIT_L14_1280_FWD  # vision.recompute
     assert r["teacher_flops_per_sample"] == 0 and r["mem_teacher"] == 0
     assert r["offline_storage_bytes"] == 1e9 * 2 * 4096 * 2  # txt and long, 4096-d bf16
     assert r["teacher_forward_flops_per_caption"] == LLAMA3_8B_CAPTION_256
@@ -161,10 +176,11 @@ def test_online_is_charged_the_teacher_and_offline_is_not(capsys):
     off = run_plan(capsys, "--config-name", "pretrain_large")
     on = run_plan(capsys, "--config-name", "pretrain_large", "model.teacher_mode=online")
     assert on["teacher_flops_per_sample"] == LLAMA3_8B_CAPTION_256  # one caption drawn per sample
-    assert on["model_flops_per_sample"] == 3 * VIT_L14_1280_FWD + LLAMA3_8B_CAPTION_256
+    assert on["model_flops_per_sample"] == 3 * VIT_L14_1280_FWD + 3 * ADAPTER_4096_1280_FWD + LLAMA3_8B_CAPTION_256
     assert on["mem_teacher_weights"] == 2 * (LLAMA3_8B_NONEMB + 128256 * 4096) / 8  # bf16 TP=8 shard
     assert off["model_flops_per_sample"] < on["model_flops_per_sample"] and off["mem_total"] < on["mem_total"]
-    assert on["samples_per_s"] / off["samples_per_s"] == pytest.approx(3 * VIT_L14_1280_FWD / on["model_flops_per_sample"])
+    assert on["samples_per_s"] / off["samples_per_s"] == pytest.approx(off["model_flops_per_sample"]
+                                                                       / on["model_flops_per_sample"])
     assert P.main(["--config-name", "pretrain_large", "model.teacher_mode=online"]) == 0
     assert "online (1 caption(s) per sample" in capsys.readouterr().out
 
@@ -228,7 +244,7 @@ def test_finetune_plan_takes_the_architecture_left_to_the_checkpoint(tmp_path, c
                  "model.vision.image_size=0", "model.vision.patch_size=0", "model.vision.activation=checkpoint")
     # ViT-L/14 from the checkpoint; the 128-d projection of finetune_tiny (the head is re-initialised)
     assert r["vision_forward_flops"] == VIT_L14_1280_FWD - 2 * 1024 * (1280 - 128)
-    assert r["vision_params"] == P.vit_param_count(1024, 24, 4096, 14, 224, embed_dim=128)
+    assert r["vision_params"] == P.vision_shape({**VIT_L14, "embed_dim": 128}).num_params()
 
 
 def test_caption_length_comes_from_the_teacher_contract_when_the_config_leaves_it(tmp_path, capsys):
@@ -250,3 +266,49 @@ def test_caption_length_comes_from_the_teacher_contract_when_the_config_leaves_i
     r = run_plan(capsys, "--config-name", "pretrain_large")  # its teacher dir exists only on the cluster
     assert r["teacher_forward_flops_per_caption"] == P.llama_forward_flops(
         P.teacher_shape({"preset": "llama-3-8b", "seq_len": 256}))
+
+
+def test_plan_of_a_recipe_counts_what_its_run_measures(capsys):
+    """pretrain_large offline: the plan's FLOPs per sample are the run's MFU count of the same config
+    (`runtime.flops.train_flops_per_sample` of model.vision and model.adapter at the teacher's 4096-d)."""
+    from llm2clip_nemo.config import load_config
+    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
+    from llm2clip_nemo.runtime.flops import train_flops_per_sample
+
+    cfg = load_config(TrainCLIPConfig, "pretrain_large", [], validate=False)
+    run = train_flops_per_sample(cfg.model.vision, cfg.model.adapter, 4096)
+    r = run_plan(capsys, "--config-name", "pretrain_large")
+    assert r["train_flops_per_sample"] == r["model_flops_per_sample"] == run == 3 * (VIT_L14_1280_FWD
+                                                                                   + ADAPTER_4096_1280_FWD)
+
+
+def test_peak_comes_from_the_runs_peak_table(capsys):
+    from llm2clip_nemo.runtime.flops import GPU_PEAKS
+
+    assert run_plan(capsys, "--config-name", "pretrain_large")["peak_tflops"] == GPU_PEAKS["H100"]["bf16"] / 1e12
+    assert run_plan(capsys, "--config-name", "pretrain_large", "plan.gpu=A100")["peak_tflops"] == 312.0
+    assert run_plan(capsys, "--config-name", "pretrain_large", "plan.peak_tflops=100")["peak_tflops"] == 100.0
+    assert P.main(["--config-name", "pretrain_large", "plan.gpu=B200"]) == 2
+    assert capsys.readouterr().err == ("llm2clip-nemo plan: plan.gpu='B200' is not in the peak table: choose one of "
+                                       "H200, H100 NVL, H100 PCIe, H100, A100 or set plan.peak_tflops.\n")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.teacher.tensor_parallel=4", "trainer.devices=2", "trainer.num_nodes=2"],
+     "model.teacher.tensor_parallel=4 does not divide the 2 GPUs per node (trainer.devices=2): a tensor-parallel "
+     "group would cross nodes. Set it to one of [1, 2] or launch 4 GPUs per node."),
+    (["model.teacher.tensor_parallel=4", "trainer.devices=6"],
+     "model.teacher.tensor_parallel=4 does not divide the world size 6: set it to one of [1, 2, 3, 6] or launch a "
+     "multiple of 4 processes."),
+])
+def test_plan_and_run_refuse_a_bad_tp_with_the_same_message(overrides, message, tmp_path, capsys):
+    """One TP rule (`runtime.layout.check_tp` through `recipes.train_clip.check_teacher_tp`): the plan of a
+    launch and the run of it refuse it with the same line, exit 2 both."""
+    from llm2clip_nemo.recipes import train_clip
+
+    argv = ["--config-name", "pretrain_tiny", *overrides]
+    assert P.main(argv) == 2
+    assert capsys.readouterr().err == f"llm2clip-nemo plan: {message}\n"
+    assert train_clip.main([*argv, f"exp_manager.exp_dir={tmp_path}"], mode="pretrain") == 2
+    assert capsys.readouterr().err == f"llm2clip-nemo pretrain: config error: {message}\n"
+    assert not any(tmp_path.iterdir())  # refused before anything was written

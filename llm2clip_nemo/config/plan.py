@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from .loader import ConfigError
 
-H100_BF16_DENSE_TFLOPS = 989.0
-"""Peak dense bf16 TFLOP/s of an H100 SXM (NVIDIA's data sheet: 1979 with sparsity)."""
+DEFAULT_SAMPLES = 1e9
+"""Samples a stage-2 run is planned for when plan.samples is 0."""
 
 
 @dataclass
@@ -20,11 +20,14 @@ class PlanConfig:
     batch: int = 0
     """Global batch; 0 = model.global_batch_size, else model.train_ds.batch_size per GPU."""
     samples: float = 0.0
-    """Samples seen by the run (wall time, storage); 0 = projection.samples (extract) or 1e9."""
+    """Samples seen by the run (wall time, storage); 0 = projection.samples (extract) or DEFAULT_SAMPLES (1e9)."""
     mfu: float = 0.4
     """Model FLOPs utilisation assumed for throughput, in (0, 1]."""
-    peak_tflops: float = H100_BF16_DENSE_TFLOPS
-    """Peak dense TFLOP/s per GPU (default: H100 SXM bf16)."""
+    gpu: str = "H100"
+    """GPU to plan for: a name of `runtime.flops.GPU_PEAKS` (the peak table a run's MFU is measured against:
+    H200, H100 NVL, H100 PCIe, H100 (SXM), A100); its dense bf16 peak is the planner's peak."""
+    peak_tflops: float = 0.0
+    """Peak dense TFLOP/s per GPU; 0 = plan.gpu's bf16 entry of `runtime.flops.GPU_PEAKS`."""
     teacher_preset: str = ""
     """Teacher shape to plan with (a name of launch.plan.TEACHER_PRESETS); '' = read it from teacher.path
     (a Megatron teacher dir's hf/config.json, a HF dir's config.json, or the embedded SmolLM2). Its tensor
@@ -37,8 +40,10 @@ class PlanConfig:
     """Bytes per stored embedding value; 0 = from data.storage_dtype (extract: int8 -> 1, else 2) or 2."""
 
     def validate(self) -> None:
-        if self.gpus < 0 or self.batch < 0 or self.samples < 0 or self.embedding_bytes < 0:
-            raise ConfigError(f"plan.gpus={self.gpus}, plan.batch={self.batch}, plan.samples={self.samples} and "
-                              f"plan.embedding_bytes={self.embedding_bytes} must be >= 0 (0 = from the recipe).")
+        if (self.gpus < 0 or self.batch < 0 or self.samples < 0 or self.embedding_bytes < 0
+                or self.peak_tflops < 0):
+            raise ConfigError(f"plan.gpus={self.gpus}, plan.batch={self.batch}, plan.samples={self.samples}, "
+                              f"plan.embedding_bytes={self.embedding_bytes} and plan.peak_tflops={self.peak_tflops} "
+                              "must be >= 0 (0 = from the recipe, or plan.gpu's peak).")
         if not 0 < self.mfu <= 1:
             raise ConfigError(f"plan.mfu={self.mfu} must be in (0, 1].")

@@ -1,8 +1,9 @@
 """A trained LLM2CLIP model -> Hugging Face directories (`llm2clip-nemo convert export-hf`).
 
     out/vision/      CLIPVisionModelWithProjection (SiglipVisionModel for vision.family=siglip;
-                     safetensors) + preprocessor_config.json (CLIPImageProcessor, our eval transform):
-                     stock `transformers` loads it, no trust_remote_code
+                     safetensors) + preprocessor_config.json (CLIPImageProcessor; SiglipImageProcessor
+                     for siglip: our eval transform's size, mean and std): stock `transformers` loads
+                     both (`AutoImageProcessor`), no trust_remote_code
     out/adapter/     model.safetensors (`adapter.*` weights, `loss.logit_scale`[, `loss.logit_bias`])
                      + config.json (AdapterConfig fields, logit scale, teacher fingerprint and switches)
     out/llm/         the teacher as a standard HF causal-LM directory with its tokenizer and its
@@ -34,13 +35,21 @@ VISION, ADAPTER, LLM = "vision", "adapter", "llm"
 _LLM_SKIP_SUFFIXES = (".gguf", ".lock")
 
 
-def image_processor_config(image_size: int, mean, std) -> dict:
-    """CLIPImageProcessor settings equal to our eval transform: bicubic resize of the short side,
-    centre crop, scale to [0, 1], normalise (our transform does the resize and crop in one step)."""
-    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": image_size},
-            "resample": 3, "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
-            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(mean),
-            "image_std": list(std), "do_convert_rgb": True}
+def image_processor_config(family: str, image_size: int, mean, std) -> dict:
+    """preprocessor_config.json of the stock `transformers` image processor of a `family` tower
+    ('clip' or 'siglip', `ViTConfig.family`), set to our eval transform (`hf_model.preprocess_images`):
+    bicubic (resample 3) to `image_size` px square, scale to [0, 1], normalise by `mean`/`std` (3 floats).
+    clip: CLIPImageProcessor, resize of the short side then centre crop (our transform does both in one
+    step). siglip: SiglipImageProcessor, which resizes the whole image to image_size x image_size with no
+    crop (as SigLIP's own preprocessing): the same pixels for a square image; a non-square one is squashed
+    there and centre-cropped by our transform."""
+    common = {"do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+              "image_mean": list(mean), "image_std": list(std), "do_convert_rgb": True}
+    if family == "siglip":
+        return {"image_processor_type": "SiglipImageProcessor", **common,
+                "size": {"height": image_size, "width": image_size}}
+    return {"image_processor_type": "CLIPImageProcessor", **common, "size": {"shortest_edge": image_size},
+            "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size}}
 
 
 def _export_llm(teacher_path: Path, out: Path) -> None:
@@ -112,7 +121,7 @@ def export_hf(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, teac
         vit_to_hf(model.net.vision).save_pretrained(tmp / VISION, safe_serialization=True)
         t = tc.train_ds.transform
         (tmp / VISION / "preprocessor_config.json").write_text(
-            json.dumps(image_processor_config(tc.vision.image_size, t.mean, t.std), indent=2) + "\n")
+            json.dumps(image_processor_config(tc.vision.family, tc.vision.image_size, t.mean, t.std), indent=2) + "\n")
         # 3. adapter + the learned temperature (bit-exact tensors; the config holds readable values)
         (tmp / ADAPTER).mkdir()
         tensors = {f"adapter.{k}": v.detach().float().contiguous().clone()
@@ -164,6 +173,7 @@ def model_card(meta: dict, adapter_cfg: dict, contract: TeacherContract, name: s
     siglip = v.get("family", "clip") == "siglip"
     vision_cls = "SiglipVisionModel" if siglip else "CLIPVisionModelWithProjection"
     embeds_attr = "pooler_output" if siglip else "image_embeds"
+    processor_cls = "SiglipImageProcessor" if siglip else "CLIPImageProcessor"
     lines = [
         f"# {name}: an LLM2CLIP model",
         "",
@@ -211,17 +221,20 @@ def model_card(meta: dict, adapter_cfg: dict, contract: TeacherContract, name: s
         "The vision tower alone with plain `transformers` (no trust_remote_code):",
         "",
         "```python",
-        f"from transformers import CLIPImageProcessor, {vision_cls}",
+        f"from transformers import AutoImageProcessor, {vision_cls}",
         "",
         f'vision = {vision_cls}.from_pretrained("{name}/{meta["vision"]}")',
-        f'processor = CLIPImageProcessor.from_pretrained("{name}/{meta["vision"]}")',
+        f'processor = AutoImageProcessor.from_pretrained("{name}/{meta["vision"]}")  # {processor_cls}',
         f'embeds = vision(**processor(images=[image], return_tensors="pt")).{embeds_attr}',
         "```",
         "",
         f"The text side needs the LLM in `{meta['llm']}/` run as its `teacher_contract.json` says "
         f"({contract.describe()}), then the adapter: `LLM2CLIP.get_text_features` does both.",
-        "`CLIPImageProcessor` resizes and then crops in two steps; our pipeline does it in one, so pixel values",
-        "may differ slightly for non-square images.",
+        *(["`SiglipImageProcessor` resizes the whole image to a square (no crop, as SigLIP does); our pipeline",
+           "center-crops the short side first: the same pixels for square images, not for others."] if siglip else
+          ["`CLIPImageProcessor` resizes and then crops in two steps; our pipeline does it in one, so pixel values",
+           "may differ slightly for non-square images."]),
+        "Its PIL backend (`backend=\"pil\"` in transformers >= 5) resizes as our pipeline does (PIL bicubic).",
         "",
     ]
     if not math.isfinite(scale):

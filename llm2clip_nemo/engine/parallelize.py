@@ -45,6 +45,9 @@ COMPILE_SCOPES = ("blocks", "tower")
 MIXED_PRECISION = ("auto", "bf16", "fp32")
 _BLOCK_NAME = re.compile(r"(.+\.)?decoder\.layers\.\d+")
 _PARALLELIZED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+FIELD = "model.parallel"
+"""Where a recipe holds this config (`LLM2CLIPConfig.parallel`): the path its errors name, as the user types
+it on the command line (`model.parallel.data_parallel=fsdp2`)."""
 
 
 @dataclass
@@ -82,15 +85,24 @@ class ParallelizeConfig:
     parameters' dtype; use autocast in the training step for bf16 compute)."""
 
     def validate(self) -> None:
-        """Raise ValueError naming the field, the value and the fix."""
+        """Raise ValueError naming the field by its full path (`FIELD`), the value and the fix."""
         for name, allowed in (("data_parallel", DATA_PARALLEL), ("compile_scope", COMPILE_SCOPES),
                               ("mixed_precision", MIXED_PRECISION)):
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"parallelize.{name}={value!r} is not one of {', '.join(allowed)}: choose one of them.")
+                raise ValueError(f"{FIELD}.{name}={value!r} is not one of {', '.join(allowed)}: choose one of them.")
         if self.data_parallel == "ddp" and self.mixed_precision == "bf16":
-            raise ValueError("parallelize.mixed_precision='bf16' needs data_parallel='fsdp2' (DDP keeps the "
-                             "parameters' dtype): set data_parallel=fsdp2, or mixed_precision=auto and use autocast.")
+            raise ValueError(f"{FIELD}.mixed_precision='bf16' needs {FIELD}.data_parallel='fsdp2' (DDP keeps the "
+                             f"parameters' dtype): set {FIELD}.data_parallel=fsdp2, or {FIELD}.mixed_precision=auto "
+                             "and use autocast.")
+
+    def check_vision_recompute(self, recompute: bool) -> None:
+        """ValueError when the ViT checkpoints its own blocks (`model.vision.recompute`) and
+        `activation_checkpointing` would checkpoint them again. The one message of this rule: the recipe's
+        config validation and `parallelize()` both call it."""
+        if recompute and self.activation_checkpointing:
+            raise ValueError(f"model.vision.recompute=true and {FIELD}.activation_checkpointing=true would checkpoint "
+                             "every block twice: set one of them to false.")
 
 
 def transformer_blocks(module: nn.Module) -> list[nn.Module]:
@@ -172,9 +184,7 @@ def parallelize(module: nn.Module, cfg: ParallelizeConfig, group=None,
         raise ValueError("this module is already parallelised: call parallelize() once per module.")
     blocks = list(blocks) if blocks is not None else transformer_blocks(module)
     vision_cfg = getattr(getattr(module, "vision", None), "cfg", None)
-    if getattr(vision_cfg, "recompute", False) and cfg.activation_checkpointing:
-        raise ValueError("vision.recompute=true and parallelize.activation_checkpointing=true would checkpoint every "
-                         "block twice: set vision.recompute=false.")
+    cfg.check_vision_recompute(bool(getattr(vision_cfg, "recompute", False)))
     # 1. activation checkpointing
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(blocks)

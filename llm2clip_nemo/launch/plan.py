@@ -10,7 +10,10 @@ step), every caption field the sidecars hold, the teacher's TP and max_length, a
 `plan.teacher_preset`, a Megatron teacher dir (`hf/config.json`), a HF dir (`config.json`) or the
 embedded SmolLM2.
 
-The formulas: `launch.plan_counts`; the shapes they read: `launch.plan_shapes`; the table:
+The vision tower and adapter are counted as a run counts them (`runtime.flops`, `ViTConfig`,
+`AdapterConfig`), the peak is the run's table (`runtime.flops.GPU_PEAKS`), the teacher's TP is checked
+by the run's rule (`recipes.train_clip.check_teacher_tp` -> `runtime.layout.check_tp`). The teacher
+and memory formulas: `launch.plan_counts`; the shapes they read: `launch.plan_shapes`; the table:
 `launch.plan_report`.
 """
 from __future__ import annotations
@@ -20,38 +23,48 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config.plan import H100_BF16_DENSE_TFLOPS
-from .plan_counts import (
-    llama_forward_flops,
-    llama_param_count,
-    offline_storage_bytes,
-    vit_activation_bytes,
-    vit_forward_flops,
-    vit_param_count,
+from ..config.plan import DEFAULT_SAMPLES, PlanConfig
+from ..runtime.flops import (
+    GPU_PEAKS,
+    adapter_forward_flops,
+    train_flops_per_sample,
+    vision_forward_flops,
 )
+from ..runtime.layout import TP_FIELD, check_tp
+from ..text.adapter import AdapterConfig
+from .plan_counts import llama_forward_flops, llama_param_count, offline_storage_bytes, vit_activation_bytes
 from .plan_report import format_table
-from .plan_shapes import (
-    TEACHER_PRESETS,
-    TeacherShape,
-    VisionShape,
-    checkpoint_shape,
-    preset_shape,
-    teacher_shape,
-    vision_shape,
-)
+from .plan_shapes import TEACHER_PRESETS, TeacherShape, checkpoint_shape, preset_shape, teacher_shape, vision_shape
 
 
-def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float = 0.4,
-         peak_tflops: float = H100_BF16_DENSE_TFLOPS, samples: float = 1e9, captions_per_sample: int = 1,
+def default_peak_tflops(gpu: str = PlanConfig.gpu) -> float:
+    """Dense bf16 peak TFLOP/s of `gpu` (a name of `runtime.flops.GPU_PEAKS`, the table a run's MFU uses);
+    ValueError naming plan.gpu and the choices when it is not in the table."""
+    if gpu not in GPU_PEAKS:
+        raise ValueError(f"plan.gpu={gpu!r} is not in the peak table: choose one of {', '.join(GPU_PEAKS)} "
+                         "or set plan.peak_tflops.")
+    return GPU_PEAKS[gpu]["bf16"] / 1e12
+
+
+def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float = PlanConfig.mfu,
+         peak_tflops: float | None = None, samples: float = DEFAULT_SAMPLES, captions_per_sample: int = 1,
          recompute: bool = False, fused_attention: bool = True, distributed_optimizer: bool = False,
-         embedding_bytes: float = 2, sidecar_fields: int | None = None) -> dict[str, Any]:
+         embedding_bytes: float = 2, sidecar_fields: int | None = None, adapter: AdapterConfig | None = None,
+         gpus_per_node: int | None = None, tp_field: str = "teacher.tensor_parallel",
+         per_node_source: str = "") -> dict[str, Any]:
     """Estimates for training `vision` against `teacher` with global `batch` over `gpus` GPUs.
 
-    `vision`/`teacher` are VisionShape/TeacherShape, or dict-like sections (see vision_shape /
-    teacher_shape). captions_per_sample: captions the online teacher embeds per sample per step;
-    sidecar_fields: caption vectors per sample in the offline sidecars (default captions_per_sample).
+    `vision`: a ViTConfig or a dict-like section (see `vision_shape`); `teacher`: a TeacherShape, a
+    dict-like section (see `teacher_shape`) or None; `adapter`: the run's AdapterConfig (default
+    AdapterConfig(); not counted without a teacher, whose hidden size is its input). captions_per_sample:
+    captions the online teacher embeds per sample per step; sidecar_fields: caption vectors per sample in
+    the offline sidecars (default captions_per_sample). peak_tflops: None = `default_peak_tflops()`.
+    The teacher's TP is checked against `gpus` and `gpus_per_node` by the run's own rule
+    (`runtime.layout.check_tp`, LayoutError naming `tp_field`; `per_node_source` says where the per-node
+    count came from). `train_flops_per_sample` is `runtime.flops.train_flops_per_sample`, the count a
+    run's MFU divides by; `model_flops_per_sample` adds the online teacher's forward.
     Returns a flat dict of numbers (FLOPs, bytes, seconds)."""
-    v = vision if isinstance(vision, VisionShape) else vision_shape(vision)
+    v = vision_shape(vision)
     t = teacher if isinstance(teacher, TeacherShape) or teacher is None else teacher_shape(teacher)
     if gpus < 1 or batch < 1:
         raise ValueError(f"plan needs gpus >= 1 and batch >= 1 (got gpus={gpus}, batch={batch}).")
@@ -60,8 +73,10 @@ def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float 
                          f"data-parallel ranks; use a multiple of {gpus}.")
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu={mfu} must be in (0, 1].")
-    if t is not None and gpus % t.tensor_parallel:
-        raise ValueError(f"teacher.tensor_parallel={t.tensor_parallel} does not divide gpus={gpus}.")
+    if t is not None:
+        check_tp(t.tensor_parallel, gpus, gpus_per_node, tp_field, per_node_source)
+    peak_tflops = default_peak_tflops() if peak_tflops is None else peak_tflops
+    adapter = (adapter or AdapterConfig()) if t is not None else None
     micro = batch // gpus
     fields = captions_per_sample if sidecar_fields is None else sidecar_fields
     r: dict[str, Any] = {"gpus": gpus, "global_batch": batch, "micro_batch": micro, "mfu": mfu,
@@ -69,22 +84,25 @@ def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float 
                          "teacher_mode": t.mode if t is not None else "none",
                          "captions_per_sample": captions_per_sample, "sidecar_fields": fields}
 
-    # FLOPs per sample
-    r["vision_params"] = vit_param_count(v.width, v.layers, v.mlp_dim, v.patch_size, v.image_size,
-                                         v.channels, v.embed_dim, v.family)
-    r["vision_forward_flops"] = vit_forward_flops(v)
+    # FLOPs per sample: the run's counts (runtime.flops), plus the online teacher's forward
+    r["vision_params"] = v.num_params()
+    r["adapter_params"] = adapter.num_params(t.hidden, v.embed_dim) if adapter is not None else 0
+    r["vision_forward_flops"] = vision_forward_flops(v)
     r["vision_train_flops"] = 3 * r["vision_forward_flops"]
+    r["adapter_forward_flops"] = adapter_forward_flops(adapter, t.hidden, v.embed_dim) if adapter is not None else 0.0
+    r["train_flops_per_sample"] = (train_flops_per_sample(v, adapter, t.hidden) if adapter is not None
+                                   else r["vision_train_flops"])
     teacher_fwd = 0.0
     if t is not None:
         r["teacher_params"] = llama_param_count(t)
         r["teacher_forward_flops_per_caption"] = llama_forward_flops(t)
         teacher_fwd = r["teacher_forward_flops_per_caption"] * captions_per_sample if t.mode == "online" else 0.0
     r["teacher_flops_per_sample"] = teacher_fwd
-    r["model_flops_per_sample"] = r["vision_train_flops"] + teacher_fwd
+    r["model_flops_per_sample"] = r["train_flops_per_sample"] + teacher_fwd
     r["hardware_flops_per_sample"] = r["model_flops_per_sample"] + (r["vision_forward_flops"] if recompute else 0.0)
 
-    # memory per GPU
-    p = r["vision_params"]
+    # memory per GPU: the trainable tower and adapter (fp32 params, grads, AdamW m and v)
+    p = r["vision_params"] + r["adapter_params"]
     r["mem_params"] = 4.0 * p
     r["mem_grads"] = 4.0 * p
     r["mem_optimizer"] = 8.0 * p / (gpus if distributed_optimizer else 1)
@@ -119,16 +137,20 @@ def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float 
     return r
 
 
-def plan_extract(teacher: Any, *, gpus: int, samples: float, captions_per_sample: int = 1, mfu: float = 0.4,
-                 peak_tflops: float = H100_BF16_DENSE_TFLOPS, embedding_bytes: float = 2) -> dict[str, Any]:
-    """Offline extraction only (the `extract` verb): teacher cost, time on `gpus` GPUs, sidecar storage."""
+def plan_extract(teacher: Any, *, gpus: int, samples: float, captions_per_sample: int = 1, mfu: float = PlanConfig.mfu,
+                 peak_tflops: float | None = None, embedding_bytes: float = 2,
+                 tp_field: str = "teacher.tensor_parallel") -> dict[str, Any]:
+    """Offline extraction only (the `extract` verb): teacher cost, time on `gpus` GPUs, sidecar storage.
+    The teacher's TP is checked against `gpus` by the run's rule (`runtime.layout.check_tp`)."""
     t = teacher if isinstance(teacher, TeacherShape) else teacher_shape(teacher)
     if t is None:
         raise ValueError("plan_extract needs a teacher section (teacher.preset, teacher.path or its shape).")
-    if gpus < 1 or gpus % t.tensor_parallel:
-        raise ValueError(f"teacher.tensor_parallel={t.tensor_parallel} does not divide gpus={gpus}.")
+    if gpus < 1:
+        raise ValueError(f"plan needs gpus >= 1 (got gpus={gpus}).")
+    check_tp(t.tensor_parallel, gpus, None, tp_field)
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu={mfu} must be in (0, 1].")
+    peak_tflops = default_peak_tflops() if peak_tflops is None else peak_tflops
     per_caption = llama_forward_flops(t)
     captions_per_s = gpus * peak_tflops * 1e12 * mfu / per_caption
     return {"gpus": gpus, "samples": float(samples), "captions_per_sample": captions_per_sample, "mfu": mfu,
@@ -199,26 +221,33 @@ def shape_from_teacher_config(teacher, preset: str, mode: str, where: str) -> Te
 
 
 def plan_from_config(cfg) -> dict[str, Any]:
-    """The plan of a typed recipe config (TrainCLIPConfig or ExtractConfig, overrides merged)."""
+    """The plan of a typed recipe config (TrainCLIPConfig or ExtractConfig, overrides merged). The
+    teacher's TP is checked as the run checks it where it starts (`recipes.train_clip.check_teacher_tp`:
+    the planned GPUs, trainer.devices per node; extract: the GPUs, as `init_parallel` checks the world)."""
     knobs = cfg.plan
+    peak = knobs.peak_tflops or default_peak_tflops(knobs.gpu)
     if hasattr(cfg, "model"):  # stage 2
+        from ..recipes.train_clip import check_teacher_tp
+
         m, trainer = cfg.model, cfg.trainer
         if m.mode == "finetune":  # fields left to the checkpoint (0 / 'checkpoint') take its values
             from ..formats.vision_checkpoint import adopt_checkpoint_architecture
 
             m.vision = adopt_checkpoint_architecture(m.vision, m.init_from)
+        gpus = knobs.gpus or trainer.world_size
+        check_teacher_tp(cfg, gpus)
         t = shape_from_teacher_config(m.teacher, knobs.teacher_preset, m.teacher_mode, "model.teacher")
-        gpus = knobs.gpus or int(trainer.num_nodes) * int(trainer.devices)
         batch = knobs.batch or m.global_batch_size or m.train_ds.batch_size * gpus
         fields = [f for f, w in m.train_ds.caption_fields.items() if w > 0]
-        return plan(m.vision, t, batch=batch, gpus=gpus, mfu=knobs.mfu, peak_tflops=knobs.peak_tflops,
-                    samples=knobs.samples or 1e9, captions_per_sample=1, sidecar_fields=len(fields),
+        return plan(m.vision, t, batch=batch, gpus=gpus, mfu=knobs.mfu, peak_tflops=peak,
+                    samples=knobs.samples or DEFAULT_SAMPLES, captions_per_sample=1, sidecar_fields=len(fields),
                     recompute=bool(m.vision.recompute), fused_attention=knobs.fused_attention,
-                    distributed_optimizer=knobs.distributed_optimizer, embedding_bytes=knobs.embedding_bytes or 2)
+                    distributed_optimizer=knobs.distributed_optimizer, embedding_bytes=knobs.embedding_bytes or 2,
+                    adapter=m.adapter, tp_field=TP_FIELD)
     t = shape_from_teacher_config(cfg.teacher, knobs.teacher_preset, "offline", "teacher")
     emb = knobs.embedding_bytes or (1 if cfg.data.storage_dtype == "int8" else 2)
     return plan_extract(t, gpus=knobs.gpus or cfg.projection.gpus, samples=knobs.samples or cfg.projection.samples,
-                        captions_per_sample=len(cfg.data.fields), mfu=knobs.mfu, peak_tflops=knobs.peak_tflops,
+                        captions_per_sample=len(cfg.data.fields), mfu=knobs.mfu, peak_tflops=peak,
                         embedding_bytes=emb)
 
 
@@ -231,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Reads the recipe's typed config (pretrain_*/finetune_*: TrainCLIPConfig; extract_*: ExtractConfig) "
                "with its overrides; the teacher's shape from plan.teacher_preset (or teacher.preset=NAME), a Megatron "
                "teacher dir or a HF dir at teacher.path. Planner knobs: plan.gpus, plan.batch, plan.samples, plan.mfu "
-               "(0.4), plan.peak_tflops (989, H100 bf16 dense), plan.fused_attention, plan.distributed_optimizer, "
+               f"({PlanConfig.mfu}), plan.gpu ({PlanConfig.gpu}: its dense bf16 peak from the table a run's MFU uses), "
+               "plan.peak_tflops (0: plan.gpu's), "
+               "plan.fused_attention, plan.distributed_optimizer, "
                f"plan.embedding_bytes. Presets: {', '.join(sorted(TEACHER_PRESETS))}.")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
     cl = parse_command_line("plan", list(argv or []), flags=p)

@@ -45,6 +45,10 @@ def format_table(r: Mapping[str, Any]) -> str:
         ("vision forward / image", _si(r["vision_forward_flops"], "FLOP")),
         ("vision train (3x fwd) / image", _si(r["vision_train_flops"], "FLOP")),
     ]
+    if r.get("adapter_params"):
+        rows += [("adapter params", _si(r["adapter_params"], "")),
+                 ("adapter forward / caption", _si(r["adapter_forward_flops"], "FLOP"))]
+    rows += [("train FLOPs / sample (a run's MFU count)", _si(r["train_flops_per_sample"], "FLOP"))]
     if "teacher_params" in r:
         offline = r["teacher_mode"] == "offline"
         rows += [("teacher mode", "offline (embedding sidecars; the teacher is not in the step)" if offline
@@ -54,7 +58,7 @@ def format_table(r: Mapping[str, Any]) -> str:
                  ("teacher FLOPs / sample in the step", _si(r["teacher_flops_per_sample"], "FLOP"))]
     rows += [
         ("model FLOPs / sample", _si(r["model_flops_per_sample"], "FLOP")),
-        ("memory/GPU: params fp32", _bytes(r["mem_params"])),
+        ("memory/GPU: params fp32 (tower + adapter)", _bytes(r["mem_params"])),
         ("memory/GPU: grads fp32", _bytes(r["mem_grads"])),
         ("memory/GPU: AdamW m,v", _bytes(r["mem_optimizer"])),
         ("memory/GPU: activations (no recompute)", _bytes(r["mem_activations_no_recompute"])),

@@ -1,5 +1,6 @@
-"""The model shapes the capacity planner counts with: `VisionShape`, `TeacherShape`, published teacher
-presets, and readers of config sections, presets and checkpoint directories into them."""
+"""The model shapes the capacity planner counts with: the vision tower's own `ViTConfig` (its counts are
+`ViTConfig.num_params` / `forward_flops`, the ones a run uses), `TeacherShape`, published teacher presets,
+and readers of config sections, presets and checkpoint directories into them."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..vision.config import PRESETS, ViTConfig
 
 # Published shapes for `plan.teacher_preset`: hidden_size, num_hidden_layers, num_attention_heads,
 # num_key_value_heads, intermediate_size, vocab_size of each model's Hugging Face config.json
@@ -28,27 +31,6 @@ TEACHER_PRESETS: dict[str, dict[str, int]] = {
 }
 EMBEDDED_PRESET = "smollm2-135m"
 """The shape of teacher.path='embedded' (the packaged SmolLM2-135M-Instruct)."""
-
-
-@dataclass(frozen=True)
-class VisionShape:
-    """The ViT dimensions the counts need."""
-
-    width: int
-    layers: int
-    heads: int
-    mlp_dim: int
-    patch_size: int
-    image_size: int
-    channels: int = 3
-    embed_dim: int = 0
-    """Output projection size (0: no projection)."""
-    family: str = "clip"
-    """'clip' (class token, CLS pooling) or 'siglip' (no class token, attention-pooling head, no projection)."""
-
-    @property
-    def tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2 + (0 if self.family == "siglip" else 1)
 
 
 @dataclass(frozen=True)
@@ -82,7 +64,7 @@ _ALIASES = {
     "ffn": ("ffn", "ffn_hidden_size", "intermediate_size"),
     "vocab": ("vocab", "vocab_size"),
     "mlp_dim": ("mlp_dim", "intermediate_size"),
-    "channels": ("channels", "num_channels"),
+    "num_channels": ("num_channels", "channels"),
     "seq_len": ("seq_len", "max_length", "max_seq_len"),
     "tensor_parallel": ("tensor_parallel", "tp", "tensor_model_parallel_size"),
     "head_dim": ("head_dim", "kv_channels"),
@@ -106,23 +88,24 @@ def _pick(d: Mapping[str, Any], name: str, where: str, default: Any = None) -> A
     raise ValueError(f"{where}.{name} is missing: set it (or {where}.preset) in the config or as {where}.{name}=N.")
 
 
-def vision_shape(section: Any) -> VisionShape:
-    """A VisionShape from a dict-like/dataclass section (vision.{width,layers,heads,mlp_dim,patch_size,
-    image_size}; ViTConfig's names work too; `preset: L/14` fills them from vision.config.PRESETS)."""
+def vision_shape(section: Any) -> ViTConfig:
+    """The `ViTConfig` of a dict-like/dataclass section: a ViTConfig as is, or vision.{width, layers,
+    heads, mlp_dim, patch_size, image_size[, channels, embed_dim, family]} (ViTConfig's and HF's names
+    work too; `preset: L/14` fills them from vision.config.PRESETS). embed_dim absent: no projection (0);
+    family='siglip': embed_dim = width (its pooled output is the embedding). ValueError naming the field."""
+    if isinstance(section, ViTConfig):
+        return section
     d = _as_dict(section)
     if d.get("preset"):
-        from ..vision.config import PRESETS  # lazy: imports torch via the vision package
-
         if d["preset"] not in PRESETS:
             raise ValueError(f"vision.preset={d['preset']!r} is unknown: choose one of {sorted(PRESETS)}.")
         d = {**dataclasses.asdict(PRESETS[d["preset"]]), **{k: v for k, v in d.items() if k != "preset"}}
-    v = VisionShape(width=int(_pick(d, "width", "vision")), layers=int(_pick(d, "layers", "vision")),
-                    heads=int(_pick(d, "heads", "vision")), mlp_dim=int(_pick(d, "mlp_dim", "vision")),
-                    patch_size=int(_pick(d, "patch_size", "vision")), image_size=int(_pick(d, "image_size", "vision")),
-                    channels=int(_pick(d, "channels", "vision", 3)), embed_dim=int(d.get("embed_dim") or 0),
-                    family=str(d.get("family") or "clip"))
-    if v.family == "siglip":  # no projection: the pooled output is the embedding
-        v = dataclasses.replace(v, embed_dim=0)
+    width, family = int(_pick(d, "width", "vision")), str(d.get("family") or "clip")
+    v = ViTConfig(family=family, width=width, num_layers=int(_pick(d, "layers", "vision")),
+                  num_heads=int(_pick(d, "heads", "vision")), mlp_dim=int(_pick(d, "mlp_dim", "vision")),
+                  patch_size=int(_pick(d, "patch_size", "vision")), image_size=int(_pick(d, "image_size", "vision")),
+                  num_channels=int(_pick(d, "num_channels", "vision", 3)),
+                  embed_dim=width if family == "siglip" else int(d.get("embed_dim") or 0))
     if v.image_size % v.patch_size and v.family != "siglip":  # SigLIP floors the patch grid
         raise ValueError(f"vision.image_size={v.image_size} is not a multiple of vision.patch_size={v.patch_size}.")
     return v

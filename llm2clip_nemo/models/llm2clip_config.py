@@ -89,9 +89,10 @@ class LLM2CLIPConfig:
                               f"checkpoint, but model.mode={self.mode}: give model.vision.{f} a value.")
         if self.teacher_mode not in ("offline", "online"):
             raise ConfigError(f"model.teacher_mode={self.teacher_mode!r}: choose offline or online.")
-        if self.vision.recompute and self.parallel.activation_checkpointing:
-            raise ConfigError("model.vision.recompute=true and model.parallel.activation_checkpointing=true would "
-                              "checkpoint every block twice: set one of them to false.")
+        try:
+            self.parallel.check_vision_recompute(self.vision.recompute)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     @property
     def stream_output(self) -> str:

@@ -18,7 +18,7 @@ from ..config.help import recipe_help, wants_help
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
 from ..models.llm2clip_config import LLM2CLIPConfig
-from ..runtime import LayoutError
+from ..runtime import DistEnv, LayoutError, check_tp, processes_per_node
 from .trainer import ExpManagerConfig, TrainerConfig, build_trainer
 
 
@@ -44,20 +44,30 @@ def adopt_finetune_architecture(model: LLM2CLIPConfig) -> LLM2CLIPConfig:
     return dataclasses.replace(model, vision=vision)
 
 
+def check_teacher_tp(cfg: TrainCLIPConfig, world: int, env: DistEnv | None = None) -> None:
+    """The layout's one TP rule (`runtime.layout.check_tp`) on the ranks a run of `cfg` starts: `world`
+    processes; per node, what the launcher of `env` (a `runtime.DistEnv`) says, else trainer.devices (the
+    processes per node Lightning starts). LayoutError naming model.teacher.tensor_parallel and the fix.
+    `llm2clip-nemo plan` calls it too (no env), so a plan and its run refuse a TP with the same line."""
+    per_node, source = processes_per_node(env) if env is not None else (None, "")
+    if per_node is None:
+        per_node, source = cfg.trainer.devices, f"trainer.devices={cfg.trainer.devices}"
+    check_tp(cfg.model.teacher.tensor_parallel, world, per_node, per_node_source=source)
+
+
 def prepare_run(cfg: TrainCLIPConfig, mode: str | None = None) -> TrainCLIPConfig:
     """The checks that read the launch environment and the file system, made where a run starts (a
     config's `validate()` reads neither), and the fine-tune's adopted architecture. Returns a resolved
     copy of `cfg`; ConfigError naming the field and the fix: the verb is not model.mode, the teacher's
     TP does not divide the ranks, the teacher is missing or disagrees with its contract, the fine-tune
     checkpoint does not fit model.vision."""
-    from ..runtime import DistEnv, check_tp
-
     if mode is not None and cfg.model.mode != mode:
         raise ConfigError(f"`llm2clip-nemo {mode}` but the config says model.mode={cfg.model.mode}: "
                           f"use the {cfg.model.mode} verb or set model.mode={mode}.")
     # the ranks Lightning will start (trainer.devices x num_nodes) may not exist yet: the layout's one
     # TP rule is applied to them here, and again by `init_parallel` to the ranks actually launched
-    check_tp(cfg.model.teacher.tensor_parallel, max(DistEnv.from_environ().world_size, cfg.trainer.world_size))
+    env = DistEnv.from_environ()
+    check_teacher_tp(cfg, max(env.world_size, cfg.trainer.world_size), env)
     cfg.model.teacher.check_available()
     resolved = copy.deepcopy(cfg)
     resolved.model = adopt_finetune_architecture(resolved.model)
