@@ -174,8 +174,9 @@ def complete_dcp_directory(ckpt: Path, directory: Path) -> Path:
     earlier = newest_complete_checkpoint(ckpt.parent, exclude=ckpt)
     if earlier is None:
         raise ConfigError(f"{problem} and no complete checkpoint is beside it: remove {ckpt.parent} to start afresh.")
-    raise ConfigError(f"{problem}: resume from {earlier.name}, the newest complete checkpoint beside it "
-                      f"(exp_manager.resume_if_exists=false exp_manager.resume_from_checkpoint={earlier}).")
+    broken = ", ".join(c.name for c in incomplete_checkpoints(ckpt.parent))
+    raise ConfigError(f"{problem}: remove the incomplete checkpoints ({broken}, with their .dcp directories) and "
+                      f"resume from {earlier.name}, the newest complete one: exp_manager.resume_from_checkpoint={earlier}")
 
 
 def newest_complete_checkpoint(folder: Path, exclude: Path | None = None) -> Path | None:
@@ -190,3 +191,10 @@ def newest_complete_checkpoint(folder: Path, exclude: Path | None = None) -> Pat
         if ckpt != exclude and step.isdigit() and ckpt.is_file() and is_complete(d):
             found.append((int(step), ckpt.name, ckpt))
     return max(found)[2] if found else None
+
+
+def incomplete_checkpoints(folder: Path) -> list[Path]:
+    """The .ckpt files in `folder` whose `<stem>.dcp/` holds no complete step directory, sorted by name."""
+    from ..engine.checkpoint import is_complete
+
+    return sorted(c for c in folder.glob("*.ckpt") if not any(is_complete(d) for d in c.with_suffix(".dcp").glob("step_*")))

@@ -72,8 +72,9 @@ class ExpManagerConfig:
     resume_if_exists: bool = True
     """Continue from <log_dir>/checkpoints/*last.ckpt when present."""
     resume_from_checkpoint: str = ""
-    """A .ckpt to resume from (e.g. an earlier step when the last one was not completely written).
-    NeMo's rule: a *last.ckpt still wins while resume_if_exists=true, so set that to false with it."""
+    """A .ckpt to resume from when the checkpoints folder holds no *last.ckpt (or resume_if_exists=false),
+    e.g. an earlier step after an incomplete last one was removed. NeMo's rule: while resume_if_exists=true
+    a *last.ckpt wins, so a requeued job goes on from its newest checkpoint."""
     checkpoint_every_n_steps: int = 50
     """Save a checkpoint every N optimizer steps."""
     save_top_k: int = 2
