@@ -227,3 +227,17 @@ def test_a_failed_background_write_is_raised_at_the_next_save(tmp_path, one_rank
     assert ckpt["engine"]["dcp"] == "c.dcp/step_00000001" and second == tmp_path / "c.dcp" / "step_00000001"
     host.wait_for_checkpoint()
     assert is_complete(second)
+
+
+def test_resume_from_checkpoint_that_is_not_a_file_names_the_fix(tmp_path):
+    """exp_manager.resume_from_checkpoint naming no file: a one-line config error before any trainer is built."""
+    from llm2clip_nemo.config import ConfigError, load_config
+    from llm2clip_nemo.recipes.train_clip import TrainCLIPConfig
+    from llm2clip_nemo.recipes.trainer import build_trainer, exp_manager_dict
+
+    missing = tmp_path / "step=4.ckpt"
+    cfg = load_config(TrainCLIPConfig, "pretrain_tiny", [f"exp_manager.resume_from_checkpoint={missing}"])
+    assert exp_manager_dict(cfg.exp_manager)["resume_from_checkpoint"] == str(missing)
+    with pytest.raises(ConfigError) as e:
+        build_trainer(cfg)
+    assert str(e.value) == f"exp_manager.resume_from_checkpoint={missing} is not a file: give the path of a .ckpt."
