@@ -190,6 +190,25 @@ def test_incomplete_checkpoint_without_a_complete_one_says_start_afresh(tmp_path
                             f"remove {tmp_path} to start afresh.")
 
 
+def _host(groups):
+    """The stage-2 checkpoint hooks over a TrainEngine of a Linear(4, 2), async on, one rank."""
+    from llm2clip_nemo.engine import TrainEngine
+    from llm2clip_nemo.engine.optim import OptimConfig
+    from llm2clip_nemo.models.checkpointing import EngineCheckpointHooks
+
+    class Host(EngineCheckpointHooks):
+        typed = SimpleNamespace(parallel=SimpleNamespace(async_checkpoint=True))
+
+        def _dp_group(self):
+            return None
+
+    host = Host()
+    host.groups = groups
+    torch.manual_seed(0)
+    host.engine = TrainEngine(torch.nn.Linear(4, 2), OptimConfig(), 10)
+    return host
+
+
 def test_a_failed_background_write_is_raised_at_the_next_save(tmp_path, one_rank, monkeypatch):  # noqa: F811
     """The background write fails (a full disk): the next checkpoint save raises it (DCP's
     CheckpointException carrying the OSError), the failed directory is left incomplete, and the save
@@ -197,20 +216,9 @@ def test_a_failed_background_write_is_raised_at_the_next_save(tmp_path, one_rank
     from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from llm2clip_nemo.engine import TrainEngine
     from llm2clip_nemo.engine.checkpoint import is_complete
-    from llm2clip_nemo.engine.optim import OptimConfig
-    from llm2clip_nemo.models.checkpointing import EngineCheckpointHooks
 
-    class Host(EngineCheckpointHooks):
-        groups, typed = one_rank, SimpleNamespace(parallel=SimpleNamespace(async_checkpoint=True))
-
-        def _dp_group(self):
-            return None
-
-    host = Host()
-    torch.manual_seed(0)
-    host.engine = TrainEngine(torch.nn.Linear(4, 2), OptimConfig(), 10)
+    host = _host(one_rank)
 
     def full_disk(self, plan, planner):
         raise OSError(28, "No space left on device")
@@ -241,3 +249,32 @@ def test_resume_from_checkpoint_that_is_not_a_file_names_the_fix(tmp_path):
     with pytest.raises(ConfigError) as e:
         build_trainer(cfg)
     assert str(e.value) == f"exp_manager.resume_from_checkpoint={missing} is not a file: give the path of a .ckpt."
+
+
+def test_a_fit_ending_in_error_finishes_the_write_and_resume_reads_the_twin(tmp_path, one_rank, monkeypatch):  # noqa: F811
+    """A fit that raised (recipes.train_clip.finish_checkpoint_write): the pending write of step=0 is
+    completed without the collective hard-linking of its same-step twin `last`, and resuming `last`
+    reads the step=0 directory; a failing write is dropped there without raising over the fit's error."""
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from llm2clip_nemo.engine.checkpoint import is_complete
+    from llm2clip_nemo.models.checkpointing import complete_dcp_directory
+    from llm2clip_nemo.recipes.train_clip import finish_checkpoint_write
+
+    host = _host(one_rank)
+    written = host.save_sharded_checkpoint({"engine": {}}, tmp_path / "step=0.dcp")
+    last = host.save_sharded_checkpoint({"engine": {}}, tmp_path / "step=0-last.dcp")
+    assert host._ckpt_links == (last,)
+    finish_checkpoint_write(host)
+    assert is_complete(written) and not last.exists() and (host._ckpt_write, host._ckpt_links) == (None, ())
+    assert complete_dcp_directory(tmp_path / "step=0-last.ckpt", last) == written
+
+    def full_disk(self, plan, planner):
+        raise OSError(28, "No space left on device")
+
+    host.engine.step = 1
+    with monkeypatch.context() as m:
+        m.setattr(FileSystemWriter, "write_data", full_disk)
+        failed = host.save_sharded_checkpoint({"engine": {}}, tmp_path / "step=1.dcp")
+        finish_checkpoint_write(host)  # logged, not raised
+    assert not is_complete(failed) and host._ckpt_write is None

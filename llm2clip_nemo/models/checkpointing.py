@@ -92,7 +92,7 @@ class EngineCheckpointHooks:
         """Collective: block until the background write of the last checkpoint is on disk, then hard-link
         its same-step twins (skipped with `link=False`: a run ending on an error, where the other ranks
         may not reach the barrier; resume then reads the twin, see `complete_dcp_directory`). No-op when
-        nothing is being written. Re-raises the write's exception (DCP's CheckpointException naming
+        nothing is being written. Re-raises the write's exception (DCP's CheckpointException, a BaseException, naming
         the failing rank's error, e.g. an OSError of a full disk), once: the write is dropped either way."""
         pending, links = self._ckpt_write, self._ckpt_links
         self._ckpt_write, self._ckpt_links = None, ()

@@ -118,9 +118,11 @@ def finish_checkpoint_write(model) -> None:
     """On a fit that ended in an error: let this rank's background checkpoint write finish (its
     collectives run on their own group, so every live rank completes it) without the collective
     hard-linking, and log a failed write instead of raising it over the error being handled."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
     try:
         model.wait_for_checkpoint(link=False)
-    except Exception as e:  # the fit's own error is the one to report
+    except (Exception, CheckpointException) as e:  # the fit's own error is the one to report
         from nemo.utils import logging
 
         logging.error(f"the background checkpoint write failed too: {e}")
