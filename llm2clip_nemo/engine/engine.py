@@ -19,7 +19,7 @@ Lightning stays the outer loop: `attach` hands the engine Lightning's `manual_ba
 wrapped optimizer's `step` (which counts `trainer.global_step`); without `attach` the engine uses
 `loss.backward()` and the bare optimizer (plain-torch use, tests).
 
-Length (~330 lines): the step and everything its checkpoint holds are one class on purpose, so the
+Length (~350 lines): the step and everything its checkpoint holds are one class on purpose, so the
 data position, optimizer, EMA, step and RNG are saved and restored by the code that owns them.
 """
 from __future__ import annotations
