@@ -323,3 +323,11 @@ def test_plan_and_run_refuse_a_bad_tp_with_the_same_message(overrides, message, 
     assert train_clip.main([*argv, f"exp_manager.exp_dir={tmp_path}"], mode="pretrain") == 2
     assert capsys.readouterr().err == f"llm2clip-nemo pretrain: config error: {message}\n"
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_teacher_section_without_a_length_plans_the_contract_default():
+    """A dict teacher section with no seq_len/max_length plans the teacher contract's max_length (one default)."""
+    from llm2clip_nemo.formats.contract import TeacherContract
+
+    t = P.teacher_shape({"preset": "llama-3-8b"})
+    assert t.seq_len == TeacherContract().max_length == 256
