@@ -84,7 +84,8 @@ class ImageTextStream(IterableDataset):
         if self.cfg.batch_size % k:
             raise DataSourceError(
                 f"the per-rank batch of {self.cfg.batch_size} does not split into the {k} data slots each rank reads "
-                f"({slots} slots over {self.world_size} ranks): use a global batch divisible by {slots}")
+                f"({slots} slots over {self.world_size} ranks): use a global batch divisible by {slots} x the "
+                f"micro-batches per step (trainer.accumulate_grad_batches)")
         self.slots, self.hosted, self.slot_batch = slots, list(range(self.rank * k, (self.rank + 1) * k)), self.cfg.batch_size // k
         self.schedule = ShardSchedule(self.sources, self.cfg.seed, slots, self.cfg.shard_shuffle)
 

@@ -180,7 +180,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if is_complete(path):
         raise ValueError(f"{path} already holds a checkpoint: save each step to a new directory.")
     path.mkdir(parents=True, exist_ok=True)
-    torch.save({"rng": rng_state(), "rank_state": rank_state}, rank_file(path, rank))
+    torch.save({"rng": rng_state(), "rank_state": rank_state, "step": int(step)}, rank_file(path, rank))
     if rank == 0:
         meta = {"format": FORMAT, "step": int(step), "world_size": world, "extras": extras or {}}
         (path / TRAIN_STATE).write_text(json.dumps(meta, indent=1))
@@ -219,7 +219,8 @@ def read_train_state(path: str | Path) -> dict:
 
 def read_rank_states(path: str | Path, ranks: list[int] | None = None) -> list:
     """The saved `rank_state` of `ranks` (None: every saved rank), in that order (small per-rank files;
-    no process group needed). Raises TrainingCheckpointError when `path` is not a complete checkpoint or a rank file is missing."""
+    no process group needed). Raises TrainingCheckpointError when `path` is not a complete checkpoint, a rank file
+    is missing or is of another step than the checkpoint."""
     meta = read_train_state(path)
     out = []
     for r in range(int(meta["world_size"])) if ranks is None else ranks:
@@ -227,7 +228,12 @@ def read_rank_states(path: str | Path, ranks: list[int] | None = None) -> list:
         if not f.is_file():
             raise TrainingCheckpointError(f"{f} is missing: the checkpoint {path} was written by {meta['world_size']} ranks "
                                           "and each leaves its file; copy the whole directory or use an earlier step.")
-        out.append(torch.load(f, weights_only=True)["rank_state"])
+        saved = torch.load(f, weights_only=True)
+        if saved.get("step", meta["step"]) != meta["step"]:  # files before "step" was saved are not checked
+            raise TrainingCheckpointError(f"{f} is of step {saved['step']} but {path} holds step {meta['step']}: the "
+                                          "directory mixes files of two checkpoints; copy the whole directory of one "
+                                          "step, or use an earlier step.")
+        out.append(saved["rank_state"])
     return out
 
 
