@@ -70,9 +70,10 @@ def test_global_batch_message_counts_the_micro_batches():
                             "(trainer.accumulate_grad_batches)")
 
 
-def _ckpt_worker(rank, world, root, drop_rank, mix_step):
-    """2 gloo ranks: train a Linear 2 (and 3) steps, save each; break the step-2 checkpoint (drop a rank
-    file, or put a step-3 rank file in it); both ranks load it: (exception type, message) per rank."""
+def _ckpt_worker(rank, world, root):
+    """2 gloo ranks: train a Linear 2 (and 3) steps, save each; three broken copies of the step-2
+    checkpoint (rank 1's file missing, damaged, or of step 3); both ranks load each: per copy, the
+    (exception type, message) of this rank."""
     import torch.distributed as dist
 
     from llm2clip_nemo.engine import TrainEngine
@@ -103,33 +104,40 @@ def _ckpt_worker(rank, world, root, drop_rank, mix_step):
         eng.save_sharded(f"{root}/step{step}").wait()
         if step == 2:
             meta = eng.meta_state_dict()
+    cases = ("missing", "damaged", "other_step")
     dist.barrier()
     if rank == 0:
-        if drop_rank is not None:
-            rank_file(f"{root}/step2", drop_rank).unlink()
-        if mix_step:
-            shutil.copy(rank_file(f"{root}/step3", 1), rank_file(f"{root}/step2", 1))
+        for case in cases:
+            shutil.copytree(f"{root}/step2", f"{root}/{case}")
+        rank_file(f"{root}/missing", 1).unlink()
+        rank_file(f"{root}/damaged", 1).write_bytes(rank_file(f"{root}/step2", 1).read_bytes()[:100])
+        shutil.copy(rank_file(f"{root}/step3", 1), rank_file(f"{root}/other_step", 1))
     dist.barrier()
-    try:
-        eng.load_sharded(f"{root}/step2", meta)
-    except Exception as e:  # noqa: BLE001 - the outcome is the value under test
-        return type(e).__name__, str(e).replace(str(root), "ROOT")
-    return "loaded", eng.data.n
+    out = []
+    for case in cases:
+        try:
+            eng.load_sharded(f"{root}/{case}", meta)
+            out.append(("loaded", eng.data.n))
+        except Exception as e:  # noqa: BLE001 - the outcome is the value under test
+            out.append((type(e).__name__, str(e).replace(str(root), "ROOT")))
+    return out
 
 
-@pytest.mark.parametrize("drop_rank,mix_step", [(1, False), (None, True)])
-def test_a_rank_that_cannot_take_its_part_stops_every_rank_in_one_line(tmp_path, drop_rank, mix_step):
-    """A 2-rank checkpoint missing rank 1's file, or holding rank 1's file of a later step, resumed at 2
-    ranks: only rank 1 reads that file, so before the fix rank 0 went on into the collective load alone
-    (a hang, or gloo's 'connection closed' traceback) and a mixed-step file was taken silently. Now both
-    ranks raise TrainingCheckpointError with rank 1's one-line message (the CLI: exit 2)."""
-    got = run_workers(_ckpt_worker, 2, str(tmp_path), drop_rank, mix_step, timeout=120)
-    f = "ROOT/step2/rank_00001.pt"
-    want = (f"{f} is missing: the checkpoint ROOT/step2 was written by 2 ranks and each leaves its file; copy the "
-            "whole directory or use an earlier step.") if drop_rank is not None else (
-            f"{f} is of step 3 but ROOT/step2 holds step 2: the directory mixes files of two checkpoints; copy the "
-            "whole directory of one step, or use an earlier step.")
-    assert got == [("TrainingCheckpointError", want)] * 2
+def test_a_rank_that_cannot_take_its_part_stops_every_rank_in_one_line(tmp_path):
+    """A 2-rank checkpoint whose rank 1 file is missing, damaged, or of a later step, resumed at 2 ranks:
+    only rank 1 reads that file, so before the fix rank 0 went on into the collective load alone (a hang,
+    or gloo's 'Connection reset by peer' RuntimeError), a damaged file raised torch's UnpicklingError and
+    a file of another step was taken silently. Now both ranks raise TrainingCheckpointError with rank 1's
+    one-line message naming the file and the fix (the CLI: exit 2)."""
+    f = "ROOT/{}/rank_00001.pt"
+    want = [f"{f.format('missing')} is missing: the checkpoint ROOT/missing was written by 2 ranks and each "
+            "leaves its file; copy the whole directory or use an earlier step.",
+            f"{f.format('damaged')} cannot be read as a torch file (RuntimeError): it is damaged; copy the whole "
+            "directory again or use an earlier step.",
+            f"{f.format('other_step')} is of step 3 but ROOT/other_step holds step 2: the directory mixes files of "
+            "two checkpoints; copy the whole directory of one step, or use an earlier step."]
+    got = run_workers(_ckpt_worker, 2, str(tmp_path), timeout=120)
+    assert got == [[("TrainingCheckpointError", w) for w in want]] * 2
 
 
 @pytest.mark.xfail(strict=True, reason="finite epoch mode: each rank stops when its own slots run out, so with "

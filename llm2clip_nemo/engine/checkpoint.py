@@ -220,7 +220,7 @@ def read_train_state(path: str | Path) -> dict:
 def read_rank_states(path: str | Path, ranks: list[int] | None = None) -> list:
     """The saved `rank_state` of `ranks` (None: every saved rank), in that order (small per-rank files;
     no process group needed). Raises TrainingCheckpointError when `path` is not a complete checkpoint, a rank file
-    is missing or is of another step than the checkpoint."""
+    is missing, unreadable or of another step than the checkpoint."""
     meta = read_train_state(path)
     out = []
     for r in range(int(meta["world_size"])) if ranks is None else ranks:
@@ -228,7 +228,11 @@ def read_rank_states(path: str | Path, ranks: list[int] | None = None) -> list:
         if not f.is_file():
             raise TrainingCheckpointError(f"{f} is missing: the checkpoint {path} was written by {meta['world_size']} ranks "
                                           "and each leaves its file; copy the whole directory or use an earlier step.")
-        saved = torch.load(f, weights_only=True)
+        try:
+            saved = torch.load(f, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated or not a torch file: name it, whatever torch raised
+            raise TrainingCheckpointError(f"{f} cannot be read as a torch file ({type(e).__name__}): it is "
+                                          "damaged; copy the whole directory again or use an earlier step.") from None
         if saved.get("step", meta["step"]) != meta["step"]:  # files before "step" was saved are not checked
             raise TrainingCheckpointError(f"{f} is of step {saved['step']} but {path} holds step {meta['step']}: the "
                                           "directory mixes files of two checkpoints; copy the whole directory of one "
