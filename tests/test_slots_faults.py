@@ -70,6 +70,21 @@ def test_global_batch_message_counts_the_micro_batches():
                             "(trainer.accumulate_grad_batches)")
 
 
+def test_a_rank_state_copied_over_another_is_named(shards):
+    """At another world size every saved rank's state is merged; rank 0's state given twice (its file
+    copied over rank 1's) used to merge into slots [0] and fail with a message naming the library calls
+    ('resume from the states of every rank (merge_states / load_state_dicts)'). Now: one line naming the copy."""
+    first = _streams(shards, 2)
+    for s in first:
+        next(iter(s))
+    s0 = first[0].state_dict()
+    (one,) = _streams(shards, 1)
+    with pytest.raises(DataSourceError) as e:
+        one.load_state_dicts([s0, dict(s0)])
+    assert str(e.value) == ("the saved stream states of ranks 0 and 0 both hold data slots [0]: a rank's file was "
+                            "copied over another's; resume from a checkpoint all ranks wrote together")
+
+
 def _ckpt_worker(rank, world, root):
     """2 gloo ranks: train a Linear 2 (and 3) steps, save each; three broken copies of the step-2
     checkpoint (rank 1's file missing, damaged, or of step 3); both ranks load each: per copy, the

@@ -63,7 +63,8 @@ def upgrade(state: dict) -> dict:
 def merge_states(states: list[dict]) -> dict:
     """One state holding the slots of every given state (each rank's, as saved at one step), so a run at
     another world size can take its own slots from it. DataSourceError when the states are not of one
-    stream at one step (different seed, urls, mixing, slot count, worker count or next worker)."""
+    stream at one step (different seed, urls, mixing, slot count, worker count or next worker) or two of
+    them hold the same slot."""
     states = [upgrade(s) for s in states]
     if not states:
         raise ValueError("merge_states needs at least one state")
@@ -75,6 +76,10 @@ def merge_states(states: list[dict]) -> dict:
                 raise DataSourceError(
                     f"the saved stream states of ranks {out['rank']} and {s['rank']} differ in {k} ({a!r} vs "
                     f"{b!r}): they are not one stream at one step; resume from a checkpoint all ranks wrote together")
+        if both := sorted(set(out["hosted"]) & set(s["hosted"])):
+            raise DataSourceError(
+                f"the saved stream states of ranks {out['rank']} and {s['rank']} both hold data slots {both}: a rank's "
+                f"file was copied over another's; resume from a checkpoint all ranks wrote together")
         out["num_workers"] = out["num_workers"] if out["num_workers"] is not None else s["num_workers"]
         out["hosted"] = sorted(set(out["hosted"]) | set(s["hosted"]))
         for k in ("positions", "stats"):
