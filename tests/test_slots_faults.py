@@ -156,9 +156,10 @@ def test_a_rank_that_cannot_take_its_part_stops_every_rank_in_one_line(tmp_path)
 
 
 @pytest.mark.xfail(strict=True, reason="finite epoch mode: each rank stops when its own slots run out, so with "
-                   "uneven shards (3 over 2 slots) rank 0 has 5 batches and rank 1 has 3, while one rank reading both "
-                   "slots stops after 3; in training the longer rank waits in a collective its peer never joins. Fix "
-                   "needs the ranks to agree each step that all have a batch (train loop), not the stream alone")
+                   "uneven shards (3 over 2 slots) rank 0 has 6 batches and rank 1 has 3, while one rank reading both "
+                   "slots stops after 3; in training the longer rank waits in a collective its peer never joins (the "
+                   "recipe hung after step 1 on 2 gloo ranks, 3 shards). Fix: the ranks agree each step that all have "
+                   "a batch (train loop), not the stream alone")
 def test_finite_epoch_gives_every_rank_the_same_number_of_batches(tmp_path):
     make_shards(str(tmp_path), n_shards=3, per_shard=6)
     urls = str(tmp_path / "shard-{000000..000002}.tar")
