@@ -85,6 +85,18 @@ def test_a_rank_state_copied_over_another_is_named(shards):
                             "copied over another's; resume from a checkpoint all ranks wrote together")
 
 
+def test_a_stream_state_of_an_unknown_version_is_one_line(shards):
+    """A checkpoint whose stream state has a version this code does not know (a newer llm2clip_nemo):
+    before, ValueError, which the checkpoint hook does not map (a traceback); now DataSourceError, one line (exit 2)."""
+    (one,) = _streams(shards, 1)
+    state = dict(one.state_dict(), version=9)
+    for load in (one.load_state_dict, lambda s: one.load_state_dicts([s])):
+        with pytest.raises(DataSourceError) as e:
+            load(state)
+        assert str(e.value) == ("the saved stream state has version 9 but this llm2clip_nemo reads versions 1 to 3: "
+                                "resume with the llm2clip_nemo version that wrote the checkpoint")
+
+
 def _ckpt_worker(rank, world, root):
     """2 gloo ranks: train a Linear 2 (and 3) steps, save each; three broken copies of the step-2
     checkpoint (rank 1's file missing, damaged, or of step 3); both ranks load each: per copy, the

@@ -253,8 +253,8 @@ class ImageTextStream(IterableDataset):
         """Restore a `state_dict()` that holds this rank's slots (at the world size that saved it, or a
         merged one); versions 1 and 2 are upgraded and resume exactly. With data.slots unset the saved
         slot count is taken (re-planning which slots this rank reads); with data.slots set to another
-        count the stream starts afresh. Returns whether the position was restored. ValueError for an
-        unknown version; DataSourceError when the seed, urls, weights or factors differ, the world size
+        count the stream starts afresh. Returns whether the position was restored. DataSourceError for an
+        unknown version, or when the seed, urls, weights or factors differ, the world size
         does not divide the saved slot count, or the state lacks one of this rank's slots."""
         state = upgrade(state)
         if state["slots"] != self.slots:

@@ -43,7 +43,7 @@ def start_pos(n_pools: int, epoch: int = 0) -> dict:
 def upgrade(state: dict) -> dict:
     """A state of any known version in version 3 form (a copy). Version 1 (one pool: {"epoch", "next",
     "open", "window", "done"} per worker) and 2 (pools; one rank's workers) become one slot, the rank's.
-    ValueError for an unknown version."""
+    DataSourceError for an unknown version (a newer llm2clip_nemo wrote it)."""
     state = copy.deepcopy(state)
     version = state.get("version")
     if version == 1:
@@ -56,7 +56,8 @@ def upgrade(state: dict) -> dict:
         return {**state, "version": STATE_VERSION, "slots": state["world_size"], "hosted": [state["rank"]],
                 "positions": {slot: state["positions"]}, "stats": {slot: state["stats"]}}
     if version != STATE_VERSION:
-        raise ValueError(f"stream state version {version!r} is not {STATE_VERSION}")
+        raise DataSourceError(f"the saved stream state has version {version!r} but this llm2clip_nemo reads versions "
+                              f"1 to {STATE_VERSION}: resume with the llm2clip_nemo version that wrote the checkpoint")
     return state
 
 
