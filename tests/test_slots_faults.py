@@ -97,6 +97,21 @@ def test_a_stream_state_of_an_unknown_version_is_one_line(shards):
                                 "resume with the llm2clip_nemo version that wrote the checkpoint")
 
 
+def test_a_missing_tensor_file_is_one_line(tmp_path):
+    """A checkpoint directory lacking one of the .distcp files its .metadata lists: before, dcp.load's
+    CheckpointException carrying a traceback (through the CLI: a traceback); now TrainingCheckpointError
+    naming the file, raised by every rank alike before the collective load (the checkpoint hook: exit 2)."""
+    from llm2clip_nemo.engine.checkpoint import TrainingCheckpointError, load_checkpoint, save_checkpoint
+
+    lin = torch.nn.Linear(2, 1)
+    save_checkpoint(tmp_path / "ck", lin, None, step=1).wait()
+    (tmp_path / "ck" / "__0_0.distcp").unlink()
+    with pytest.raises(TrainingCheckpointError) as e:
+        load_checkpoint(tmp_path / "ck", lin)
+    assert str(e.value) == (f"{tmp_path / 'ck'} lacks __0_0.distcp (tensor files its .metadata lists): copy the whole "
+                            "directory or use an earlier step.")
+
+
 def _ckpt_worker(rank, world, root):
     """2 gloo ranks: train a Linear 2 (and 3) steps, save each; three broken copies of the step-2
     checkpoint (rank 1's file missing, damaged, or of step 3); both ranks load each: per copy, the

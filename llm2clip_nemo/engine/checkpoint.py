@@ -250,12 +250,18 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     size wrote them. An optimizer with no state yet gets it initialised first (a zero-gradient step
     at lr 0, `get_state_dict`'s way) so there is state to load into. The RNG and `rank_state` are
     restored only when the world size is the one that saved.
-    Raises TrainingCheckpointError for a missing/incomplete checkpoint or one lacking a requested part.
+    Raises TrainingCheckpointError for a missing/incomplete checkpoint, one lacking a tensor file its
+    metadata lists, or one lacking a requested part.
     """
     meta = read_train_state(path)
     rank, world = _rank_world(group)
     state = _state(model, optimizer, modules)
-    stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    dcp_meta = dcp.FileSystemReader(str(path)).read_metadata()
+    stored = dcp_meta.state_dict_metadata
+    gone = sorted({s.relative_path for s in (dcp_meta.storage_data or {}).values()} - {f.name for f in Path(path).iterdir()})
+    if gone:  # every rank sees the same files: all refuse here, before the collective load
+        raise TrainingCheckpointError(f"{path} lacks {', '.join(gone)} (tensor files its .metadata lists): copy the "
+                                      "whole directory or use an earlier step.")
     for name in state:
         if not any(k.startswith(name + ".") for k in stored):
             raise TrainingCheckpointError(f"{path} holds no {name!r} state (it has {sorted({k.split('.')[0] for k in stored})}): "
