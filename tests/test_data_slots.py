@@ -107,7 +107,8 @@ def test_resume_that_cannot_be_exact_names_the_fix(shards):
     with pytest.raises(DataSourceError) as e:
         ImageTextStream(stream_cfg(**kw, batch_size=3, slots=2), rank=0, world_size=1)
     assert str(e.value) == ("the per-rank batch of 3 does not split into the 2 data slots each rank reads (2 slots "
-                            "over 1 ranks): use a global batch divisible by 2")
+                            "over 1 ranks): use a global batch divisible by 2 x the micro-batches per step "
+                            "(trainer.accumulate_grad_batches)")
     (one,) = _streams(kw, 1)
     with pytest.raises(DataSourceError) as e:
         one.load_state_dict(saved[0])  # rank 0's state alone lacks slot 1

@@ -84,7 +84,8 @@ class ImageTextStream(IterableDataset):
         if self.cfg.batch_size % k:
             raise DataSourceError(
                 f"the per-rank batch of {self.cfg.batch_size} does not split into the {k} data slots each rank reads "
-                f"({slots} slots over {self.world_size} ranks): use a global batch divisible by {slots}")
+                f"({slots} slots over {self.world_size} ranks): use a global batch divisible by {slots} x the "
+                f"micro-batches per step (trainer.accumulate_grad_batches)")
         self.slots, self.hosted, self.slot_batch = slots, list(range(self.rank * k, (self.rank + 1) * k)), self.cfg.batch_size // k
         self.schedule = ShardSchedule(self.sources, self.cfg.seed, slots, self.cfg.shard_shuffle)
 
@@ -252,8 +253,8 @@ class ImageTextStream(IterableDataset):
         """Restore a `state_dict()` that holds this rank's slots (at the world size that saved it, or a
         merged one); versions 1 and 2 are upgraded and resume exactly. With data.slots unset the saved
         slot count is taken (re-planning which slots this rank reads); with data.slots set to another
-        count the stream starts afresh. Returns whether the position was restored. ValueError for an
-        unknown version; DataSourceError when the seed, urls, weights or factors differ, the world size
+        count the stream starts afresh. Returns whether the position was restored. DataSourceError for an
+        unknown version, or when the seed, urls, weights or factors differ, the world size
         does not divide the saved slot count, or the state lacks one of this rank's slots."""
         state = upgrade(state)
         if state["slots"] != self.slots:

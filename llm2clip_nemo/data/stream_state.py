@@ -43,7 +43,7 @@ def start_pos(n_pools: int, epoch: int = 0) -> dict:
 def upgrade(state: dict) -> dict:
     """A state of any known version in version 3 form (a copy). Version 1 (one pool: {"epoch", "next",
     "open", "window", "done"} per worker) and 2 (pools; one rank's workers) become one slot, the rank's.
-    ValueError for an unknown version."""
+    DataSourceError for an unknown version (a newer llm2clip_nemo wrote it)."""
     state = copy.deepcopy(state)
     version = state.get("version")
     if version == 1:
@@ -56,14 +56,16 @@ def upgrade(state: dict) -> dict:
         return {**state, "version": STATE_VERSION, "slots": state["world_size"], "hosted": [state["rank"]],
                 "positions": {slot: state["positions"]}, "stats": {slot: state["stats"]}}
     if version != STATE_VERSION:
-        raise ValueError(f"stream state version {version!r} is not {STATE_VERSION}")
+        raise DataSourceError(f"the saved stream state has version {version!r} but this llm2clip_nemo reads versions "
+                              f"1 to {STATE_VERSION}: resume with the llm2clip_nemo version that wrote the checkpoint")
     return state
 
 
 def merge_states(states: list[dict]) -> dict:
     """One state holding the slots of every given state (each rank's, as saved at one step), so a run at
     another world size can take its own slots from it. DataSourceError when the states are not of one
-    stream at one step (different seed, urls, mixing, slot count, worker count or next worker)."""
+    stream at one step (different seed, urls, mixing, slot count, worker count or next worker) or two of
+    them hold the same slot."""
     states = [upgrade(s) for s in states]
     if not states:
         raise ValueError("merge_states needs at least one state")
@@ -75,6 +77,10 @@ def merge_states(states: list[dict]) -> dict:
                 raise DataSourceError(
                     f"the saved stream states of ranks {out['rank']} and {s['rank']} differ in {k} ({a!r} vs "
                     f"{b!r}): they are not one stream at one step; resume from a checkpoint all ranks wrote together")
+        if both := sorted(set(out["hosted"]) & set(s["hosted"])):
+            raise DataSourceError(
+                f"the saved stream states of ranks {out['rank']} and {s['rank']} both hold data slots {both}: a rank's "
+                f"file was copied over another's; resume from a checkpoint all ranks wrote together")
         out["num_workers"] = out["num_workers"] if out["num_workers"] is not None else s["num_workers"]
         out["hosted"] = sorted(set(out["hosted"]) | set(s["hosted"]))
         for k in ("positions", "stats"):

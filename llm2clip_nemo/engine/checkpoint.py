@@ -180,7 +180,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if is_complete(path):
         raise ValueError(f"{path} already holds a checkpoint: save each step to a new directory.")
     path.mkdir(parents=True, exist_ok=True)
-    torch.save({"rng": rng_state(), "rank_state": rank_state}, rank_file(path, rank))
+    torch.save({"rng": rng_state(), "rank_state": rank_state, "step": int(step)}, rank_file(path, rank))
     if rank == 0:
         meta = {"format": FORMAT, "step": int(step), "world_size": world, "extras": extras or {}}
         (path / TRAIN_STATE).write_text(json.dumps(meta, indent=1))
@@ -219,7 +219,8 @@ def read_train_state(path: str | Path) -> dict:
 
 def read_rank_states(path: str | Path, ranks: list[int] | None = None) -> list:
     """The saved `rank_state` of `ranks` (None: every saved rank), in that order (small per-rank files;
-    no process group needed). Raises TrainingCheckpointError when `path` is not a complete checkpoint or a rank file is missing."""
+    no process group needed). Raises TrainingCheckpointError when `path` is not a complete checkpoint, a rank file
+    is missing, unreadable or of another step than the checkpoint."""
     meta = read_train_state(path)
     out = []
     for r in range(int(meta["world_size"])) if ranks is None else ranks:
@@ -227,7 +228,16 @@ def read_rank_states(path: str | Path, ranks: list[int] | None = None) -> list:
         if not f.is_file():
             raise TrainingCheckpointError(f"{f} is missing: the checkpoint {path} was written by {meta['world_size']} ranks "
                                           "and each leaves its file; copy the whole directory or use an earlier step.")
-        out.append(torch.load(f, weights_only=True)["rank_state"])
+        try:
+            saved = torch.load(f, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated or not a torch file: name it, whatever torch raised
+            raise TrainingCheckpointError(f"{f} cannot be read as a torch file ({type(e).__name__}): it is "
+                                          "damaged; copy the whole directory again or use an earlier step.") from None
+        if saved.get("step", meta["step"]) != meta["step"]:  # files before "step" was saved are not checked
+            raise TrainingCheckpointError(f"{f} is of step {saved['step']} but {path} holds step {meta['step']}: the "
+                                          "directory mixes files of two checkpoints; copy the whole directory of one "
+                                          "step, or use an earlier step.")
+        out.append(saved["rank_state"])
     return out
 
 
@@ -240,12 +250,18 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     size wrote them. An optimizer with no state yet gets it initialised first (a zero-gradient step
     at lr 0, `get_state_dict`'s way) so there is state to load into. The RNG and `rank_state` are
     restored only when the world size is the one that saved.
-    Raises TrainingCheckpointError for a missing/incomplete checkpoint or one lacking a requested part.
+    Raises TrainingCheckpointError for a missing/incomplete checkpoint, one lacking a tensor file its
+    metadata lists, or one lacking a requested part.
     """
     meta = read_train_state(path)
     rank, world = _rank_world(group)
     state = _state(model, optimizer, modules)
-    stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    dcp_meta = dcp.FileSystemReader(str(path)).read_metadata()
+    stored = dcp_meta.state_dict_metadata
+    gone = sorted({s.relative_path for s in (dcp_meta.storage_data or {}).values()} - {f.name for f in Path(path).iterdir()})
+    if gone:  # every rank sees the same files: all refuse here, before the collective load
+        raise TrainingCheckpointError(f"{path} lacks {', '.join(gone)} (tensor files its .metadata lists): copy the "
+                                      "whole directory or use an earlier step.")
     for name in state:
         if not any(k.startswith(name + ".") for k in stored):
             raise TrainingCheckpointError(f"{path} holds no {name!r} state (it has {sorted({k.split('.')[0] for k in stored})}): "
