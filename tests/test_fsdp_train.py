@@ -206,12 +206,22 @@ def test_resume_that_does_not_fit_exits_2_in_one_line(tiny, runs):
         "resume with the setting it was trained with."])]
 
 
-@pytest.mark.xfail(strict=True, reason="recipes/train_clip.run writes rank 0's `stream.summary()` to result.json: at 2 "
-                   "ranks it counts rank 0's data slots only (40 of the 80 samples trained), while the same steps "
-                   "resumed on 1 rank count both slots; the fix is to sum every rank's summary (all_gather) there")
 def test_result_json_counts_the_samples_of_every_rank(tiny, runs):
-    """The 2-rank DDP run trained 10 steps of global batch 8: its result.json data summary counts 80 valid samples."""
+    """The 2-rank DDP run trained 10 steps of global batch 8: its result.json data summary counts the
+    80 valid samples of both ranks (each rank's readers combined), one caption field each."""
     import json
 
     res = json.loads((tiny[0] / "ddp" / "pretrain_tiny" / "result.json").read_text())
-    assert res["global_step"] == 10 and sum(res["data"]["valid"]) == 80
+    assert res["global_step"] == 10 and sum(res["data"]["valid"]) == 80 and sum(res["data"]["fields"].values()) == 80
+
+
+def test_finite_epoch_stops_every_rank_at_the_first_ranks_end(tiny):
+    """Finite epoch mode (epochs=1, 48 samples in 3 shards of 16, global batch 8), max_steps 10: on
+    2 ranks the shards split 2 + 1, so rank 1 has 4 batches of 4 and rank 0 eight; both ranks stop
+    after step 3 together (no rank waits in a collective its peer never joins). On 1 rank the 6
+    batches are trained and the run ends (it no longer starts empty epochs until max_steps)."""
+    fin = {"model.train_ds.epochs": 1, "model.train_ds.resampled": "false", "model.validation_ds.every_n_steps": 100}
+    two = run_workers(_runs_worker, 2, [overrides(tiny, "finite2", 10, **fin)], timeout=300)
+    assert [[s for s, _ in r[0][0]] for r in two] == [[0, 1, 2, 3]] * 2
+    (one,), = run_workers(_runs_worker, 1, [overrides(tiny, "finite1", 10, **{**fin, "trainer.devices": 1})], timeout=300)
+    assert [s for s, _ in one[0]] == list(range(6))

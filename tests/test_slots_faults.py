@@ -1,5 +1,6 @@
 """Faults found by trying data slots as a user would (resume at another world size, bad inputs); each
-test pins the behaviour the fix gives, or is xfail(strict) with the reason where the fix is elsewhere."""
+test pins the behaviour the fix gives (the finite-epoch stop of every rank together is tested through the recipe
+in tests/test_fsdp_train.py)."""
 from __future__ import annotations
 
 import json
@@ -180,17 +181,3 @@ def test_a_rank_that_cannot_take_its_part_stops_every_rank_in_one_line(tmp_path)
             "two checkpoints; copy the whole directory of one step, or use an earlier step."]
     got = run_workers(_ckpt_worker, 2, str(tmp_path), timeout=120)
     assert got == [[("TrainingCheckpointError", w) for w in want]] * 2
-
-
-@pytest.mark.xfail(strict=True, reason="finite epoch mode: each rank stops when its own slots run out, so with "
-                   "uneven shards (3 over 2 slots) rank 0 has 6 batches and rank 1 has 3, while one rank reading both "
-                   "slots stops after 3; in training the longer rank waits in a collective its peer never joins (the "
-                   "recipe hung after step 1 on 2 gloo ranks, 3 shards). Fix: the ranks agree each step that all have "
-                   "a batch (train loop), not the stream alone")
-def test_finite_epoch_gives_every_rank_the_same_number_of_batches(tmp_path):
-    make_shards(str(tmp_path), n_shards=3, per_shard=6)
-    urls = str(tmp_path / "shard-{000000..000002}.tar")
-    kw = {"resampled": False, "epochs": 1}
-    two = [len(list(s)) for s in _streams(urls, 2, **kw)]
-    (one,) = _streams(urls, 1, slots=2, **kw)
-    assert two == [len(list(one))] * 2

@@ -161,17 +161,27 @@ class StreamTracker:
         """Totals over the tracked readers: samples per source ("valid", "raw"), the achieved "share" of
         valid samples per source and the "target" share (`weights`; None in factor mode), skips by
         reason, caption field counts, the furthest "epoch"."""
-        out = empty_stats(n_sources)
-        for s in self.stats.values():
-            for k in ("skipped", "fields"):
-                for r, n in s[k].items():
-                    out[k][r] = out[k].get(r, 0) + n
-            for k in ("valid", "raw"):
-                out[k] = [a + b for a, b in zip(out[k], s[k])]
-        out["skipped"] = dict(sorted(out["skipped"].items()))
-        out["fields"] = dict(sorted(out["fields"].items()))
-        out["epoch"] = max((p["epoch"] for p in self.positions.values()), default=0)
-        total = sum(out["valid"])
-        out["share"] = [v / total if total else 0.0 for v in out["valid"]]
+        epochs = {p["epoch"] for p in self.positions.values()} or {0}
+        parts = [{**s, "epoch": max(epochs), "target": None} for s in self.stats.values()]
+        out = combine_summaries(parts or [{**empty_stats(n_sources), "epoch": max(epochs), "target": None}])
         out["target"] = None if weights is None else list(weights)
         return out
+
+
+def combine_summaries(parts: list[dict]) -> dict:
+    """One `StreamTracker.summary()` of several ranks' (each rank's readers are its own): valid, raw,
+    skipped and field counts summed, the furthest epoch, the share recomputed; "target" as given."""
+    out = empty_stats(len(parts[0]["valid"]))
+    for p in parts:
+        for k in ("skipped", "fields"):
+            for r, n in p[k].items():
+                out[k][r] = out[k].get(r, 0) + n
+        for k in ("valid", "raw"):
+            out[k] = [a + b for a, b in zip(out[k], p[k])]
+    out["skipped"] = dict(sorted(out["skipped"].items()))
+    out["fields"] = dict(sorted(out["fields"].items()))
+    out["epoch"] = max(p["epoch"] for p in parts)
+    total = sum(out["valid"])
+    out["share"] = [v / total if total else 0.0 for v in out["valid"]]
+    out["target"] = parts[0]["target"]
+    return out

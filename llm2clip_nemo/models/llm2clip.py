@@ -131,8 +131,24 @@ class LLM2CLIPModel(EngineCheckpointHooks, _model_pt()):
         if self._stream is None:
             self.setup_training_data()
         nw = self.typed.num_workers
-        return DataLoader(self._stream, batch_size=None, num_workers=nw, persistent_workers=False,
-                          prefetch_factor=2 if nw > 0 else None)
+        loader = DataLoader(self._stream, batch_size=None, num_workers=nw, persistent_workers=False,
+                            prefetch_factor=2 if nw > 0 else None)
+        ds = self.typed.train_ds
+        if ds.resampled or ds.epochs is None:
+            return loader  # endless: the trainer counts steps
+        from ..engine.finite import StopTogether
+
+        return StopTogether(loader, self._dp_group(), self.groups.device, self._data_ended)
+
+    def _data_ended(self) -> None:
+        """Finite epoch mode: the first rank's data ended; every rank stops here (trainer.should_stop)."""
+        if self.trainer is not None and not self.trainer.should_stop:
+            if self.groups.rank == 0:
+                from nemo.utils import logging
+
+                logging.info(f"data: the last of data.epochs={self.typed.train_ds.epochs} ended on one of the ranks "
+                             f"at step {self.trainer.global_step}: training stops on every rank")
+            self.trainer.should_stop = True
 
     @classmethod
     def list_available_models(cls):

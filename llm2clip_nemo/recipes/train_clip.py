@@ -113,8 +113,7 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
     model.wait_for_checkpoint()  # on_train_end did, unless the fit ended without it
     result = {"log_dir": str(log_dir), "losses": engine.loss_log, "validation": model.val_history,
               "nonfinite_steps": engine.nonfinite_steps, "global_step": trainer.global_step,
-              "throughput": meter.summary(),
-              "data": model._stream.summary() if model._stream is not None else None}
+              "throughput": meter.summary(), "data": data_summary(model._stream, groups.vision_dp_group)}
     if groups.rank == 0:
         (Path(log_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
     model.save_nemo(Path(log_dir) / "model.nemo")  # collective: gathers sharded weights
@@ -122,6 +121,23 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
         dist.barrier()
     result["model"] = model
     return result
+
+
+def data_summary(stream, group) -> dict | None:
+    """The training stream's counts over every rank of `group` (collective; each rank reads its own
+    data slots): `ImageTextStream.summary()` of each rank combined (`stream_state.combine_summaries`)."""
+    import torch.distributed as dist
+
+    from ..data.stream_state import combine_summaries
+
+    if stream is None:
+        return None
+    mine = stream.summary()
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return mine
+    parts: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, mine, group=group)
+    return combine_summaries(parts)
 
 
 def finish_checkpoint_write(model) -> None:
