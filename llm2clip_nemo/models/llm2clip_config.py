@@ -90,7 +90,7 @@ class LLM2CLIPConfig:
         if self.teacher_mode not in ("offline", "online"):
             raise ConfigError(f"model.teacher_mode={self.teacher_mode!r}: choose offline or online.")
         try:
-            self.parallel.check_vision_recompute(self.vision.recompute)
+            self.parallel.check_vision_recompute(self.vision)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
