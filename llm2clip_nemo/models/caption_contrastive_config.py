@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..config import ConfigError
+from ..config.paths import field_path
 from ..engine.ema import EmaConfig
 from ..engine.optim import OptimConfig
 from .caption_encoder import EncoderConfig
@@ -18,6 +20,9 @@ DEFAULT_INSTRUCTION = "Given a caption, retrieve a detailed relevant caption"
 
 @dataclass
 class CaptionDataConfig:
+    CONFIG_PATH: ClassVar[str] = "model.data"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     train_path: str = DEMO
     """Training captions: webdataset shards (dir, brace pattern, manifest, `a::b`) or JSONL
     ({id, captions} per line); 'demo' = the embedded Twemoji dataset's train split (built on first use)."""
@@ -62,14 +67,14 @@ class CaptionDataConfig:
 
                 parse_sources(p)
             except Exception as e:
-                raise ConfigError(f"model.data.{name}={p!r} does not exist or holds no shards ({e}): build the "
-                                  f"dataset first (e.g. `llm2clip-nemo data demo`) or set model.data.{name}={DEMO} "
+                raise ConfigError(f"{field_path(self, name)}={p!r} does not exist or holds no shards ({e}): build the "
+                                  f"dataset first (e.g. `llm2clip-nemo data demo`) or set {field_path(self, name)}={DEMO} "
                                   "for the embedded demo.") from None
 
     def validate(self) -> None:
         if self.global_batch_size < 1 or self.hard_negatives not in (0, 1):
-            raise ConfigError(f"model.data.global_batch_size={self.global_batch_size} must be >= 1 and "
-                              f"hard_negatives={self.hard_negatives} 0 or 1.")
+            raise ConfigError(f"{field_path(self, 'global_batch_size')}={self.global_batch_size} must be >= 1 and "
+                              f"{field_path(self, 'hard_negatives')}={self.hard_negatives} 0 or 1.")
 
 
 @dataclass

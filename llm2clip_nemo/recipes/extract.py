@@ -16,12 +16,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 
 from ..config import ConfigError, load_config, parse_command_line
 from ..config.help import recipe_help, wants_help
+from ..config.paths import field_path
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
 from ..runtime.layout import LayoutError
@@ -30,6 +32,9 @@ from ..text.config import TeacherConfig
 
 @dataclass
 class ExtractData:
+    CONFIG_PATH: ClassVar[str] = "data"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     urls: str = ""
     """Image-text shards: brace patterns, directories, manifests or energon datasets (`DIR#split`,
     metadataset .yaml), '::'-joined sources (mixing weights do not matter here: every shard is read)."""
@@ -46,11 +51,12 @@ class ExtractData:
 
     def validate(self) -> None:
         if not self.urls:
-            raise ConfigError("data.urls is empty: give the image-text shards, e.g. data.urls=/data/laion/{00000..00099}.tar")
+            raise ConfigError(f"{field_path(self, 'urls')} is empty: give the image-text shards, e.g. "
+                              f"{field_path(self, 'urls')}=/data/laion/{{00000..00099}}.tar")
         if self.storage_dtype not in ("fp16", "bf16", "int8"):
-            raise ConfigError(f"data.storage_dtype={self.storage_dtype!r} must be fp16, bf16 or int8.")
+            raise ConfigError(f"{field_path(self, 'storage_dtype')}={self.storage_dtype!r} must be fp16, bf16 or int8.")
         if not self.fields:
-            raise ConfigError("data.fields is empty: name the caption fields to embed, e.g. [txt, long].")
+            raise ConfigError(f"{field_path(self, 'fields')} is empty: name the caption fields to embed, e.g. [txt, long].")
 
 
 @dataclass
