@@ -23,12 +23,14 @@ in `batch["stream_state"]`; the main process keeps the latest per reader (`track
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import random
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..config.paths import field_path
 from .config import OUTPUTS, StreamConfig
 from .schedule import ShardSchedule
 from .spec import DataSourceError, parse_sources
@@ -64,7 +66,10 @@ class ImageTextStream(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size, self.output = cfg, rank, world_size, output
-        self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths, cfg.weights, cfg.blend)
+        self.named = functools.partial(field_path, cfg)
+        """A field of `cfg` as the user types it ('model.train_ds.slots'), for messages (`config.paths`)."""
+        self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths, cfg.weights, cfg.blend,
+                                     named=self.named)
         self._plan(cfg.slots or world_size)
         self.weights = self.schedule.weights
         """Per-source sample shares (weights mode: one pool per source), None (factor mode: one pool)."""
@@ -79,14 +84,14 @@ class ImageTextStream(IterableDataset):
             raise DataSourceError(
                 f"the data stream has {slots} data slots, which {self.world_size} ranks cannot share evenly: run at a "
                 f"world size dividing {slots} ({', '.join(map(str, fits))}) to continue it exactly, or set "
-                f"data.slots to a multiple of {self.world_size} (a resumed run then starts the stream afresh)")
+                f"{self.named('slots')} to a multiple of {self.world_size} (a resumed run then starts the stream afresh)")
         k = slots // self.world_size
         if self.cfg.batch_size % k:
             raise DataSourceError(
                 f"the per-rank batch of {self.cfg.batch_size} does not split into the {k} data slots each rank reads "
                 f"({slots} slots over {self.world_size} ranks): use a global batch divisible by {slots}")
         self.slots, self.hosted, self.slot_batch = slots, list(range(self.rank * k, (self.rank + 1) * k)), self.cfg.batch_size // k
-        self.schedule = ShardSchedule(self.sources, self.cfg.seed, slots, self.cfg.shard_shuffle)
+        self.schedule = ShardSchedule(self.sources, self.cfg.seed, slots, self.cfg.shard_shuffle, named=self.named)
 
     # ---- one reader's item sequence ----------------------------------------------------------
     def _items(self, slot: int, lw: int, nw: int, pos: dict, stats: dict) -> Iterator[tuple[dict | None, dict]]:
@@ -140,7 +145,7 @@ class ImageTextStream(IterableDataset):
                         break  # the epoch ended for this worker
                     if fresh[p]:
                         raise DataSourceError(f"source {self.sources[p].spec!r} holds no samples for reader {gw}: "
-                                              f"its shards are empty; drop it from data.urls")
+                                              f"its shards are empty; drop it from {self.named('urls')}")
                     pools[p] = {"epoch": pools[p]["epoch"] + 1, "next": 0}  # this source's pass ended: next pass
                     opened[p], fresh[p] = [], True
                     last_window = cfg.epochs is not None and pools[p]["epoch"] >= cfg.epochs
