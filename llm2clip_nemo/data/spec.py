@@ -105,7 +105,7 @@ def parse_sources(urls: str, upsampling_factors: str | None = None, check_paths:
     expanded = []
     for p in parts:
         es = split_spec(p)
-        expanded.append([(s.spec, s.urls, s.weight, s.exclude, s.rename) for s in expand_energon(*es)]
+        expanded.append([(s.spec, s.urls, s.weight, s.exclude, s.rename) for s in expand_energon(*es, named)]
                         if es else [(p, tuple(_expand_one(p)), 1.0, {}, None)])
     if not blend:
         part_w = None

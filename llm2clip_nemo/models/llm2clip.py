@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config.paths import config_path, replace_config, set_config_path
+from ..config.paths import config_path, field_path, replace_config, set_config_path
 from ..text.adapter import check_teacher_dim
 from ..text.config import teacher_hidden_size
 from .checkpointing import ENGINE_KEY, EngineCheckpointHooks  # noqa: F401  (ENGINE_KEY re-exported)
@@ -86,7 +86,8 @@ class LLM2CLIPModel(EngineCheckpointHooks, _model_pt()):
             from ..text.teacher import Teacher
 
             tc = self.typed.teacher
-            self._teacher[0] = Teacher.load(tc.resolved_path(), self.groups, tc.contract(), tc.torch_dtype())
+            self._teacher[0] = Teacher.load(tc.resolved_path(), self.groups, tc.contract(), tc.torch_dtype(),
+                                            tp_field=field_path(tc, "tensor_parallel"))
         return self._teacher[0]
 
     def resolve_teacher_identity(self) -> str:

@@ -12,6 +12,7 @@ killed job rerun finishes only the rest and never leaves half a sidecar behind.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -145,9 +146,11 @@ def run(cfg: ExtractConfig) -> dict:
     from ..text.teacher import Teacher
 
     cfg.teacher.check_available()  # the teacher's files are read where the run starts, not by validate()
-    groups = init_parallel(cfg.teacher.tensor_parallel, field="teacher.tensor_parallel")
-    teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.contract(), cfg.teacher.torch_dtype())
-    shards = [(u, s) for s in parse_sources(cfg.data.urls) for u in s.urls]
+    tp_field = field_path(cfg.teacher, "tensor_parallel")
+    groups = init_parallel(cfg.teacher.tensor_parallel, field=tp_field)
+    teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.contract(), cfg.teacher.torch_dtype(),
+                           tp_field=tp_field)
+    shards = [(u, s) for s in parse_sources(cfg.data.urls, named=functools.partial(field_path, cfg.data)) for u in s.urls]
     mine = shards[groups.dp_rank::groups.dp_size]
     fields = list(cfg.data.fields)
     writer_rank = groups.tp_rank == 0

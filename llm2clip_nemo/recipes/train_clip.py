@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_config, parse_command_line
 from ..config.help import recipe_help, wants_help
-from ..config.paths import replace_config
+from ..config.paths import field_path, replace_config
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
 from ..models.llm2clip_config import LLM2CLIPConfig
@@ -52,7 +52,8 @@ def check_teacher_tp(cfg: TrainCLIPConfig, world: int, env: DistEnv | None = Non
     per_node, source = processes_per_node(env) if env is not None else (None, "")
     if per_node is None:
         per_node, source = cfg.trainer.devices, f"trainer.devices={cfg.trainer.devices}"
-    check_tp(cfg.model.teacher.tensor_parallel, world, per_node, per_node_source=source)
+    check_tp(cfg.model.teacher.tensor_parallel, world, per_node, field=field_path(cfg.model.teacher, "tensor_parallel"),
+             per_node_source=source)
 
 
 def prepare_run(cfg: TrainCLIPConfig, mode: str | None = None) -> TrainCLIPConfig:

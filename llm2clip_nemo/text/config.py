@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..config.loader import ConfigError
-from ..config.paths import field_path
+from ..config.paths import config_path, field_path, set_config_path
 from ..formats.contract import TeacherContract, check_pooling, contract_path, read_contract, resolve_contract
 
 EMBEDDED = "embedded"
@@ -78,9 +78,10 @@ class TeacherConfig:
         if self.path == EMBEDDED:  # the packaged raw SmolLM2 records no contract
             return resolve_contract(None, requested, EMBEDDED, prefix=field_path(self, ""))
         path = self.resolved_path()
-        return resolve_contract(read_contract(path), requested, str(contract_path(path)),
-                                prefix=field_path(self, ""),
-                                fix=f"remove {field_path(self, '<field>')} from the config (teacher {self.path})")
+        contract = resolve_contract(read_contract(path), requested, str(contract_path(path)),
+                                    prefix=field_path(self, ""),
+                                    fix=f"remove {field_path(self, '<field>')} from the config (teacher {self.path})")
+        return set_config_path(contract, config_path(self))  # its run-time messages name this config's fields
 
 
 def expected_fingerprint(cfg: TeacherConfig) -> str:
