@@ -160,7 +160,10 @@ def run_plan(capsys, *args) -> dict:
 def test_readme_command_plans_pretrain_large_offline(capsys):
     """`llm2clip-nemo plan --config-name pretrain_large` (README): offline teacher, two caption fields."""
     assert P.main(["--config-name", "pretrain_large"]) == 0
-    assert "teacher mode" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "teacher mode" in table
+    # 32768 samples / (512 GPUs x 1979e12 FLOP/s x 0.40 / 487.7e9 FLOP per sample) = 39.4 ms, not "0.0 s"
+    assert [line.split()[-2:] for line in table.splitlines() if line.startswith("step time")] == [["39.4", "ms"]]
     r = run_plan(capsys, "--config-name", "pretrain_large")
     assert (r["gpus"], r["global_batch"], r["teacher_mode"], r["sidecar_fields"]) == (512, 32768, "offline", 2)
     assert r["vision_forward_flops"] == VIT_L14_1280_FWD
@@ -283,14 +286,22 @@ def test_plan_of_a_recipe_counts_what_its_run_measures(capsys):
 
 
 def test_peak_comes_from_the_runs_peak_table(capsys):
+    """The peak the run's MFU divides by (`runtime.flops.GPU_PEAKS`): FP8 for pretrain_large's FP8 tower
+    (`vision.fp8: true`), bf16 without it; a GPU without FP8 tensor cores is refused for an FP8 tower."""
     from llm2clip_nemo.runtime.flops import GPU_PEAKS
 
-    assert run_plan(capsys, "--config-name", "pretrain_large")["peak_tflops"] == GPU_PEAKS["H100"]["bf16"] / 1e12
-    assert run_plan(capsys, "--config-name", "pretrain_large", "plan.gpu=A100")["peak_tflops"] == 312.0
+    bf16 = ["model.vision.fp8=false"]
+    assert run_plan(capsys, "--config-name", "pretrain_large")["peak_tflops"] == GPU_PEAKS["H100"]["fp8"] / 1e12 == 1979.0
+    assert run_plan(capsys, "--config-name", "pretrain_large", *bf16)["peak_tflops"] == GPU_PEAKS["H100"]["bf16"] / 1e12
+    assert run_plan(capsys, "--config-name", "pretrain_large", *bf16, "plan.gpu=A100")["peak_tflops"] == 312.0
     assert run_plan(capsys, "--config-name", "pretrain_large", "plan.peak_tflops=100")["peak_tflops"] == 100.0
     assert P.main(["--config-name", "pretrain_large", "plan.gpu=B200"]) == 2
     assert capsys.readouterr().err == ("llm2clip-nemo plan: plan.gpu='B200' is not in the peak table: choose one of "
                                        "H200, H100 NVL, H100 PCIe, H100, A100 or set plan.peak_tflops.\n")
+    assert P.main(["--config-name", "pretrain_large", "plan.gpu=A100"]) == 2
+    assert capsys.readouterr().err == ("llm2clip-nemo plan: plan.gpu='A100' has no fp8 tensor cores "
+                                       "(model.vision.fp8=true): plan for one of H200, H100 NVL, H100 PCIe, H100, or "
+                                       "set model.vision.fp8=false.\n")
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -312,3 +323,11 @@ def test_plan_and_run_refuse_a_bad_tp_with_the_same_message(overrides, message, 
     assert train_clip.main([*argv, f"exp_manager.exp_dir={tmp_path}"], mode="pretrain") == 2
     assert capsys.readouterr().err == f"llm2clip-nemo pretrain: config error: {message}\n"
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_teacher_section_without_a_length_plans_the_contract_default():
+    """A dict teacher section with no seq_len/max_length plans the teacher contract's max_length (one default)."""
+    from llm2clip_nemo.formats.contract import TeacherContract
+
+    t = P.teacher_shape({"preset": "llama-3-8b"})
+    assert t.seq_len == TeacherContract().max_length == 256

@@ -19,7 +19,7 @@ Lightning stays the outer loop: `attach` hands the engine Lightning's `manual_ba
 wrapped optimizer's `step` (which counts `trainer.global_step`); without `attach` the engine uses
 `loss.backward()` and the bare optimizer (plain-torch use, tests).
 
-Length (~330 lines): the step and everything its checkpoint holds are one class on purpose, so the
+Length (~350 lines): the step and everything its checkpoint holds are one class on purpose, so the
 data position, optimizer, EMA, step and RNG are saved and restored by the code that owns them.
 """
 from __future__ import annotations
@@ -246,15 +246,17 @@ class TrainEngine:
                 "ema": {"updates": self.ema.updates} if self.ema is not None else None,
                 "data": self.data.state_dict() if self.data is not None else None, "rng": rng_state()}
 
-    def save_sharded(self, path: str | Path):
+    def save_sharded(self, path: str | Path, async_save: bool = False):
         """Write the model, optimizer and EMA tensors to DCP directory `path` (`engine.checkpoint.save_checkpoint`:
         every rank its own shards, whatever the layout; FQNs as in the unwrapped model), with each rank's
-        data position (`rank_state`) and RNG. Collective over `dp_group`. Returns the `PendingSave`."""
+        data position (`rank_state`) and RNG. Collective over `dp_group`. Returns the `PendingSave`;
+        `async_save`: the tensors are copied to CPU before the call returns and written in the
+        background (`PendingSave.wait()` before the next save and before exit)."""
         from .checkpoint import save_checkpoint
 
         rank_state = {"data": self.data.state_dict() if self.data is not None else None}
         return save_checkpoint(path, self.model, self.optimizer, step=self.step, rank_state=rank_state,
-                               modules=self._sharded_modules(), group=self.dp_group)
+                               modules=self._sharded_modules(), async_save=async_save, group=self.dp_group)
 
     def load_sharded(self, path: str | Path, meta: dict) -> bool:
         """Restore a checkpoint written by `save_sharded` (tensors, into the current layout and world size)

@@ -87,6 +87,14 @@ class ParallelizeConfig:
     and backward in bf16 with fp32 master weights, optimizer state and gradient reduction; 'fp32' = no
     policy; 'auto' = 'bf16' on CUDA, 'fp32' on CPU. With 'ddp' only 'auto'/'fp32' (DDP keeps the
     parameters' dtype; use autocast in the training step for bf16 compute)."""
+    async_checkpoint: bool = False
+    """Write each training checkpoint's tensors in the background (`torch.distributed.checkpoint.async_save`
+    on a gloo group of its own). The save call copies this rank's model, optimizer and EMA tensors
+    (its shards under fsdp2) to CPU memory before it returns, so training goes on at once with
+    unchanged numbers; the files are written by a thread while the next steps run, and the run waits
+    for them before the next checkpoint and at the end of training (a failed write is raised there).
+    Memory cost: one CPU copy of this rank's model + optimizer + EMA state while a write runs. A job
+    that dies during the write leaves that checkpoint incomplete; resume names the newest complete one."""
 
     def validate(self) -> None:
         """Raise ValueError naming the field by its path (`config.paths.field_path`), the value and the fix."""

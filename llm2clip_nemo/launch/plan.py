@@ -37,13 +37,18 @@ from .plan_report import format_table
 from .plan_shapes import TEACHER_PRESETS, TeacherShape, checkpoint_shape, preset_shape, teacher_shape, vision_shape
 
 
-def default_peak_tflops(gpu: str = PlanConfig.gpu) -> float:
-    """Dense bf16 peak TFLOP/s of `gpu` (a name of `runtime.flops.GPU_PEAKS`, the table a run's MFU uses);
-    ValueError naming plan.gpu and the choices when it is not in the table."""
+def default_peak_tflops(gpu: str = PlanConfig.gpu, precision: str = "bf16") -> float:
+    """Dense peak TFLOP/s of `gpu` (a name of `runtime.flops.GPU_PEAKS`, the table a run's MFU uses) at
+    `precision` ('bf16', or 'fp8' for a tower trained with vision.fp8, as the run's MFU counts it).
+    ValueError naming plan.gpu and the choices when it is not in the table or has no such peak."""
     if gpu not in GPU_PEAKS:
         raise ValueError(f"plan.gpu={gpu!r} is not in the peak table: choose one of {', '.join(GPU_PEAKS)} "
                          "or set plan.peak_tflops.")
-    return GPU_PEAKS[gpu]["bf16"] / 1e12
+    if precision not in GPU_PEAKS[gpu]:
+        with_it = [g for g, p in GPU_PEAKS.items() if precision in p]
+        raise ValueError(f"plan.gpu={gpu!r} has no {precision} tensor cores (model.vision.fp8=true): plan for one of "
+                         f"{', '.join(with_it)}, or set model.vision.fp8=false.")
+    return GPU_PEAKS[gpu][precision] / 1e12
 
 
 def plan(vision: Any, teacher: Any = None, *, batch: int, gpus: int, mfu: float = PlanConfig.mfu,
@@ -225,7 +230,8 @@ def plan_from_config(cfg) -> dict[str, Any]:
     teacher's TP is checked as the run checks it where it starts (`recipes.train_clip.check_teacher_tp`:
     the planned GPUs, trainer.devices per node; extract: the GPUs, as `init_parallel` checks the world)."""
     knobs = cfg.plan
-    peak = knobs.peak_tflops or default_peak_tflops(knobs.gpu)
+    fp8 = hasattr(cfg, "model") and bool(cfg.model.vision.fp8)  # the run's MFU then divides by the FP8 peak
+    peak = knobs.peak_tflops or default_peak_tflops(knobs.gpu, "fp8" if fp8 else "bf16")
     if hasattr(cfg, "model"):  # stage 2
         from ..recipes.train_clip import check_teacher_tp
 

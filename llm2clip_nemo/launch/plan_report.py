@@ -24,6 +24,8 @@ def _duration(s: float) -> str:
         return f"{s / 86400:.2f} days"
     if s >= 3600:
         return f"{s / 3600:.2f} h"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
     return f"{s:.1f} s"
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..formats.contract import TeacherContract
 from ..vision.config import PRESETS, ViTConfig
 
 # Published shapes for `plan.teacher_preset`: hidden_size, num_hidden_layers, num_attention_heads,
@@ -43,8 +44,8 @@ class TeacherShape:
     kv_heads: int
     ffn: int
     vocab: int
-    seq_len: int = 77
-    """Caption tokens per forward (padded length)."""
+    seq_len: int = TeacherContract.max_length
+    """Caption tokens per forward (padded length); default the teacher contract's max_length."""
     tensor_parallel: int = 1
     mode: str = "online"
     """'online' (teacher runs in the training step) or 'offline' (precomputed embedding sidecars)."""
@@ -148,7 +149,7 @@ def teacher_shape(section: Any) -> TeacherShape | None:
     t = TeacherShape(hidden=int(_pick(d, "hidden", "teacher")), layers=int(_pick(d, "layers", "teacher")),
                      heads=int(_pick(d, "heads", "teacher")), kv_heads=int(_pick(d, "kv_heads", "teacher", d.get("heads"))),
                      ffn=int(_pick(d, "ffn", "teacher")), vocab=int(_pick(d, "vocab", "teacher")),
-                     seq_len=int(_pick(d, "seq_len", "teacher", 77)),
+                     seq_len=int(_pick(d, "seq_len", "teacher", TeacherContract.max_length)),
                      tensor_parallel=int(_pick(d, "tensor_parallel", "teacher", 1)), mode=mode,
                      head_dim_override=int(d.get("head_dim") or d.get("kv_channels") or 0))
     for what, n in (("heads", t.heads), ("kv_heads", t.kv_heads)):

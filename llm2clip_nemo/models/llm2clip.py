@@ -221,6 +221,7 @@ class LLM2CLIPModel(EngineCheckpointHooks, _model_pt()):
             self.run_validation()
 
     def on_train_end(self):
+        self.wait_for_checkpoint()  # after NeMo's callback saved the last checkpoint (callbacks' hooks run first)
         if self.typed.validation_ds.urls:
             self.run_validation()
 

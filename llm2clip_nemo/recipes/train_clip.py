@@ -106,7 +106,12 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
     meter = meter_for(cfg.model, model.net.adapter.input_dim, groups.world_size, groups.device.type,
                       threads=torch.get_num_threads())
     engine = model.build_engine(log_path=Path(log_dir) / "losses.jsonl", micro_batches=micro, throughput=meter)
-    trainer.fit(model)
+    try:
+        trainer.fit(model)
+    except BaseException:  # the background checkpoint write, if any, still completes; its links need every rank
+        finish_checkpoint_write(model)
+        raise
+    model.wait_for_checkpoint()  # on_train_end did, unless the fit ended without it
     result = {"log_dir": str(log_dir), "losses": engine.loss_log, "validation": model.val_history,
               "nonfinite_steps": engine.nonfinite_steps, "global_step": trainer.global_step,
               "throughput": meter.summary(),
@@ -118,6 +123,20 @@ def run(cfg: TrainCLIPConfig, mode: str | None = None) -> dict:
         dist.barrier()
     result["model"] = model
     return result
+
+
+def finish_checkpoint_write(model) -> None:
+    """On a fit that ended in an error: let this rank's background checkpoint write finish (its
+    collectives run on their own group, so every live rank completes it) without the collective
+    hard-linking, and log a failed write instead of raising it over the error being handled."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    try:
+        model.wait_for_checkpoint(link=False)
+    except (Exception, CheckpointException) as e:  # the fit's own error is the one to report
+        from nemo.utils import logging
+
+        logging.error(f"the background checkpoint write failed too: {e}")
 
 
 def main(argv: list[str], mode: str = "pretrain") -> int:

@@ -80,6 +80,10 @@ class ExpManagerConfig:
     """Run name: the log dir is exp_dir/name (fixed, so resume_if_exists finds it again)."""
     resume_if_exists: bool = True
     """Continue from <log_dir>/checkpoints/*last.ckpt when present."""
+    resume_from_checkpoint: str = ""
+    """A .ckpt to resume from when the checkpoints folder holds no *last.ckpt (or resume_if_exists=false),
+    e.g. an earlier step after an incomplete last one was removed. NeMo's rule: while resume_if_exists=true
+    a *last.ckpt wins, so a requeued job goes on from its newest checkpoint."""
     checkpoint_every_n_steps: int = 50
     """Save a checkpoint every N optimizer steps."""
     save_top_k: int = 2
@@ -159,6 +163,7 @@ def exp_manager_dict(ec: ExpManagerConfig) -> dict:
         # explicit_log_dir alone (NeMo logs an error when exp_dir is given too); name names checkpoints
         "exp_dir": None, "name": ec.name, "explicit_log_dir": str(Path(ec.exp_dir) / ec.name),
         "use_datetime_version": False, "resume_if_exists": ec.resume_if_exists,
+        "resume_from_checkpoint": ec.resume_from_checkpoint or None,
         "resume_ignore_no_checkpoint": True, "create_tensorboard_logger": ec.create_tensorboard_logger,
         "create_checkpoint_callback": True, "create_preemption_callback": False,
         "log_step_timing": False, "log_tflops_per_sec_per_gpu": False, "seconds_to_sleep": 0,
@@ -178,6 +183,9 @@ def build_trainer(cfg, callbacks=(), self_parallel: bool = False) -> tuple:
     from nemo.utils.exp_manager import exp_manager
 
     tc: TrainerConfig = cfg.trainer
+    if cfg.exp_manager.resume_from_checkpoint and not Path(cfg.exp_manager.resume_from_checkpoint).is_file():
+        raise ConfigError(f"exp_manager.resume_from_checkpoint={cfg.exp_manager.resume_from_checkpoint} is not a "
+                          "file: give the path of a .ckpt.")
     trainer = pl.Trainer(
         accelerator="gpu" if tc.accelerator == "cuda" else tc.accelerator, devices=tc.devices,
         num_nodes=tc.num_nodes, strategy=resolve_strategy(tc, self_parallel), precision=resolve_precision(tc.precision),
