@@ -60,9 +60,18 @@ def test_caption_contrastive_names_the_model_paths(capsys):
         ("model.mntp.mask_prob=0", "model.mntp.steps=0 must be >= 0 and model.mntp.mask_prob=0.0 in (0, 1)."),
         ("model.data.hard_negatives=2", "model.data.global_batch_size=8 must be >= 1 and model.data.hard_negatives=2 "
                                         "0 or 1."),
+        ("trainer.devices=3", "model.data.global_batch_size=8 is not divisible by the 3 data-parallel ranks: use a "
+                              "multiple of 3, e.g. 6."),
     ]:
         err = _fails(capsys, ["caption-contrastive", "--config-name", "caption_contrastive_tiny", override])
         assert err == f"llm2clip-nemo caption-contrastive: config error: {message}\n", override
+    from llm2clip_nemo.recipes.caption_contrastive import load
+
+    data = load("caption_contrastive_tiny", ["model.data.short_fields=[]", "model.data.long_fields=[]"]).model.data
+    with pytest.raises(ValueError) as e:  # the pairs reader's config is built from model.data where the run starts
+        data.pair_config().validate()
+    assert str(e.value) == ("pairs: set model.data.short_fields and/or model.data.long_fields, e.g. "
+                            "short_fields=[txt] long_fields=[long]")
 
 
 def test_evaluate_and_data_inspect_name_their_spec_argument(capsys):

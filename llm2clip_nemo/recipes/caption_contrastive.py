@@ -37,7 +37,7 @@ class CaptionContrastiveConfig:
 
     def validate(self) -> None:
         """Checks of the values alone; the data paths are checked where the run starts (`run`)."""
-        check_global_batch(self.model.data.global_batch_size, self.trainer.world_size)
+        check_global_batch(self.model.data, self.trainer.world_size)
         if self.model.mntp.steps >= self.trainer.max_steps:
             raise ConfigError(f"{field_path(self.model.mntp, 'steps')}={self.model.mntp.steps} leaves no contrastive "
                               f"step before {field_path(self.trainer, 'max_steps')}={self.trainer.max_steps}: lower it "
