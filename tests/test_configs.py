@@ -201,7 +201,7 @@ def test_missing_teacher_is_refused_where_the_run_starts_exit_2(tmp_path, capsys
     assert main(["--config-name", "pretrain_tiny", f"model.teacher.path={missing}",
                  f"exp_manager.exp_dir={tmp_path / 'runs'}"], mode="pretrain") == 2
     assert capsys.readouterr().err == (
-        f"llm2clip-nemo pretrain: config error: teacher.path='{missing}' does not exist: point it at a Megatron "
+        f"llm2clip-nemo pretrain: config error: model.teacher.path='{missing}' does not exist: point it at a Megatron "
         "teacher dir (`llm2clip-nemo convert import-llm`), a HF model dir, or use 'embedded'.\n")
     assert not (tmp_path / "runs").exists()
 
@@ -238,8 +238,8 @@ def test_a_component_value_error_is_a_config_error_exit_2(capsys):
 
     assert main(["--config-name", "pretrain_tiny", "model.vision.width=32"], mode="pretrain") == 2
     assert capsys.readouterr().err == (
-        "llm2clip-nemo pretrain: config error: vision.width=32 is not divisible by vision.num_heads=3: set vision.width "
-        "to a multiple of 3 (e.g. 33) or choose a vision.num_heads that divides 32.\n")
+        "llm2clip-nemo pretrain: config error: model.vision.width=32 is not divisible by model.vision.num_heads=3: set "
+        "model.vision.width to a multiple of 3 (e.g. 33) or choose a model.vision.num_heads that divides 32.\n")
 
 
 def test_a_config_stored_before_the_sizes_were_derived_still_loads():

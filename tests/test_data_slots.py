@@ -102,8 +102,12 @@ def test_resume_that_cannot_be_exact_names_the_fix(shards):
     with pytest.raises(DataSourceError) as e:
         three.load_state_dicts(saved)
     assert str(e.value) == (
-        "the data stream has 2 data slots, which 3 ranks cannot share evenly: run at a world size dividing 2 (1, 2) "
-        "to continue it exactly, or set data.slots to a multiple of 3 (a resumed run then starts the stream afresh)")
+        "the checkpoint's data stream has 2 data slots, which 3 ranks cannot share evenly: run at a world size "
+        "dividing 2 (1, 2) to continue it exactly, or set data.slots to a multiple of 3 to start the data stream afresh")
+    with pytest.raises(DataSourceError) as e:  # a fresh stream: nothing to continue
+        ImageTextStream(stream_cfg(**kw, batch_size=4, slots=3), rank=0, world_size=2)
+    assert str(e.value) == ("data.slots=3 is not a multiple of the world size 2: set it to a multiple of 2, or leave "
+                            "it unset (one slot per rank)")
     with pytest.raises(DataSourceError) as e:
         ImageTextStream(stream_cfg(**kw, batch_size=3, slots=2), rank=0, world_size=1)
     assert str(e.value) == ("the per-rank batch of 3 does not split into the 2 data slots each rank reads (2 slots "

@@ -62,7 +62,7 @@ def test_applied_swaps_the_ema_in_and_restores_the_trained_weights_exactly():
 
 
 def test_ema_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match=r"^model.ema: decay=1.0 must be in \(0, 1\) and warmup_steps=0 >= 0"):
+    with pytest.raises(ConfigError, match=r"^model.ema.decay=1.0 must be in \(0, 1\) and model.ema.warmup_steps=0 >= 0"):
         EmaConfig(enabled=True, decay=1.0).validate()
 
 

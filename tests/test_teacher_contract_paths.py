@@ -232,9 +232,9 @@ def test_config_error_for_teacher_contract_reaches_training_cli(tmp_path, capsys
                    f"exp_manager.exp_dir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and not (tmp_path / "runs").exists()
-    assert err[-1].endswith(f"teacher.pooling='last_token' disagrees with the teacher contract (pooling='mean' in "
-                            f"{teacher}/teacher_contract.json): remove teacher.<field> from the config (teacher "
-                            f"{teacher}) or set teacher.pooling='mean'.")
+    assert err[-1] == (f"llm2clip-nemo pretrain: config error: model.teacher.pooling='last_token' disagrees with the "
+                       f"teacher contract (pooling='mean' in {teacher}/teacher_contract.json): remove "
+                       f"model.teacher.<field> from the config (teacher {teacher}) or set model.teacher.pooling='mean'.")
     with pytest.raises(ConfigError):
         from llm2clip_nemo.text.config import TeacherConfig
 

@@ -9,6 +9,8 @@ from typing import TypeVar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .paths import assign_paths
+
 T = TypeVar("T")
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -105,6 +107,8 @@ def load_config(schema: type[T], config_name: str | None = None, overrides: Sequ
         raise ConfigError(_explain(e)) from None
     if validate:
         run_validators(obj)
+    else:
+        assign_paths(obj)
     return obj
 
 
@@ -134,13 +138,21 @@ def _explain(e: OmegaConfBaseException) -> str:
     return f"bad value for config field {key!r}: {msg}"
 
 
-def run_validators(obj, path: str = "") -> None:
-    """Call `validate()` on every dataclass in the tree, innermost first. A ValueError a component
-    raises comes out as ConfigError with its message (every verb maps that to exit code 2)."""
+def run_validators(obj, path: str | None = None) -> None:
+    """Record each component's path (`paths.assign_paths`; `path` None: the root's class
+    `CONFIG_PATH`, '' for a recipe schema), then call `validate()` on every dataclass in the tree,
+    innermost first, so messages name fields by the path the user types (`paths.field_path`).
+    A ValueError a component raises comes out as ConfigError with its message (every verb maps that
+    to exit code 2)."""
+    assign_paths(obj, path)
+    _validate_tree(obj)
+
+
+def _validate_tree(obj) -> None:
     if not dataclasses.is_dataclass(obj):
         return
     for f in dataclasses.fields(obj):
-        run_validators(getattr(obj, f.name), f"{path}{f.name}.")
+        _validate_tree(getattr(obj, f.name))
     v = getattr(obj, "validate", None)
     if callable(v):
         try:

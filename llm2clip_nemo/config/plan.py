@@ -6,8 +6,10 @@ loader, so that recipe schemas can carry it without importing the planner.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .loader import ConfigError
+from .paths import field_path
 
 DEFAULT_SAMPLES = 1e9
 """Samples a stage-2 run is planned for when plan.samples is 0."""
@@ -15,6 +17,9 @@ DEFAULT_SAMPLES = 1e9
 
 @dataclass
 class PlanConfig:
+    CONFIG_PATH: ClassVar[str] = "plan"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     gpus: int = 0
     """GPUs to plan for; 0 = trainer.num_nodes * trainer.devices (stage 2) or projection.gpus (extract)."""
     batch: int = 0
@@ -42,8 +47,8 @@ class PlanConfig:
     def validate(self) -> None:
         if (self.gpus < 0 or self.batch < 0 or self.samples < 0 or self.embedding_bytes < 0
                 or self.peak_tflops < 0):
-            raise ConfigError(f"plan.gpus={self.gpus}, plan.batch={self.batch}, plan.samples={self.samples}, "
-                              f"plan.embedding_bytes={self.embedding_bytes} and plan.peak_tflops={self.peak_tflops} "
-                              "must be >= 0 (0 = from the recipe, or plan.gpu's peak).")
+            raise ConfigError(f"{field_path(self, 'gpus')}={self.gpus}, {field_path(self, 'batch')}={self.batch}, {field_path(self, 'samples')}={self.samples}, "
+                              f"{field_path(self, 'embedding_bytes')}={self.embedding_bytes} and {field_path(self, 'peak_tflops')}={self.peak_tflops} "
+                              f"must be >= 0 (0 = from the recipe, or {field_path(self, 'gpu')}'s peak).")
         if not 0 < self.mfu <= 1:
-            raise ConfigError(f"plan.mfu={self.mfu} must be in (0, 1].")
+            raise ConfigError(f"{field_path(self, 'mfu')}={self.mfu} must be in (0, 1].")

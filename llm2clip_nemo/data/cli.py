@@ -55,7 +55,7 @@ def inspect_shards(urls: str, decode: bool = False, caption_fields: list[str] | 
     fields = caption_fields or ["txt"]
     total = {"samples": 0, "valid": 0, "members": Counter(), "json_fields": Counter(), "problems": Counter(),
              "shards": {}}
-    for src in parse_sources(urls):
+    for src in parse_sources(urls, named=lambda _: "urls"):  # the `data inspect URLS` argument
         for u in src.urls:
             n, valid, probs = 0, 0, Counter()
             for raw in src.read(u):

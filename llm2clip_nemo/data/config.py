@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..config.loader import ConfigError
+from ..config.paths import field_path
 from .transforms import TransformConfig
 
 OUTPUTS = ("captions", "embeddings")
@@ -23,6 +24,8 @@ class StreamConfig:
         "teacher_dim": "the teacher's hidden size, read when the model is built",
     }
     """Former fields that a run fills in (`config.loader.refuse_derived`)."""
+    CONFIG_PATH: ClassVar[str] = "data"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
 
     urls: str = ""
     """Shards: brace patterns, directories or manifest.json files; several sources joined by '::'
@@ -88,21 +91,26 @@ class StreamConfig:
     """Image transform (size, crop, normalisation)."""
 
     def validate(self) -> None:
+        """ConfigError naming the field by its path in the recipe (`config.paths.field_path`), the value and the fix."""
+        def f(name: str) -> str:
+            return field_path(self, name)
+
         if self.caption_sampling not in ("one", "all"):
-            raise ConfigError(f"data.caption_sampling={self.caption_sampling!r}: choose one (a field per sample "
+            raise ConfigError(f"{f('caption_sampling')}={self.caption_sampling!r}: choose one (a field per sample "
                               "per step) or all (every caption field as a positive)")
         if self.slots is not None and self.slots < 1:
-            raise ConfigError(f"data.slots={self.slots} must be >= 1 or null (the world size)")
+            raise ConfigError(f"{f('slots')}={self.slots} must be >= 1 or null (the world size)")
         for name in ("batch_size", "open_shards", "shuffle_buffer", "no_valid_error_after"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"{f(name)}={getattr(self, name)} must be >= 1")
         if self.weights not in (None, "") and self.upsampling_factors not in (None, ""):
             raise ConfigError(
-                f"data.weights={self.weights!r} and data.upsampling_factors={self.upsampling_factors!r} are both set; "
-                f"choose one mixing rule: weights (sample shares) or upsampling_factors (open_clip, per shard)"
+                f"{f('weights')}={self.weights!r} and {f('upsampling_factors')}={self.upsampling_factors!r} are both "
+                f"set; choose one mixing rule: weights (sample shares) or upsampling_factors (open_clip, per shard)"
             )
         if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"data.epochs={self.epochs} must be >= 1 or null (forever)")
+            raise ConfigError(f"{f('epochs')}={self.epochs} must be >= 1 or null (forever)")
         if not self.caption_fields or sum(self.caption_fields.values()) <= 0 or min(self.caption_fields.values()) < 0:
-            raise ConfigError(f"data.caption_fields={dict(self.caption_fields)} needs weights >= 0, not all 0, e.g. {{txt: 1.0}}")
+            raise ConfigError(f"{f('caption_fields')}={dict(self.caption_fields)} needs weights >= 0, not all 0, "
+                              "e.g. {txt: 1.0}")
         self.transform.validate()

@@ -19,12 +19,13 @@ datasets, custom `sample_loader`s, sample types other than CaptioningSample, unk
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import yaml
 from braceexpand import braceexpand
 
-from .errors import DataSourceError
+from .errors import DataSourceError, data_field
 from .tario import IMAGE_EXTS
 
 DEFAULT_SPLIT = "train"
@@ -135,16 +136,17 @@ _REFUSED = {
             "(`llm2clip-nemo data build`)",
     "blend_epochized": "use blend with weights (sample shares) instead",
     "subset": "list the wanted shards in the dataset's split.yaml instead",
-    "shuffle_over_epochs_multiplier": "remove it (shard order is data.shard_shuffle and data.seed)",
+    "shuffle_over_epochs_multiplier": "remove it (shard order is {shard_shuffle} and {seed})",
 }
 
 
-def _node(node, base: str, split: str, where: str, weight: float, seen: tuple[str, ...]) -> list[EnergonPart]:
+def _node(node, base: str, split: str, where: str, weight: float, seen: tuple[str, ...],
+          named: Callable[[str], str]) -> list[EnergonPart]:
     if not isinstance(node, dict):
         raise DataSourceError(f"{where}: expected a mapping with 'path' or 'blend', got {node!r}")
     for k in node:
         if k in _REFUSED:
-            raise _refuse(where, f"{k!r}", _REFUSED[k])
+            raise _refuse(where, f"{k!r}", _REFUSED[k].format(shard_shuffle=named("shard_shuffle"), seed=named("seed")))
         if k not in (*_ENTRY_KEYS, "blend"):
             raise _refuse(where, f"key {k!r}", "use path/blend/weight/split_part only")
     if node.get("subflavors"):
@@ -157,14 +159,14 @@ def _node(node, base: str, split: str, where: str, weight: float, seen: tuple[st
         out = []
         for i, (e, w) in enumerate(zip(entries, ws)):
             if w > 0:
-                out += _node(e, base, split, f"{where}.blend[{i}]", weight * w / sum(ws), seen)
+                out += _node(e, base, split, f"{where}.blend[{i}]", weight * w / sum(ws), seen, named)
         return out
     if "path" not in node:
         raise DataSourceError(f"{where}: give 'path' or 'blend'")
     path = os.path.normpath(os.path.join(base, str(node["path"])))
     part = str(node.get("split_part", split))
     if os.path.isfile(path) and path.endswith((".yaml", ".yml")):
-        return _metadataset(path, part, weight, seen)
+        return _metadataset(path, part, weight, seen, named)
     if not os.path.isdir(os.path.join(path, ".nv-meta")):
         raise DataSourceError(f"{where}: path {path!r} is neither an energon dataset (no .nv-meta/) nor a metadataset .yaml")
     urls, excl, ren = _dataset(path, part, node.get("dataset_config", "dataset.yaml"),
@@ -172,7 +174,8 @@ def _node(node, base: str, split: str, where: str, weight: float, seen: tuple[st
     return [EnergonPart(spec=f"{path}#{part}", urls=tuple(urls), weight=weight, exclude=excl, rename=ren)]
 
 
-def _metadataset(path: str, split: str, weight: float, seen: tuple[str, ...]) -> list[EnergonPart]:
+def _metadataset(path: str, split: str, weight: float, seen: tuple[str, ...],
+                 named: Callable[[str], str]) -> list[EnergonPart]:
     if path in seen:
         raise DataSourceError(f"metadataset {path!r} includes itself (via {' -> '.join(seen)})")
     md = _load(path, "energon metadataset")
@@ -185,15 +188,16 @@ def _metadataset(path: str, split: str, weight: float, seen: tuple[str, ...]) ->
     splits = md.get("splits") or {}
     if split not in splits:
         raise DataSourceError(f"metadataset {path!r} has no split {split!r}; choose one of {sorted(splits)} with '{path}#SPLIT'")
-    return _node(splits[split], os.path.dirname(path), split, f"{path}: splits.{split}", weight, (*seen, path))
+    return _node(splits[split], os.path.dirname(path), split, f"{path}: splits.{split}", weight, (*seen, path), named)
 
 
-def expand_energon(path: str, split: str) -> list[EnergonPart]:
+def expand_energon(path: str, split: str, named: Callable[[str], str] = data_field) -> list[EnergonPart]:
     """An energon dataset dir or metadataset file, one split -> its parts (weights sum to 1).
 
     Raises DataSourceError (missing split, unreadable YAML) or EnergonUnsupported (a construct we do
-    not map), each one line naming the file, the construct and the fix."""
+    not map), each one line naming the file, the construct and the fix (a stream field by `named`,
+    as `spec.parse_sources`)."""
     if os.path.isdir(path):
         urls, excl, ren = _dataset(path, split)
         return [EnergonPart(spec=f"{path}#{split}", urls=tuple(urls), weight=1.0, exclude=excl, rename=ren)]
-    return _metadataset(os.path.normpath(path), split, 1.0, ())
+    return _metadataset(os.path.normpath(path), split, 1.0, (), named)

@@ -23,3 +23,10 @@ class DataSourceError(RuntimeError):
             self.worker_traceback = args[0]
             args = (m.group(3),)
         super().__init__(*args)
+
+
+def data_field(name: str) -> str:
+    """How a data message names a stream field when the caller gives no namer: 'data.urls' (a
+    StreamConfig built in Python). Recipes pass `functools.partial(config.paths.field_path, cfg)`,
+    which gives the recipe's path ('model.train_ds.urls'); verbs that take the spec as a flag name the flag."""
+    return f"data.{name}"

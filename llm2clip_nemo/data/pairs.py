@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch.utils.data import Dataset
 
+from ..config.paths import field_path
 from .captions import CaptionPolicy
 from .samples import check_sample
 from .spec import parse_sources
@@ -20,6 +22,9 @@ from .spec import parse_sources
 
 @dataclass
 class PairConfig:
+    CONFIG_PATH: ClassVar[str] = "data"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     short_fields: list[str] = field(default_factory=lambda: ["txt", "short", "short_list"])
     """Fields holding short captions ('txt' = alt text; others are json keys; lists allowed)."""
     long_fields: list[str] = field(default_factory=lambda: ["long"])
@@ -33,7 +38,8 @@ class PairConfig:
 
     def validate(self) -> None:
         if not self.short_fields and not self.long_fields:
-            raise ValueError("pairs: set data.short_fields and/or data.long_fields, e.g. short_fields=[txt] long_fields=[long]")
+            raise ValueError(f"pairs: set {field_path(self, 'short_fields')} and/or {field_path(self, 'long_fields')}, "
+                             "e.g. short_fields=[txt] long_fields=[long]")
 
 
 @dataclass(frozen=True)

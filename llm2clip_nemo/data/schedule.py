@@ -20,7 +20,9 @@ import bisect
 import itertools
 import math
 import random
+from collections.abc import Callable
 
+from .errors import data_field
 from .spec import DataSourceError, Source, mixing_weights
 
 INV_PHI = (5 ** 0.5 - 1) / 2  # 1 / golden ratio: the most evenly spread Weyl step
@@ -33,8 +35,11 @@ class ShardSchedule:
     upsampling factor; `weights` per-source sample shares (weights mode: one pool per source) or None
     (factor mode: one pool); `pools` the shard indices of each pool."""
 
-    def __init__(self, sources: list[Source], seed: int, slots: int, shard_shuffle: bool = True):
-        """`slots`: data slots (each with one reader per DataLoader worker; see stream.ImageTextStream)."""
+    def __init__(self, sources: list[Source], seed: int, slots: int, shard_shuffle: bool = True,
+                 named: Callable[[str], str] = data_field):
+        """`slots`: data slots (each with one reader per DataLoader worker; see stream.ImageTextStream).
+        `named`: a stream field's name as the user types it, for messages (`spec.parse_sources`)."""
+        self.named = named
         self.sources, self.seed, self.slots, self.shard_shuffle = sources, seed, slots, shard_shuffle
         self.shards: list[tuple[str, int]] = [(u, s) for s, src in enumerate(sources) for u in src.urls]
         self.shard_factor = [sources[s].factor for _, s in self.shards]
@@ -71,7 +76,7 @@ class ShardSchedule:
                 ("" if self.weights is None else f"source {self.sources[pool].spec!r}: ")
                 + f"epoch {epoch} has {len(order)} shards for {self.slots} data slots (ranks) x {num_workers} workers = "
                 f"{n_gw} readers: some would get none. Use fewer DataLoader workers, more (smaller) shards "
-                f"(`llm2clip-nemo data build --samples-per-shard`), or data.resampled=true"
+                f"(`llm2clip-nemo data build --samples-per-shard`), or {self.named('resampled')}=true"
             )
         return order[slot * num_workers + worker :: n_gw]
 

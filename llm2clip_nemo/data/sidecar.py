@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from .errors import data_field
 from .tario import add_member, atomic_tar, commit_tar
 
 FORMAT = "llm2clip-sidecar/1"
@@ -135,9 +137,12 @@ class SidecarWriter:
 
 
 def check_meta(meta: SidecarMeta, path: str, fingerprint: str | None = None, dim: int | None = None,
-               fields: list[str] | None = None, pooling: str | None = None) -> None:
-    """Refuse a sidecar that is not what the run expects (each mismatch names the fix)."""
-    fix = "re-run `llm2clip-nemo extract` for these shards with the current teacher, or point data.sidecar_dir at matching sidecars"
+               fields: list[str] | None = None, pooling: str | None = None,
+               named: Callable[[str], str] = data_field) -> None:
+    """Refuse a sidecar that is not what the run expects (each mismatch names the fix; `named`: a stream
+    field's name as the user types it, `spec.parse_sources`)."""
+    fix = (f"re-run `llm2clip-nemo extract` for these shards with the current teacher, or point "
+           f"{named('sidecar_dir')} at matching sidecars")
     if fingerprint is not None and meta.fingerprint != fingerprint:
         raise SidecarMismatchError(
             f"sidecar {path} has teacher fingerprint {meta.fingerprint!r}, expected {fingerprint!r}: "
@@ -149,7 +154,7 @@ def check_meta(meta: SidecarMeta, path: str, fingerprint: str | None = None, dim
         missing = [f for f in fields if f not in meta.fields]
         if missing:
             raise SidecarMismatchError(
-                f"sidecar {path} has caption fields {meta.fields}, missing {missing} needed by data.caption_fields; {fix}"
+                f"sidecar {path} has caption fields {meta.fields}, missing {missing} needed by {named('caption_fields')}; {fix}"
             )
     if pooling is not None and meta.pooling != pooling:
         raise SidecarMismatchError(f"sidecar {path} has pooling {meta.pooling!r}, expected {pooling!r}; {fix}")
@@ -159,14 +164,15 @@ class SidecarReader:
     """Random access to one sidecar: `meta`, `keys()`, `get(key) -> [n_fields, dim]`, `vector(key, field)`."""
 
     def __init__(self, path: str, fingerprint: str | None = None, dim: int | None = None,
-                 fields: list[str] | None = None, pooling: str | None = None):
+                 fields: list[str] | None = None, pooling: str | None = None,
+                 named: Callable[[str], str] = data_field):
         self.path = path
         try:
             self._f = open(path, "rb")  # noqa: SIM115  kept open for seeks; closed in close()
         except OSError as e:
             raise SidecarMismatchError(
                 f"sidecar {path} cannot be opened ({e.strerror}); write it with `llm2clip-nemo extract` or set "
-                f"data.sidecar_dir to where the .emb.tar files are"
+                f"{named('sidecar_dir')} to where the .emb.tar files are"
             ) from None
         index: dict[str, tuple[int, int]] = {}
         meta = None
@@ -180,7 +186,7 @@ class SidecarReader:
             raise SidecarMismatchError(f"{path} is not an llm2clip sidecar (no {META_NAME} of format {FORMAT})")
         self.meta, self._index = meta, index
         self._field_idx = {f: i for i, f in enumerate(meta.fields)}
-        check_meta(meta, path, fingerprint, dim, fields, pooling)
+        check_meta(meta, path, fingerprint, dim, fields, pooling, named)
 
     def keys(self) -> list[str]:
         return list(self._index)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from braceexpand import braceexpand
 
 from .energon import expand_energon, split_spec
-from .errors import DataSourceError
+from .errors import DataSourceError, data_field
 from .tario import RawSample, is_local, iter_tar_samples
 
 __all__ = ["DataSourceError", "Source", "parse_sources", "mixing_weights"]
@@ -63,26 +63,27 @@ def _expand_one(spec: str) -> list[str]:
     return list(braceexpand(spec))
 
 
-def _numbers(name: str, value: str | None, n: int) -> list[float] | None:
+def _numbers(name: str, value: str | None, n: int, named: Callable[[str], str]) -> list[float] | None:
     if value is None or str(value).strip() == "":
         return None
     fs = str(value).split("::")
     if len(fs) != n:
         raise DataSourceError(
-            f"data.{name}={value!r} has {len(fs)} values for {n} sources in data.urls; give one per source, "
+            f"{named(name)}={value!r} has {len(fs)} values for {n} sources in {named('urls')}; give one per source, "
             f"e.g. {'::'.join(['1'] * n)!r}"
         )
     try:
         xs = [float(x) for x in fs]
     except ValueError:
-        raise DataSourceError(f"data.{name}={value!r} is not numbers separated by '::'") from None
+        raise DataSourceError(f"{named(name)}={value!r} is not numbers separated by '::'") from None
     if any(x < 0 for x in xs) or sum(xs) <= 0:
-        raise DataSourceError(f"data.{name}={value!r}: values must be >= 0 and not all 0")
+        raise DataSourceError(f"{named(name)}={value!r}: values must be >= 0 and not all 0")
     return xs
 
 
 def parse_sources(urls: str, upsampling_factors: str | None = None, check_paths: bool = True,
-                  weights: str | None = None, blend: bool = True) -> list[Source]:
+                  weights: str | None = None, blend: bool = True,
+                  named: Callable[[str], str] = data_field) -> list[Source]:
     """`"a/{000..009}.tar::b/{00..03}.tar"` with factors `"1::2"` (or weights `"1::3"`) -> Sources.
 
     A part is a brace pattern, a directory of .tar, a manifest.json, or an energon dataset dir /
@@ -90,26 +91,29 @@ def parse_sources(urls: str, upsampling_factors: str | None = None, check_paths:
     Weights mode is chosen by `weights`, or by a part that is an energon blend of several datasets
     (each part then weighs 1); every Source then carries `weight` (shares summing to 1).
     blend=False concatenates instead (energon's val mode): weights ignored, factor mode with 1s.
+    named: a field's name as the user types it, for the messages: the stream passes
+    `config.paths.field_path(cfg, name)` ('model.train_ds.urls'), a verb taking the spec as a flag
+    names the flag ('--data').
     Raises DataSourceError (one line, naming the value and the fix)."""
     parts = [p.strip() for p in urls.split("::")]
     if not urls.strip() or any(not p for p in parts):
-        raise DataSourceError(f"data.urls={urls!r} has an empty source; use e.g. 'dir/shard-{{000000..000009}}.tar::other/'")
-    factors = _numbers("upsampling_factors", upsampling_factors, len(parts))
-    part_w = _numbers("weights", weights, len(parts))
+        raise DataSourceError(f"{named('urls')}={urls!r} has an empty source; use e.g. 'dir/shard-{{000000..000009}}.tar::other/'")
+    factors = _numbers("upsampling_factors", upsampling_factors, len(parts), named)
+    part_w = _numbers("weights", weights, len(parts), named)
     if factors is not None and part_w is not None:
-        raise DataSourceError("data.upsampling_factors and data.weights are both set; choose one mixing rule (see README)")
+        raise DataSourceError(f"{named('upsampling_factors')} and {named('weights')} are both set; choose one mixing rule (see README)")
     expanded = []
     for p in parts:
         es = split_spec(p)
-        expanded.append([(s.spec, s.urls, s.weight, s.exclude, s.rename) for s in expand_energon(*es)]
+        expanded.append([(s.spec, s.urls, s.weight, s.exclude, s.rename) for s in expand_energon(*es, named)]
                         if es else [(p, tuple(_expand_one(p)), 1.0, {}, None)])
     if not blend:
         part_w = None
     blend = blend and any(len(e) > 1 for e in expanded)
     if blend and factors is not None:
         raise DataSourceError(
-            f"data.urls={urls!r} holds an energon blend (weights are sample shares) but data.upsampling_factors is "
-            f"set; give data.weights instead (one per '::' part)"
+            f"{named('urls')}={urls!r} holds an energon blend (weights are sample shares) but "
+            f"{named('upsampling_factors')} is set; give {named('weights')} instead (one per '::' part)"
         )
     if blend and part_w is None:
         part_w = [1.0] * len(parts)
@@ -117,19 +121,19 @@ def parse_sources(urls: str, upsampling_factors: str | None = None, check_paths:
     for i, (p, es) in enumerate(zip(parts, expanded)):
         for spec, us, inner, excl, ren in es:
             if check_paths:
-                _check_readable(us, p)
+                _check_readable(us, p, named('urls'))
             sources.append(Source(spec=spec, urls=us, factor=1.0 if factors is None else factors[i],
                                   weight=None if part_w is None else part_w[i] / sum(part_w) * inner,
                                   exclude=excl, rename=ren))
     return sources
 
 
-def _check_readable(urls: tuple[str, ...], part: str) -> None:
+def _check_readable(urls: tuple[str, ...], part: str, urls_field: str) -> None:
     for u in urls:
         if is_local(u) and not os.access(u.removeprefix("file://"), os.R_OK):
             raise DataSourceError(
                 f"shard {u!r} (from source {part!r}) does not exist or is not readable; check the "
-                f"path and brace range in data.urls, or list what is there with `llm2clip-nemo data inspect`"
+                f"path and brace range in {urls_field}, or list what is there with `llm2clip-nemo data inspect`"
             )
 
 

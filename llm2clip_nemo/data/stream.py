@@ -23,12 +23,14 @@ in `batch["stream_state"]`; the main process keeps the latest per reader (`track
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import random
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..config.paths import field_path
 from .config import OUTPUTS, StreamConfig
 from .schedule import ShardSchedule
 from .spec import DataSourceError, parse_sources
@@ -64,7 +66,10 @@ class ImageTextStream(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size, self.output = cfg, rank, world_size, output
-        self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths, cfg.weights, cfg.blend)
+        self.named = functools.partial(field_path, cfg)
+        """A field of `cfg` as the user types it ('model.train_ds.slots'), for messages (`config.paths`)."""
+        self.sources = parse_sources(cfg.urls, cfg.upsampling_factors, cfg.check_paths, cfg.weights, cfg.blend,
+                                     named=self.named)
         self._plan(cfg.slots or world_size)
         self.weights = self.schedule.weights
         """Per-source sample shares (weights mode: one pool per source), None (factor mode: one pool)."""
@@ -72,14 +77,20 @@ class ImageTextStream(IterableDataset):
         self.tracker = StreamTracker()
         """Main-process view of consumed batches (see track / state_dict)."""
 
-    def _plan(self, slots: int) -> None:
-        """Host data slots [rank*k, (rank+1)*k), k = slots / world size, each giving batch_size / k samples."""
+    def _plan(self, slots: int, saved: bool = False) -> None:
+        """Host data slots [rank*k, (rank+1)*k), k = slots / world size, each giving batch_size / k samples.
+        `saved`: the slot count is a checkpoint's (the refusal then says how to continue it)."""
+        if slots % self.world_size and not saved:
+            raise DataSourceError(
+                f"{self.named('slots')}={slots} is not a multiple of the world size {self.world_size}: set it to a "
+                f"multiple of {self.world_size}, or leave it unset (one slot per rank)")
         if slots % self.world_size:
             fits = [d for d in range(1, slots + 1) if slots % d == 0]
             raise DataSourceError(
-                f"the data stream has {slots} data slots, which {self.world_size} ranks cannot share evenly: run at a "
-                f"world size dividing {slots} ({', '.join(map(str, fits))}) to continue it exactly, or set "
-                f"data.slots to a multiple of {self.world_size} (a resumed run then starts the stream afresh)")
+                f"the checkpoint's data stream has {slots} data slot{'s' if slots > 1 else ''}, which "
+                f"{self.world_size} ranks cannot share evenly: run at a world size dividing {slots} "
+                f"({', '.join(map(str, fits))}) to continue it exactly, or set {self.named('slots')} to a multiple "
+                f"of {self.world_size} to start the data stream afresh")
         k = slots // self.world_size
         if self.cfg.batch_size % k:
             raise DataSourceError(
@@ -87,7 +98,7 @@ class ImageTextStream(IterableDataset):
                 f"({slots} slots over {self.world_size} ranks): use a global batch divisible by {slots} x the "
                 f"micro-batches per step (trainer.accumulate_grad_batches)")
         self.slots, self.hosted, self.slot_batch = slots, list(range(self.rank * k, (self.rank + 1) * k)), self.cfg.batch_size // k
-        self.schedule = ShardSchedule(self.sources, self.cfg.seed, slots, self.cfg.shard_shuffle)
+        self.schedule = ShardSchedule(self.sources, self.cfg.seed, slots, self.cfg.shard_shuffle, named=self.named)
 
     # ---- one reader's item sequence ----------------------------------------------------------
     def _items(self, slot: int, lw: int, nw: int, pos: dict, stats: dict) -> Iterator[tuple[dict | None, dict]]:
@@ -141,7 +152,7 @@ class ImageTextStream(IterableDataset):
                         break  # the epoch ended for this worker
                     if fresh[p]:
                         raise DataSourceError(f"source {self.sources[p].spec!r} holds no samples for reader {gw}: "
-                                              f"its shards are empty; drop it from data.urls")
+                                              f"its shards are empty; drop it from {self.named('urls')}")
                     pools[p] = {"epoch": pools[p]["epoch"] + 1, "next": 0}  # this source's pass ended: next pass
                     opened[p], fresh[p] = [], True
                     last_window = cfg.epochs is not None and pools[p]["epoch"] >= cfg.epochs
@@ -260,7 +271,7 @@ class ImageTextStream(IterableDataset):
         if state["slots"] != self.slots:
             if self.cfg.slots is not None:
                 return False
-            self._plan(state["slots"])
+            self._plan(state["slots"], saved=True)
         self.tracker.load_state_dict(state, self._identity(), self.hosted)
         return True
 

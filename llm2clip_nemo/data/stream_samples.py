@@ -10,12 +10,14 @@ a bounded way (`SkipLog`); a source that gives items but never a valid sample is
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import random
 import time
 
 import torch
 
+from ..config.paths import field_path
 from .captions import CaptionPolicy
 from .config import StreamConfig
 from .images import ImageDecodeError
@@ -72,8 +74,9 @@ class SampleMaker:
                 top = sorted(stats["skipped"].items(), key=lambda kv: -kv[1])[:3]
                 raise NoValidSamplesError(
                     f"data source {src.spec!r} gave {raw} items and no valid sample (skips so far: {dict(top)}); "
-                    f"check its shards with `llm2clip-nemo data inspect {src.urls[0]}`, fix data.caption_fields "
-                    f"(now {dict(self.cfg.caption_fields)}) or drop the source from data.urls"
+                    f"check its shards with `llm2clip-nemo data inspect {src.urls[0]}`, fix "
+                    f"{field_path(self.cfg, 'caption_fields')} (now {dict(self.cfg.caption_fields)}) or drop the source from "
+                    f"{field_path(self.cfg, 'urls')}"
                 )
 
     def _skip(self, reason: str, item: RawSample, stats: dict, skiplog: SkipLog) -> None:
@@ -126,7 +129,7 @@ class SampleMaker:
                 cache.pop(next(iter(cache))).close()
             r = cache[url] = SidecarReader(
                 sidecar_path(url, self.cfg.sidecar_dir), fingerprint=self.teacher_fingerprint,
-                dim=self.teacher_dim, fields=self.policy.fields,
+                dim=self.teacher_dim, fields=self.policy.fields, named=functools.partial(field_path, self.cfg),
             )
         return r
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..config.loader import ConfigError
+from ..config.paths import field_path
 from .images import decode_image
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -25,6 +27,9 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class TransformConfig:
+    CONFIG_PATH: ClassVar[str] = "transform"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     image_size: int = 224
     """Output side length in pixels (square)."""
     train: bool = True
@@ -42,14 +47,18 @@ class TransformConfig:
     pixels after it: same output size, far less decode work for large JPEGs."""
 
     def validate(self) -> None:
+        """ConfigError naming the field by its path in the recipe (`config.paths.field_path`)."""
         if self.image_size < 8:
-            raise ConfigError(f"transform.image_size={self.image_size} is too small; use e.g. 224")
+            raise ConfigError(f"{field_path(self, 'image_size')}={self.image_size} is too small; use e.g. 224")
         if not (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1):
-            raise ConfigError(f"transform.scale={self.scale} must be [lo, hi] with 0 < lo <= hi <= 1, e.g. [0.9, 1.0]")
+            raise ConfigError(f"{field_path(self, 'scale')}={self.scale} must be [lo, hi] with 0 < lo <= hi <= 1, "
+                              "e.g. [0.9, 1.0]")
         if not (len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1]):
-            raise ConfigError(f"transform.ratio={self.ratio} must be [lo, hi] with 0 < lo <= hi, e.g. [0.75, 1.333]")
+            raise ConfigError(f"{field_path(self, 'ratio')}={self.ratio} must be [lo, hi] with 0 < lo <= hi, "
+                              "e.g. [0.75, 1.333]")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError(f"transform.mean/std must have 3 values with std > 0, got {self.mean} / {self.std}")
+            raise ConfigError(f"{field_path(self, 'mean')}/std must have 3 values with std > 0, got {self.mean} / "
+                              f"{self.std}")
 
 
 def random_resized_crop_box(w: int, h: int, scale, ratio, rng: random.Random) -> tuple[int, int, int, int]:

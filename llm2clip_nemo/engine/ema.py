@@ -17,15 +17,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..config import ConfigError
+from ..config.paths import field_path
 
 
 @dataclass
 class EmaConfig:
     """`model.ema.*`: an EMA of the trainable weights, used for validation and selectable at export."""
+
+    CONFIG_PATH: ClassVar[str] = "model.ema"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
 
     enabled: bool = False
     """Keep an EMA of the trainable weights (one more copy of them, in their dtype); validation uses it."""
@@ -36,8 +41,8 @@ class EmaConfig:
 
     def validate(self) -> None:
         if not 0 < self.decay < 1 or self.warmup_steps < 0:
-            raise ConfigError(f"model.ema: decay={self.decay} must be in (0, 1) and warmup_steps="
-                              f"{self.warmup_steps} >= 0 (e.g. decay=0.999, warmup_steps=1000).")
+            raise ConfigError(f"{field_path(self, 'decay')}={self.decay} must be in (0, 1) and "
+                              f"{field_path(self, 'warmup_steps')}={self.warmup_steps} >= 0 (e.g. decay=0.999, warmup_steps=1000).")
 
 
 def ema_decay(t: int, cfg: EmaConfig) -> float:

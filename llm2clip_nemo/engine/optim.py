@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from ..config import ConfigError
+from ..config.paths import field_path
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -24,6 +26,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 @dataclass
 class OptimConfig:
     """`model.optim.*` of both stages (each stage's config sets its own defaults)."""
+
+    CONFIG_PATH: ClassVar[str] = "model.optim"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
 
     lr: float = 5e-4
     """Peak learning rate (AdamW), reached at the end of the warmup."""
@@ -48,16 +53,17 @@ class OptimConfig:
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"model.optim.schedule={self.schedule!r}: choose {', '.join(SCHEDULES)}.")
+            raise ConfigError(f"{field_path(self, 'schedule')}={self.schedule!r}: choose {', '.join(SCHEDULES)}.")
         if self.lr <= 0 or not 0 < self.layer_decay <= 1 or self.warmup_steps < 0:
-            raise ConfigError(f"model.optim: lr={self.lr} must be > 0, layer_decay={self.layer_decay} in (0, 1], "
-                              f"warmup_steps={self.warmup_steps} >= 0.")
+            raise ConfigError(f"{field_path(self, 'lr')}={self.lr} must be > 0, {field_path(self, 'layer_decay')}={self.layer_decay} in (0, 1], "
+                              f"{field_path(self, 'warmup_steps')}={self.warmup_steps} >= 0.")
         if not 0 <= self.min_lr_ratio <= 1 or self.grad_clip < 0 or self.max_nonfinite_steps < 0 or self.eps <= 0:
-            raise ConfigError(f"model.optim: min_lr_ratio={self.min_lr_ratio} must be in [0, 1], grad_clip="
-                              f"{self.grad_clip} >= 0, max_nonfinite_steps={self.max_nonfinite_steps} >= 0, "
-                              f"eps={self.eps} > 0.")
+            raise ConfigError(f"{field_path(self, 'min_lr_ratio')}={self.min_lr_ratio} must be in [0, 1], "
+                              f"{field_path(self, 'grad_clip')}={self.grad_clip} >= 0, "
+                              f"{field_path(self, 'max_nonfinite_steps')}={self.max_nonfinite_steps} >= 0, "
+                              f"{field_path(self, 'eps')}={self.eps} > 0.")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"model.optim.betas={list(self.betas)}: give two values in [0, 1), e.g. [0.9, 0.98].")
+            raise ConfigError(f"{field_path(self, 'betas')}={list(self.betas)}: give two values in [0, 1), e.g. [0.9, 0.98].")
 
 
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:

@@ -34,25 +34,29 @@ import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..config.paths import field_path
+
 DATA_PARALLEL = ("ddp", "fsdp2")
 COMPILE_SCOPES = ("blocks", "tower")
 MIXED_PRECISION = ("auto", "bf16", "fp32")
 _BLOCK_NAME = re.compile(r"(.+\.)?decoder\.layers\.\d+")
 _PARALLELIZED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-FIELD = "model.parallel"
-"""Where a recipe holds this config (`LLM2CLIPConfig.parallel`): the path its errors name, as the user types
-it on the command line (`model.parallel.data_parallel=fsdp2`)."""
 
 
 @dataclass
 class ParallelizeConfig:
     """How the stage-2 network is parallelised (see module doc for the order the steps run in)."""
+
+    CONFIG_PATH: ClassVar[str] = "model.parallel"
+    """Where the stage-2 recipes hold it (`LLM2CLIPConfig.parallel`); messages name its fields by the
+    recorded path (`config.paths.field_path`), as typed on the command line."""
 
     data_parallel: str = "ddp"
     """'ddp': every rank holds all parameters and optimizer state; gradients are averaged by an
@@ -93,24 +97,27 @@ class ParallelizeConfig:
     that dies during the write leaves that checkpoint incomplete; resume names the newest complete one."""
 
     def validate(self) -> None:
-        """Raise ValueError naming the field by its full path (`FIELD`), the value and the fix."""
+        """Raise ValueError naming the field by its path (`config.paths.field_path`), the value and the fix."""
+        def f(name: str) -> str:
+            return field_path(self, name)
+
         for name, allowed in (("data_parallel", DATA_PARALLEL), ("compile_scope", COMPILE_SCOPES),
                               ("mixed_precision", MIXED_PRECISION)):
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"{FIELD}.{name}={value!r} is not one of {', '.join(allowed)}: choose one of them.")
+                raise ValueError(f"{f(name)}={value!r} is not one of {', '.join(allowed)}: choose one of them.")
         if self.data_parallel == "ddp" and self.mixed_precision == "bf16":
-            raise ValueError(f"{FIELD}.mixed_precision='bf16' needs {FIELD}.data_parallel='fsdp2' (DDP keeps the "
-                             f"parameters' dtype): set {FIELD}.data_parallel=fsdp2, or {FIELD}.mixed_precision=auto "
+            raise ValueError(f"{f('mixed_precision')}='bf16' needs {f('data_parallel')}='fsdp2' (DDP keeps the "
+                             f"parameters' dtype): set {f('data_parallel')}=fsdp2, or {f('mixed_precision')}=auto "
                              "and use autocast.")
 
-    def check_vision_recompute(self, recompute: bool) -> None:
-        """ValueError when the ViT checkpoints its own blocks (`model.vision.recompute`) and
-        `activation_checkpointing` would checkpoint them again. The one message of this rule: the recipe's
-        config validation and `parallelize()` both call it."""
-        if recompute and self.activation_checkpointing:
-            raise ValueError(f"model.vision.recompute=true and {FIELD}.activation_checkpointing=true would checkpoint "
-                             "every block twice: set one of them to false.")
+    def check_vision_recompute(self, vision) -> None:
+        """ValueError when the ViT checkpoints its own blocks (`vision.recompute` of `vision`, a
+        ViTConfig; None: no ViT) and `activation_checkpointing` would checkpoint them again. The one
+        message of this rule: the recipe's config validation and `parallelize()` both call it."""
+        if vision is not None and getattr(vision, "recompute", False) and self.activation_checkpointing:
+            raise ValueError(f"{field_path(vision, 'recompute')}=true and {field_path(self, 'activation_checkpointing')}"
+                             "=true would checkpoint every block twice: set one of them to false.")
 
 
 def transformer_blocks(module: nn.Module) -> list[nn.Module]:
@@ -191,8 +198,7 @@ def parallelize(module: nn.Module, cfg: ParallelizeConfig, group=None,
     if module in _PARALLELIZED:
         raise ValueError("this module is already parallelised: call parallelize() once per module.")
     blocks = list(blocks) if blocks is not None else transformer_blocks(module)
-    vision_cfg = getattr(getattr(module, "vision", None), "cfg", None)
-    cfg.check_vision_recompute(bool(getattr(vision_cfg, "recompute", False)))
+    cfg.check_vision_recompute(getattr(getattr(module, "vision", None), "cfg", None))
     # 1. activation checkpointing
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(blocks)

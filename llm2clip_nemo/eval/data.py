@@ -63,7 +63,8 @@ def load_shard_data(spec: str, caption_fields: Sequence[str] = ("txt",), long_fi
     one of the caption fields, the long field or the labels field. strict: raise `EvalDataError`
     at the first problem, naming the shard and the sample key."""
     # every shard read through its Source, so energon excludes and field maps apply as in training
-    reads = [(u, src) for src in parse_sources(spec) for u in src.urls]
+    # messages name the spec as `llm2clip-nemo evaluate --data` takes it (its only field: the urls)
+    reads = [(u, src) for src in parse_sources(spec, named=lambda _: "--data") for u in src.urls]
     es = EvalSet(images=[], captions=[], text_to_image=[], keys=[], source=f"shards {spec}")
     fields = list(dict.fromkeys([*caption_fields, *(f for f in (long_field, labels_field) if f)]))
     longs, labels = [], []

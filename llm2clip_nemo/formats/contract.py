@@ -23,8 +23,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ..config import ConfigError
+from ..config.paths import field_path, set_config_path
 
 CONTRACT_FILE = "teacher_contract.json"
 FORMAT = "llm2clip_nemo.teacher_contract/1"
@@ -42,6 +44,10 @@ def check_pooling(mode: str, field: str = "pooling") -> str:
 @dataclass(frozen=True)
 class TeacherContract:
     """How the teacher embeds a caption (the weights do not depend on these)."""
+
+    CONFIG_PATH: ClassVar[str] = "teacher"
+    """Where its messages name the fields: the teacher config's path (`resolve_contract` records the
+    recipe's, e.g. model.teacher)."""
 
     bidirectional: bool = True
     """Padding-only attention (LLM2CLIP/llm2vec); False keeps the causal mask."""
@@ -61,16 +67,16 @@ class TeacherContract:
 
     def validate(self) -> TeacherContract:
         try:
-            check_pooling(self.pooling, "teacher.pooling")
+            check_pooling(self.pooling, field_path(self, "pooling"))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.text_preparation not in TEXT_PREPARATIONS:
-            raise ConfigError(f"teacher.text_preparation={self.text_preparation!r}: choose one of "
+            raise ConfigError(f"{field_path(self, 'text_preparation')}={self.text_preparation!r}: choose one of "
                               f"{', '.join(TEXT_PREPARATIONS)}.")
         if self.max_length < 2:
-            raise ConfigError(f"teacher.max_length={self.max_length} must be >= 2.")
+            raise ConfigError(f"{field_path(self, 'max_length')}={self.max_length} must be >= 2.")
         if self.doc_max_length < 0:
-            raise ConfigError(f"teacher.doc_max_length={self.doc_max_length} must be >= 0.")
+            raise ConfigError(f"{field_path(self, 'doc_max_length')}={self.doc_max_length} must be >= 0.")
         return self
 
     def to_dict(self) -> dict:
@@ -152,14 +158,15 @@ def resolve_contract(recorded: TeacherContract | None, requested: dict, where: s
     """The contract to run with: the recorded one, with the requested (non-None) values checked.
 
     recorded None: the requested values over the defaults. A requested value that differs from
-    the recorded one raises ConfigError naming the field, both values, the file and the fix.
+    the recorded one raises ConfigError naming the field, both values, the file and the fix; `prefix`
+    is the config's path with a trailing dot ('model.teacher.'), as every message names the fields.
     """
     unknown = sorted(set(requested) - set(FIELDS))
     if unknown:
         raise ConfigError(f"unknown teacher contract fields {unknown}; known: {', '.join(FIELDS)}.")
     given = {k: v for k, v in requested.items() if v is not None}
     if recorded is None:
-        return TeacherContract(**given).validate()
+        return set_config_path(TeacherContract(**given), prefix.removesuffix(".")).validate()
     for k, v in given.items():
         have = getattr(recorded, k)
         if v != have:

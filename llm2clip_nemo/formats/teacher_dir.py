@@ -116,17 +116,19 @@ def read_megatron_shards(path: str | os.PathLike) -> tuple[LlamaSpec, list[dict[
 
 # ---- loading the teacher -------------------------------------------------------------------------
 
-def teacher_shard_for(path: str | os.PathLike, tp: int, tp_rank: int) -> tuple[LlamaSpec, dict, dict]:
+def teacher_shard_for(path: str | os.PathLike, tp: int, tp_rank: int,
+                      tp_field: str = "teacher.tensor_parallel") -> tuple[LlamaSpec, dict, dict]:
     """This rank's shard for the requested TP size, re-sharding when the stored TP differs.
 
     A HF directory/GGUF is accepted too (converted in memory), so `teacher.path` may point at
-    either; a stored TP equal to the requested one reads only this rank's file.
+    either; a stored TP equal to the requested one reads only this rank's file. A TP that does not
+    divide the heads is refused naming `tp_field`, the TP size's config path.
     """
     path = Path(path)
     if (path / "teacher.json").is_file():
         meta = read_teacher_meta(path)
         spec = LlamaSpec(**meta["spec"])
-        spec.check_tp(tp, "teacher.tensor_parallel")
+        spec.check_tp(tp, tp_field)
         if meta["tp"] == tp:
             return spec, load_file(path / f"mp_rank_{tp_rank:02d}" / "model.safetensors"), meta
         spec, shards, meta = read_megatron_shards(path)
@@ -134,7 +136,7 @@ def teacher_shard_for(path: str | os.PathLike, tp: int, tp_rank: int) -> tuple[L
         return spec, hf_to_megatron(hf_sd, spec, tp)[tp_rank], meta
     spec, src = read_hf(path)
     hf_sd = src.sd
-    spec.check_tp(tp, "teacher.tensor_parallel")
+    spec.check_tp(tp, tp_field)
     meta = {"weights_digest": cached_digest(path, hf_sd), "source": str(path), "tp": None,
             "tokenizer_dir": str(src.tokenizer_dir)}
     return spec, hf_to_megatron(hf_sd, spec, tp)[tp_rank], meta

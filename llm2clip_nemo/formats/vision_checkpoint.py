@@ -4,7 +4,6 @@ architecture against a checkpoint's.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config.loader import ConfigError
+from ..config.paths import field_path, replace_config
 from ..vision.config import ARCH_FIELDS, FROM_CHECKPOINT, ViTConfig
 from .clip_vision import clip_config_from_hf, hf_config_from_vit, vit_state_dict_from_hf, vit_state_dict_to_hf
 from .siglip_vision import siglip_config_from_hf, siglip_state_dict_from_hf, siglip_to_hf
@@ -40,13 +40,14 @@ HF_NAMES = {"family": "family", "image_size": "image_size", "patch_size": "patch
             "mlp_dim": "intermediate_size", "activation": "hidden_act", "layernorm_eps": "layer_norm_eps"}
 
 
-def match_vision_architecture(cfg: ViTConfig, ckpt: ViTConfig, source: str, prefix: str = "model.vision") -> ViTConfig:
+def match_vision_architecture(cfg: ViTConfig, ckpt: ViTConfig, source: str) -> ViTConfig:
     """`cfg` with each architecture field (vision.config.ARCH_FIELDS: every field that changes the
     checkpoint's numbers) left to the checkpoint (0, or activation='checkpoint') set to `ckpt`'s value.
 
     Raises ConfigError (one line: the field, both values, the fix) for the first field set to a value
     other than the checkpoint's. The pre-LN / post-LN layout is fixed by the key map, which refuses
-    checkpoints without it; embed_dim is not compared (a resized projection is re-initialised)."""
+    checkpoints without it; embed_dim is not compared (a resized projection is re-initialised).
+    Fields are named by `cfg`'s recorded path (`config.paths`: model.vision in the stage-2 recipes)."""
     updates = {}
     for f in ARCH_FIELDS:
         mine, theirs = getattr(cfg, f), getattr(ckpt, f)
@@ -54,9 +55,9 @@ def match_vision_architecture(cfg: ViTConfig, ckpt: ViTConfig, source: str, pref
             updates[f] = theirs
         elif mine != theirs:
             keep = FROM_CHECKPOINT if f in ("activation", "family") else 0
-            raise ConfigError(f"{source} has {HF_NAMES[f]}={theirs!r} but {prefix}.{f}={mine!r}: set {prefix}.{f}="
+            raise ConfigError(f"{source} has {HF_NAMES[f]}={theirs!r} but {field_path(cfg, f)}={mine!r}: set {field_path(cfg, f)}="
                               f"{theirs} (or {keep} to take the checkpoint's value).")
-    return dataclasses.replace(cfg, **updates)
+    return replace_config(cfg, **updates)
 
 
 def read_vision_config(path: str | Path) -> ViTConfig | None:
@@ -71,7 +72,7 @@ def read_vision_config(path: str | Path) -> ViTConfig | None:
         raise ConfigError(f"model.init_from={str(path)!r}: {e}") from None
 
 
-def adopt_checkpoint_architecture(cfg: ViTConfig, init_from: str, prefix: str = "model.vision") -> ViTConfig:
+def adopt_checkpoint_architecture(cfg: ViTConfig, init_from: str) -> ViTConfig:
     """Fine-tune init, at config load: `match_vision_architecture` against `init_from`'s config.json.
     A dir not readable here (a cluster path) is checked later, when its weights load; fields left to
     the checkpoint then need it now (ConfigError)."""
@@ -79,11 +80,11 @@ def adopt_checkpoint_architecture(cfg: ViTConfig, init_from: str, prefix: str = 
     if ckpt is None:
         pending = cfg.from_checkpoint_fields()
         if pending:
-            raise ConfigError(f"{prefix}.{pending[0]}={getattr(cfg, pending[0])!r} takes the checkpoint's value but "
+            raise ConfigError(f"{field_path(cfg, pending[0])}={getattr(cfg, pending[0])!r} takes the checkpoint's value but "
                               f"model.init_from={init_from!r} has no config.json here: point model.init_from at a "
-                              f"Hugging Face CLIP vision checkpoint dir or give {prefix}.{pending[0]} a value.")
+                              f"Hugging Face CLIP vision checkpoint dir or give {field_path(cfg, pending[0])} a value.")
         return cfg
-    return match_vision_architecture(cfg, ckpt, f"model.init_from={init_from}", prefix)
+    return match_vision_architecture(cfg, ckpt, f"model.init_from={init_from}")
 
 
 def load_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -119,7 +119,7 @@ class CaptionContrastiveModel(ModelPT):
     def train_dataloader(self):
         d = self.schema.data
         rank, world = self._rank_world()
-        check_global_batch(d.global_batch_size, world)
+        check_global_batch(d, world)
         accum = self.engine.micro_batches if self.engine is not None else 1
         max_steps = self._trainer.max_steps if self._trainer is not None else 1
         sched = TripleSchedule(self._records("train"), d.global_batch_size, d.pair_config())

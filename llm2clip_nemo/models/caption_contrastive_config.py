@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..config import ConfigError
+from ..config.paths import config_path, field_path, set_config_path
 from ..engine.ema import EmaConfig
 from ..engine.optim import OptimConfig
 from .caption_encoder import EncoderConfig
@@ -18,6 +20,9 @@ DEFAULT_INSTRUCTION = "Given a caption, retrieve a detailed relevant caption"
 
 @dataclass
 class CaptionDataConfig:
+    CONFIG_PATH: ClassVar[str] = "model.data"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     train_path: str = DEMO
     """Training captions: webdataset shards (dir, brace pattern, manifest, `a::b`) or JSONL
     ({id, captions} per line); 'demo' = the embedded Twemoji dataset's train split (built on first use)."""
@@ -47,9 +52,10 @@ class CaptionDataConfig:
     def pair_config(self):
         from ..data.pairs import PairConfig
 
-        return PairConfig(short_fields=list(self.short_fields), long_fields=list(self.long_fields),
-                          instruction=self.instruction or None, seed=self.seed,
-                          negative_group_field=self.negative_group_field)
+        pairs = PairConfig(short_fields=list(self.short_fields), long_fields=list(self.long_fields),
+                           instruction=self.instruction or None, seed=self.seed,
+                           negative_group_field=self.negative_group_field)
+        return set_config_path(pairs, config_path(self))  # its fields are this config's (model.data.short_fields)
 
     def check_paths(self) -> None:
         """Called by the recipe, not at model build: a restored .nemo model needs no dataset."""
@@ -62,14 +68,14 @@ class CaptionDataConfig:
 
                 parse_sources(p)
             except Exception as e:
-                raise ConfigError(f"model.data.{name}={p!r} does not exist or holds no shards ({e}): build the "
-                                  f"dataset first (e.g. `llm2clip-nemo data demo`) or set model.data.{name}={DEMO} "
+                raise ConfigError(f"{field_path(self, name)}={p!r} does not exist or holds no shards ({e}): build the "
+                                  f"dataset first (e.g. `llm2clip-nemo data demo`) or set {field_path(self, name)}={DEMO} "
                                   "for the embedded demo.") from None
 
     def validate(self) -> None:
         if self.global_batch_size < 1 or self.hard_negatives not in (0, 1):
-            raise ConfigError(f"model.data.global_batch_size={self.global_batch_size} must be >= 1 and "
-                              f"hard_negatives={self.hard_negatives} 0 or 1.")
+            raise ConfigError(f"{field_path(self, 'global_batch_size')}={self.global_batch_size} must be >= 1 and "
+                              f"{field_path(self, 'hard_negatives')}={self.hard_negatives} 0 or 1.")
 
 
 @dataclass
@@ -81,9 +87,11 @@ class CaptionContrastiveModelConfig(EncoderConfig):
     data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
 
 
-def check_global_batch(global_batch: int, world: int) -> int:
-    """Local batch per rank; ConfigError when the ranks do not divide the global batch."""
+def check_global_batch(data: CaptionDataConfig, world: int) -> int:
+    """Local batch per rank; ConfigError naming `data`'s global_batch_size (by its recorded path,
+    `config.paths`) when the `world` ranks do not divide it."""
+    global_batch = data.global_batch_size
     if global_batch % world:
-        raise ConfigError(f"model.data.global_batch_size={global_batch} is not divisible by the {world} "
+        raise ConfigError(f"{field_path(data, 'global_batch_size')}={global_batch} is not divisible by the {world} "
                           f"data-parallel ranks: use a multiple of {world}, e.g. {max(world, global_batch // world * world)}.")
     return global_batch // world

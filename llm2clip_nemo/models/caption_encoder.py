@@ -9,12 +9,14 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
+from ..config.paths import field_path
 from ..formats.contract import check_pooling
 from ..losses import CaptionInfoNCELoss
 from ..text.hf_encoder import HFEncoder, set_bidirectional
@@ -25,6 +27,9 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @dataclass
 class LoRAConfig:
+    CONFIG_PATH: ClassVar[str] = "model.lora"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     r: int = 16
     """LoRA rank."""
     alpha: int = 32
@@ -39,17 +44,20 @@ class LoRAConfig:
 
     def validate(self) -> None:
         if self.top_layers < 0:
-            raise ConfigError(f"model.lora.top_layers={self.top_layers} must be >= 0 (0 = every layer).")
+            raise ConfigError(f"{field_path(self, 'top_layers')}={self.top_layers} must be >= 0 (0 = every layer).")
         if self.r < 1:
-            raise ConfigError(f"model.lora.r={self.r} must be >= 1.")
+            raise ConfigError(f"{field_path(self, 'r')}={self.r} must be >= 1.")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.lora.dropout={self.dropout} must be in [0, 1).")
+            raise ConfigError(f"{field_path(self, 'dropout')}={self.dropout} must be in [0, 1).")
         if not self.target_modules:
-            raise ConfigError("model.lora.target_modules is empty: name at least one module, e.g. [q_proj, v_proj].")
+            raise ConfigError(f"{field_path(self, 'target_modules')} is empty: name at least one module, e.g. [q_proj, v_proj].")
 
 
 @dataclass
 class MNTPConfig:
+    CONFIG_PATH: ClassVar[str] = "model.mntp"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     steps: int = 0
     """Optimizer steps of masked next-token prediction before the contrastive phase (0 = skip)."""
     mask_prob: float = 0.2
@@ -59,12 +67,15 @@ class MNTPConfig:
 
     def validate(self) -> None:
         if self.steps < 0 or not 0.0 < self.mask_prob < 1.0:
-            raise ConfigError(f"model.mntp: steps={self.steps} must be >= 0 and mask_prob={self.mask_prob} in (0, 1).")
+            raise ConfigError(f"{field_path(self, 'steps')}={self.steps} must be >= 0 and {field_path(self, 'mask_prob')}={self.mask_prob} in (0, 1).")
 
 
 @dataclass
 class EncoderConfig:
     """The LLM and how it embeds captions."""
+
+    CONFIG_PATH: ClassVar[str] = "model"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
 
     llm_path: str = EMBEDDED
     """HF causal-LM directory or .gguf file; 'embedded' = the packaged SmolLM2-135M-Instruct."""
@@ -83,13 +94,13 @@ class EncoderConfig:
 
     def validate(self) -> None:
         try:
-            check_pooling(self.pooling, "model.pooling")
+            check_pooling(self.pooling, field_path(self, "pooling"))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(f"model.dtype={self.dtype!r}: choose auto, float32 or bfloat16.")
+            raise ConfigError(f"{field_path(self, 'dtype')}={self.dtype!r}: choose auto, float32 or bfloat16.")
         if self.loss_scale <= 0:
-            raise ConfigError(f"model.loss_scale={self.loss_scale} must be > 0.")
+            raise ConfigError(f"{field_path(self, 'loss_scale')}={self.loss_scale} must be > 0.")
 
 
 def resolve_llm_path(path: str) -> Path:

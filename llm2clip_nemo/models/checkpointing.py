@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError
+from ..config.paths import field_path
 
 ENGINE_KEY = "engine"
 """Key of the engine's payload in a Lightning checkpoint (which keeps no other copy of the weights)."""
@@ -136,7 +137,8 @@ class EngineCheckpointHooks:
             from nemo.utils import logging
 
             logging.warning("resumed with weights, optimizer and EMA restored but the data stream starting afresh "
-                            "(data.slots was changed, or the checkpoint holds no position): samples already seen may come again.")
+                            f"({field_path(self.typed.train_ds, 'slots')} was changed, or the checkpoint holds no "
+                            "position): samples already seen may come again.")
 
     def save_nemo(self, path: str | Path) -> None:
         """Collective: write `model.nemo` (ModelPT.save_to) from rank 0 with full weights, gathered from

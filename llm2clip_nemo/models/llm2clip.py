@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config.paths import config_path, field_path, replace_config, set_config_path
 from ..text.adapter import check_teacher_dim
 from ..text.config import teacher_hidden_size
 from .checkpointing import ENGINE_KEY, EngineCheckpointHooks  # noqa: F401  (ENGINE_KEY re-exported)
@@ -85,7 +86,8 @@ class LLM2CLIPModel(EngineCheckpointHooks, _model_pt()):
             from ..text.teacher import Teacher
 
             tc = self.typed.teacher
-            self._teacher[0] = Teacher.load(tc.resolved_path(), self.groups, tc.contract(), tc.torch_dtype())
+            self._teacher[0] = Teacher.load(tc.resolved_path(), self.groups, tc.contract(), tc.torch_dtype(),
+                                            tp_field=field_path(tc, "tensor_parallel"))
         return self._teacher[0]
 
     def resolve_teacher_identity(self) -> str:
@@ -241,16 +243,16 @@ class LLM2CLIPModel(EngineCheckpointHooks, _model_pt()):
 
     def validation_stream(self):
         """Every held-out sample once, in shard order, centre-cropped, with its caption's teacher input."""
-        import dataclasses as dc
 
         from ..data.stream import ImageTextStream
 
         tc, vc = self.typed, self.typed.validation_ds
-        ds = dc.replace(tc.train_ds, urls=vc.urls, resampled=False, epochs=1, shard_shuffle=False, open_shards=1,
+        ds = replace_config(tc.train_ds, urls=vc.urls, resampled=False, epochs=1, shard_shuffle=False, open_shards=1,
                         shuffle_buffer=1, caption_fields={vc.caption_field: 1.0}, caption_sampling="one", sidecar_dir=vc.sidecar_dir or None,
                         drop_last=False, upsampling_factors=None, weights=None, blend=False,
-                        transform=dc.replace(tc.train_ds.transform, train=False,
+                        transform=replace_config(tc.train_ds.transform, train=False,
                                              image_size=vc.image_size or tc.vision.image_size))
+        set_config_path(ds, config_path(vc))  # its urls, sidecar_dir and caption field are model.validation_ds's
         offline = tc.teacher_mode == "offline"
         return ImageTextStream(ds, rank=0, world_size=1, output=tc.stream_output,
                                teacher_fingerprint=self.resolve_teacher_identity() if offline else None,

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..config import ConfigError
+from ..config.paths import field_path
 from ..data.config import StreamConfig
 from ..engine.ema import EmaConfig
 from ..engine.optim import OptimConfig
@@ -19,6 +21,9 @@ from ..vision.config import ViTConfig
 
 @dataclass
 class LossConfig:
+    CONFIG_PATH: ClassVar[str] = "model.loss"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     kind: str = "clip"
     """clip (symmetric InfoNCE, learnable temperature) | siglip (sigmoid, learnable scale and bias)."""
     init_logit_scale: float = math.log(1 / 0.07)
@@ -28,7 +33,7 @@ class LossConfig:
 
     def validate(self) -> None:
         if self.kind not in ("clip", "siglip"):
-            raise ConfigError(f"model.loss.kind={self.kind!r}: choose clip or siglip.")
+            raise ConfigError(f"{field_path(self, 'kind')}={self.kind!r}: choose clip or siglip.")
 
 
 @dataclass
@@ -49,6 +54,9 @@ class ValidationConfig:
 
 @dataclass
 class LLM2CLIPConfig:
+    CONFIG_PATH: ClassVar[str] = "model"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     mode: str = "pretrain"
     """pretrain (ViT from scratch) | finetune (ViT initialised from init_from)."""
     init_from: str = ""
@@ -80,17 +88,17 @@ class LLM2CLIPConfig:
         The fine-tune checkpoint's architecture is adopted where the run starts
         (`recipes.train_clip.adopt_finetune_architecture`)."""
         if self.mode not in ("pretrain", "finetune"):
-            raise ConfigError(f"model.mode={self.mode!r}: choose pretrain or finetune.")
+            raise ConfigError(f"{field_path(self, 'mode')}={self.mode!r}: choose pretrain or finetune.")
         if self.mode == "finetune" and not self.init_from:
-            raise ConfigError("model.mode=finetune needs model.init_from=<Hugging Face CLIP vision checkpoint dir>.")
+            raise ConfigError(f"{field_path(self, 'mode')}=finetune needs {field_path(self, 'init_from')}=<Hugging Face CLIP vision checkpoint dir>.")
         if self.mode != "finetune" and self.vision.from_checkpoint_fields():
             f = self.vision.from_checkpoint_fields()[0]
-            raise ConfigError(f"model.vision.{f}={getattr(self.vision, f)!r} takes its value from a fine-tune "
-                              f"checkpoint, but model.mode={self.mode}: give model.vision.{f} a value.")
+            raise ConfigError(f"{field_path(self.vision, f)}={getattr(self.vision, f)!r} takes its value from a fine-tune "
+                              f"checkpoint, but {field_path(self, 'mode')}={self.mode}: give {field_path(self.vision, f)} a value.")
         if self.teacher_mode not in ("offline", "online"):
-            raise ConfigError(f"model.teacher_mode={self.teacher_mode!r}: choose offline or online.")
+            raise ConfigError(f"{field_path(self, 'teacher_mode')}={self.teacher_mode!r}: choose offline or online.")
         try:
-            self.parallel.check_vision_recompute(self.vision.recompute)
+            self.parallel.check_vision_recompute(self.vision)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..config import ConfigError, load_config, parse_command_line
 from ..config.help import recipe_help, wants_help
+from ..config.paths import field_path
 from ..models.caption_contrastive_config import CaptionContrastiveModelConfig, check_global_batch
 from .trainer import ExpManagerConfig, TrainerConfig
 
@@ -36,10 +37,11 @@ class CaptionContrastiveConfig:
 
     def validate(self) -> None:
         """Checks of the values alone; the data paths are checked where the run starts (`run`)."""
-        check_global_batch(self.model.data.global_batch_size, self.trainer.world_size)
+        check_global_batch(self.model.data, self.trainer.world_size)
         if self.model.mntp.steps >= self.trainer.max_steps:
-            raise ConfigError(f"model.mntp.steps={self.model.mntp.steps} leaves no contrastive step before "
-                              f"trainer.max_steps={self.trainer.max_steps}: lower it or raise max_steps.")
+            raise ConfigError(f"{field_path(self.model.mntp, 'steps')}={self.model.mntp.steps} leaves no contrastive "
+                              f"step before {field_path(self.trainer, 'max_steps')}={self.trainer.max_steps}: lower it "
+                              "or raise max_steps.")
 
 
 def load(config_name: str | None = DEFAULT_CONFIG, overrides: Sequence[str] = (), config_dir=None) -> CaptionContrastiveConfig:

@@ -12,16 +12,19 @@ killed job rerun finishes only the rest and never leaves half a sidecar behind.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 
 from ..config import ConfigError, load_config, parse_command_line
 from ..config.help import recipe_help, wants_help
+from ..config.paths import field_path
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
 from ..runtime.layout import LayoutError
@@ -30,6 +33,9 @@ from ..text.config import TeacherConfig
 
 @dataclass
 class ExtractData:
+    CONFIG_PATH: ClassVar[str] = "data"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     urls: str = ""
     """Image-text shards: brace patterns, directories, manifests or energon datasets (`DIR#split`,
     metadataset .yaml), '::'-joined sources (mixing weights do not matter here: every shard is read)."""
@@ -46,11 +52,12 @@ class ExtractData:
 
     def validate(self) -> None:
         if not self.urls:
-            raise ConfigError("data.urls is empty: give the image-text shards, e.g. data.urls=/data/laion/{00000..00099}.tar")
+            raise ConfigError(f"{field_path(self, 'urls')} is empty: give the image-text shards, e.g. "
+                              f"{field_path(self, 'urls')}=/data/laion/{{00000..00099}}.tar")
         if self.storage_dtype not in ("fp16", "bf16", "int8"):
-            raise ConfigError(f"data.storage_dtype={self.storage_dtype!r} must be fp16, bf16 or int8.")
+            raise ConfigError(f"{field_path(self, 'storage_dtype')}={self.storage_dtype!r} must be fp16, bf16 or int8.")
         if not self.fields:
-            raise ConfigError("data.fields is empty: name the caption fields to embed, e.g. [txt, long].")
+            raise ConfigError(f"{field_path(self, 'fields')} is empty: name the caption fields to embed, e.g. [txt, long].")
 
 
 @dataclass
@@ -139,9 +146,11 @@ def run(cfg: ExtractConfig) -> dict:
     from ..text.teacher import Teacher
 
     cfg.teacher.check_available()  # the teacher's files are read where the run starts, not by validate()
-    groups = init_parallel(cfg.teacher.tensor_parallel, field="teacher.tensor_parallel")
-    teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.contract(), cfg.teacher.torch_dtype())
-    shards = [(u, s) for s in parse_sources(cfg.data.urls) for u in s.urls]
+    tp_field = field_path(cfg.teacher, "tensor_parallel")
+    groups = init_parallel(cfg.teacher.tensor_parallel, field=tp_field)
+    teacher = Teacher.load(cfg.teacher.resolved_path(), groups, cfg.teacher.contract(), cfg.teacher.torch_dtype(),
+                           tp_field=tp_field)
+    shards = [(u, s) for s in parse_sources(cfg.data.urls, named=functools.partial(field_path, cfg.data)) for u in s.urls]
     mine = shards[groups.dp_rank::groups.dp_size]
     fields = list(cfg.data.fields)
     writer_rank = groups.tp_rank == 0

@@ -7,7 +7,6 @@ and `LLM2CLIPModel`. A resumed run continues from `<exp_dir>/<name>/checkpoints/
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_config, parse_command_line
 from ..config.help import recipe_help, wants_help
+from ..config.paths import field_path, replace_config
 from ..config.plan import PlanConfig
 from ..data.errors import DataSourceError
 from ..models.llm2clip_config import LLM2CLIPConfig
@@ -41,7 +41,7 @@ def adopt_finetune_architecture(model: LLM2CLIPConfig) -> LLM2CLIPConfig:
 
     vision = adopt_checkpoint_architecture(model.vision, model.init_from)
     vision.validate()
-    return dataclasses.replace(model, vision=vision)
+    return replace_config(model, vision=vision)
 
 
 def check_teacher_tp(cfg: TrainCLIPConfig, world: int, env: DistEnv | None = None) -> None:
@@ -52,7 +52,8 @@ def check_teacher_tp(cfg: TrainCLIPConfig, world: int, env: DistEnv | None = Non
     per_node, source = processes_per_node(env) if env is not None else (None, "")
     if per_node is None:
         per_node, source = cfg.trainer.devices, f"trainer.devices={cfg.trainer.devices}"
-    check_tp(cfg.model.teacher.tensor_parallel, world, per_node, per_node_source=source)
+    check_tp(cfg.model.teacher.tensor_parallel, world, per_node, field=field_path(cfg.model.teacher, "tensor_parallel"),
+             per_node_source=source)
 
 
 def prepare_run(cfg: TrainCLIPConfig, mode: str | None = None) -> TrainCLIPConfig:

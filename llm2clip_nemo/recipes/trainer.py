@@ -14,14 +14,19 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ..config import ConfigError
+from ..config.paths import field_path
 
 
 @dataclass
 class TrainerConfig:
+    CONFIG_PATH: ClassVar[str] = "trainer"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     accelerator: str = "auto"
     """auto | cpu | gpu."""
     devices: int = 1
@@ -50,13 +55,14 @@ class TrainerConfig:
 
     def validate(self) -> None:
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda"):
-            raise ConfigError(f"trainer.accelerator={self.accelerator!r}: choose auto, cpu or gpu.")
+            raise ConfigError(f"{field_path(self, 'accelerator')}={self.accelerator!r}: choose auto, cpu or gpu.")
         if self.strategy not in ("auto", "ddp", "fsdp"):
-            raise ConfigError(f"trainer.strategy={self.strategy!r}: choose auto, ddp or fsdp.")
+            raise ConfigError(f"{field_path(self, 'strategy')}={self.strategy!r}: choose auto, ddp or fsdp.")
         if (self.max_steps < 1 or self.val_check_interval < 1 or self.devices < 1 or self.num_nodes < 1
                 or self.accumulate_grad_batches < 1):
-            raise ConfigError("trainer.max_steps, val_check_interval, devices, num_nodes and accumulate_grad_batches "
-                              "must be >= 1.")
+            raise ConfigError(f"{', '.join(field_path(self, n) for n in ('max_steps', 'val_check_interval', 'devices', 'num_nodes', 'accumulate_grad_batches'))} "
+                              f"must be >= 1 (got {self.max_steps}, {self.val_check_interval}, {self.devices}, {self.num_nodes}, "
+                              f"{self.accumulate_grad_batches}).")
 
     @property
     def world_size(self) -> int:
@@ -65,6 +71,9 @@ class TrainerConfig:
 
 @dataclass
 class ExpManagerConfig:
+    CONFIG_PATH: ClassVar[str] = "exp_manager"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     exp_dir: str = "nemo_experiments"
     """Root of the run directories."""
     name: str = "run"
@@ -86,7 +95,7 @@ class ExpManagerConfig:
 
     def validate(self) -> None:
         if self.checkpoint_every_n_steps < 1:
-            raise ConfigError(f"exp_manager.checkpoint_every_n_steps={self.checkpoint_every_n_steps} must be >= 1.")
+            raise ConfigError(f"{field_path(self, 'checkpoint_every_n_steps')}={self.checkpoint_every_n_steps} must be >= 1.")
 
 
 def resolve_precision(p: str) -> str:

@@ -13,12 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config.paths import field_path
+
 
 @dataclass
 class AdapterConfig:
     """Shape of the trainable text-side adapter on top of the frozen LLM teacher. Its two sizes are not
     config fields: the input is the teacher's hidden size (read when the teacher is loaded,
     `text.config.teacher_hidden_size`) and the output the vision tower's `embed_dim`."""
+
+    CONFIG_PATH: ClassVar[str] = "model.adapter"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
 
     DERIVED: ClassVar[dict[str, str]] = {
         "input_dim": "the teacher's hidden size, read from the teacher when the model is built",
@@ -42,11 +47,11 @@ class AdapterConfig:
     def validate(self) -> None:
         """Raise ValueError naming the field and the fix."""
         if self.expansion < 1:
-            raise ValueError(f"model.adapter.expansion={self.expansion} must be >= 1.")
+            raise ValueError(f"{field_path(self, 'expansion')}={self.expansion} must be >= 1.")
         if self.num_blocks < 0:
-            raise ValueError(f"model.adapter.num_blocks={self.num_blocks} must be >= 0.")
+            raise ValueError(f"{field_path(self, 'num_blocks')}={self.num_blocks} must be >= 0.")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.adapter.dropout={self.dropout} must be in [0, 1).")
+            raise ValueError(f"{field_path(self, 'dropout')}={self.dropout} must be in [0, 1).")
 
     def num_params(self, input_dim: int, joint_dim: int) -> int:
         """Parameter count for a teacher of hidden size `input_dim` and a joint space of `joint_dim`."""

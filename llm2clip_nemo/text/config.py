@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ..config.loader import ConfigError
+from ..config.paths import config_path, field_path, set_config_path
 from ..formats.contract import TeacherContract, check_pooling, contract_path, read_contract, resolve_contract
 
 EMBEDDED = "embedded"
@@ -14,6 +16,9 @@ EMBEDDED = "embedded"
 
 @dataclass
 class TeacherConfig:
+    CONFIG_PATH: ClassVar[str] = "teacher"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
+
     path: str = EMBEDDED
     """Megatron teacher dir (`convert import-llm`), HF model dir, .gguf file, or 'embedded' (SmolLM2-135M-Instruct)."""
     tensor_parallel: int = 1
@@ -38,17 +43,17 @@ class TeacherConfig:
         """Checks of the values alone (ValueError naming the field); the teacher's files are checked by
         `check_available` where a run starts."""
         if self.pooling is not None:
-            check_pooling(self.pooling, "teacher.pooling")
+            check_pooling(self.pooling, field_path(self, "pooling"))
         if self.tensor_parallel < 1:
-            raise ValueError(f"teacher.tensor_parallel={self.tensor_parallel} must be >= 1.")
+            raise ValueError(f"{field_path(self, 'tensor_parallel')}={self.tensor_parallel} must be >= 1.")
         if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"teacher.dtype={self.dtype!r} must be auto, fp32 or bf16.")
+            raise ValueError(f"{field_path(self, 'dtype')}={self.dtype!r} must be auto, fp32 or bf16.")
 
     def check_available(self) -> None:
         """Where a run starts: ConfigError if `path` does not exist or this config disagrees with the
         teacher's contract (`contract`), each naming the field and the fix."""
         if self.path != EMBEDDED and not Path(self.path).exists():
-            raise ConfigError(f"teacher.path={self.path!r} does not exist: point it at a Megatron teacher dir "
+            raise ConfigError(f"{field_path(self, 'path')}={self.path!r} does not exist: point it at a Megatron teacher dir "
                               "(`llm2clip-nemo convert import-llm`), a HF model dir, or use 'embedded'.")
         self.contract()
 
@@ -71,10 +76,12 @@ class TeacherConfig:
         requested = {"bidirectional": self.bidirectional, "pooling": self.pooling, "max_length": self.max_length,
                      "text_preparation": self.text_preparation}
         if self.path == EMBEDDED:  # the packaged raw SmolLM2 records no contract
-            return resolve_contract(None, requested, EMBEDDED)
+            return resolve_contract(None, requested, EMBEDDED, prefix=field_path(self, ""))
         path = self.resolved_path()
-        return resolve_contract(read_contract(path), requested, str(contract_path(path)),
-                                fix=f"remove teacher.<field> from the config (teacher {self.path})")
+        contract = resolve_contract(read_contract(path), requested, str(contract_path(path)),
+                                    prefix=field_path(self, ""),
+                                    fix=f"remove {field_path(self, '<field>')} from the config (teacher {self.path})")
+        return set_config_path(contract, config_path(self))  # its run-time messages name this config's fields
 
 
 def expected_fingerprint(cfg: TeacherConfig) -> str:

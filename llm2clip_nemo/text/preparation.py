@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from ..config import ConfigError
+from ..config.paths import field_path
 from ..formats.contract import TeacherContract
 
 LLM2VEC_SEPARATOR = "!@#$%^&*()"
@@ -69,13 +70,15 @@ def _llm2vec_llama3_row(tokenizer, text: str, c: TeacherContract) -> tuple[list,
     return ids, [0] * (len(ids) - n) + [1] * n
 
 
-def check_llama3_tokens(tokenizer) -> None:
-    """llm2vec_llama3 needs Llama-3's chat tokens as single special tokens."""
+def check_llama3_tokens(tokenizer, contract: TeacherContract) -> None:
+    """llm2vec_llama3 needs Llama-3's chat tokens as single special tokens (ConfigError naming the
+    `contract`'s text_preparation field by its config path, `config.paths`)."""
+    field = field_path(contract, "text_preparation")
     vocab = tokenizer.get_vocab()
     missing = [t for t in ("<|start_header_id|>", "<|end_header_id|>", LLAMA3_EOT) if t not in vocab]
     if missing:
-        raise ConfigError(f"teacher.text_preparation=llm2vec_llama3 needs a Llama-3 tokenizer, but the teacher's "
-                          f"tokenizer lacks {missing}: set teacher.text_preparation=plain.")
+        raise ConfigError(f"{field}=llm2vec_llama3 needs a Llama-3 tokenizer, but the teacher's "
+                          f"tokenizer lacks {missing}: set {field}=plain.")
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:
@@ -91,18 +94,20 @@ def check_texts(texts: Sequence[str]) -> list[str]:
 
 
 def prepare_texts(tokenizer, texts: Sequence[str], contract: TeacherContract,
-                  instructions: Sequence[str] | None = None, length_field: str = "teacher.max_length",
+                  instructions: Sequence[str] | None = None, length_field: str | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Captions -> (input_ids, attention_mask, pool_mask), each [N, S] long, right-padded to the
     longest row (S <= contract.max_length). pool_mask is 1 on the tokens pooled into the caption
     vector. `instructions` (plain only) overrides the contract's instruction per row (stage 1
-    puts one on queries only); `length_field` names max_length's config field in errors. Raises ValueError for an empty list or an empty caption."""
+    puts one on queries only); `length_field` names max_length's config field in errors (None: the
+    contract's, `config.paths.field_path`). Raises ValueError for an empty list or an empty caption."""
     texts = check_texts(texts)
+    length_field = length_field or field_path(contract, "max_length")
     if contract.text_preparation == "llm2vec_llama3":
         if instructions is not None:
             raise ValueError("per-row instructions are a plain-preparation feature; llm2vec_llama3 takes the "
                              "contract's instruction.")
-        check_llama3_tokens(tokenizer)
+        check_llama3_tokens(tokenizer, contract)
         rows = [_llm2vec_llama3_row(tokenizer, t, contract) for t in texts]
     else:
         prefix = _ids(tokenizer, "", True)  # e.g. BOS for Llama tokenizers, nothing for GPT-2-style ones

@@ -83,10 +83,12 @@ class Teacher:
 
     @classmethod
     def load(cls, path, groups: ParallelLayout, contract: TeacherContract | None = None,
-             params_dtype: torch.dtype = torch.float32, use_te: bool | None = None) -> Teacher:
+             params_dtype: torch.dtype = torch.float32, use_te: bool | None = None,
+             tp_field: str = "teacher.tensor_parallel") -> Teacher:
         """The teacher at `path` split over `groups`' TP group. `contract` None: the one recorded with
         the teacher (defaults if it records none); a given contract must equal the recorded one
-        (ConfigError naming the first field that differs)."""
+        (ConfigError naming the first field that differs). `tp_field`: the TP size's config path, named
+        when it does not divide the heads."""
         from transformers import AutoTokenizer
 
         from ..formats.hf_io import find_gguf
@@ -98,7 +100,7 @@ class Teacher:
             contract = recorded or TeacherContract()
         elif recorded is not None:
             resolve_contract(recorded, contract.to_dict(), str(contract_path(path)))
-        spec, shard, meta = teacher_shard_for(path, groups.tp_size, groups.tp_rank)
+        spec, shard, meta = teacher_shard_for(path, groups.tp_size, groups.tp_rank, tp_field)
         options = EncoderOptions(contract.bidirectional, contract.pooling, params_dtype=params_dtype, use_te=use_te)
         encoder = MegatronLlamaEncoder(spec, groups, options)
         load_teacher_weights(encoder, shard)

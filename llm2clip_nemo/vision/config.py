@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
+
+from ..config.paths import field_path
 
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
 FAMILIES = ("clip", "siglip")
@@ -28,6 +31,9 @@ class ViTConfig:
     """A CLIP-style ViT: conv patches, class token, learned positions, pre-LN blocks, CLS pooling;
     or (family='siglip') the SigLIP / SigLIP2 layout: conv patches with bias, no class token, no
     pre-LayerNorm, post-LayerNorm over every token, attention-pooling (MAP) head, no projection."""
+
+    CONFIG_PATH: ClassVar[str] = "vision"
+    """Path named in messages when built in Python; a recipe records its own (`config.paths`)."""
 
     family: str = "clip"
     """'clip' (OpenAI/open_clip layout, HF CLIPVisionModelWithProjection) or 'siglip' (HF
@@ -130,37 +136,40 @@ class ViTConfig:
     def validate(self) -> None:
         """Raise ValueError naming the field, the value and the fix. Fields left to the checkpoint
         (`from_checkpoint_fields`) are checked once the fine-tune init has filled them in."""
+        def f(name: str) -> str:
+            return field_path(self, name)
+
         pending = set(self.from_checkpoint_fields())
         if pending & {"width", "num_heads", "image_size", "patch_size"}:
             return self._validate_switches()
         if self.width % self.num_heads:
             raise ValueError(
-                f"vision.width={self.width} is not divisible by vision.num_heads={self.num_heads}: "
-                f"set vision.width to a multiple of {self.num_heads} (e.g. "
-                f"{(self.width // self.num_heads + 1) * self.num_heads}) or choose a vision.num_heads "
+                f"{f('width')}={self.width} is not divisible by {f('num_heads')}={self.num_heads}: "
+                f"set {f('width')} to a multiple of {self.num_heads} (e.g. "
+                f"{(self.width // self.num_heads + 1) * self.num_heads}) or choose a {f('num_heads')} "
                 f"that divides {self.width}."
             )
         if self.image_size % self.patch_size and self.family != "siglip":  # SigLIP floors (So400m: 384 px, 14 px patches)
             raise ValueError(
-                f"vision.image_size={self.image_size} is not divisible by vision.patch_size="
+                f"{f('image_size')}={self.image_size} is not divisible by {f('patch_size')}="
                 f"{self.patch_size}: use an image size that is a multiple of the patch size (e.g. "
                 f"{(self.image_size // self.patch_size) * self.patch_size})."
             )
         if "family" not in pending and self.family not in FAMILIES:
-            raise ValueError(f"vision.family={self.family!r} is not supported: choose one of {list(FAMILIES)} "
+            raise ValueError(f"{f('family')}={self.family!r} is not supported: choose one of {list(FAMILIES)} "
                              f"(or '{FROM_CHECKPOINT}' to take the fine-tune checkpoint's).")
         if self.family == "siglip" and self.embed_dim != self.width:
-            raise ValueError(f"vision.family=siglip has no projection, so vision.embed_dim={self.embed_dim} must "
-                             f"equal vision.width={self.width}: set vision.embed_dim={self.width}.")
+            raise ValueError(f"{f('family')}=siglip has no projection, so {f('embed_dim')}={self.embed_dim} must "
+                             f"equal {f('width')}={self.width}: set {f('embed_dim')}={self.width}.")
         if "activation" not in pending and self.activation not in ACTIVATIONS:
-            raise ValueError(f"vision.activation={self.activation!r} is not supported: choose one of "
+            raise ValueError(f"{f('activation')}={self.activation!r} is not supported: choose one of "
                              f"{list(ACTIVATIONS)} (or '{FROM_CHECKPOINT}' to take the fine-tune checkpoint's).")
         for name in ("image_size", "patch_size", "num_channels", "width", "num_layers", "num_heads",
                      "mlp_dim", "embed_dim"):
             if name not in pending and getattr(self, name) < 1:
-                raise ValueError(f"vision.{name}={getattr(self, name)} must be >= 1.")
+                raise ValueError(f"{f(name)}={getattr(self, name)} must be >= 1.")
         if "layernorm_eps" not in pending and self.layernorm_eps < 0:
-            raise ValueError(f"vision.layernorm_eps={self.layernorm_eps} must be > 0.")
+            raise ValueError(f"{f('layernorm_eps')}={self.layernorm_eps} must be > 0.")
         self._validate_switches()
 
     def _validate_switches(self) -> None:
@@ -170,11 +179,12 @@ class ViTConfig:
             ("params_dtype", self.params_dtype, PARAMS_DTYPES),
         ):
             if value not in allowed:
-                raise ValueError(f"vision.{name}={value!r} is not supported: choose one of {list(allowed)}.")
+                raise ValueError(f"{field_path(self, name)}={value!r} is not supported: choose one of {list(allowed)}.")
         if self.fp8 and self.transformer_impl == "local" and not self.fp8_fallback:
             raise ValueError(
-                "vision.fp8=true needs vision.transformer_impl='transformer_engine' or 'auto' (the local "
-                "layers have no FP8 GEMMs): change transformer_impl or set vision.fp8=false."
+                f"{field_path(self, 'fp8')}=true needs {field_path(self, 'transformer_impl')}='transformer_engine' or "
+                f"'auto' (the local layers have no FP8 GEMMs): change transformer_impl or set "
+                f"{field_path(self, 'fp8')}=false."
             )
 
 
