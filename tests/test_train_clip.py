@@ -259,6 +259,22 @@ def test_unmapped_energon_construct_exits_2_in_one_line(tiny, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_validation_stream_names_the_fields_where_the_user_sets_them(tiny, tmp_path):
+    """The validation stream is assembled from model.validation_ds (urls, sidecar_dir, its one caption
+    field) and model.train_ds (the rest): its messages name each field where the user sets it (before:
+    'model.validation_ds.caption_fields' and 'model.validation_ds.seed', neither of which exists)."""
+    from llm2clip_nemo.models.llm2clip import LLM2CLIPModel
+    from llm2clip_nemo.models.nemo_base import to_dictconfig
+
+    teacher, train, val = tiny
+    model = LLM2CLIPModel(to_dictconfig(load_config(TrainCLIPConfig, None, tiny_overrides(teacher, train, val, tmp_path)).model))
+    named = model.validation_stream().named
+    assert [named(f) for f in ("urls", "sidecar_dir", "caption_fields", "seed", "transform")] == [
+        "model.validation_ds.urls", "model.validation_ds.sidecar_dir", "model.validation_ds.caption_field",
+        "model.train_ds.seed", "model.train_ds.transform"]
+    assert model.build_stream().named("caption_fields") == "model.train_ds.caption_fields"
+
+
 def test_every_caption_run_logs_the_multi_positive_loss_of_its_batches(tiny, tmp_path):
     """A 2-step offline run with caption_sampling=all: its step-0 loss equals the multi-positive loss
     of a fresh model (same seed) on the stream's first batch, all of txt and long as positives."""

@@ -14,6 +14,9 @@ import dataclasses
 
 PATH_ATTR = "_config_path"
 """Instance attribute holding the recorded path (not a dataclass field: never in YAML or checkpoints)."""
+ALIAS_ATTR = "_config_aliases"
+"""Instance attribute {field: full path} for a component assembled from several user sections (the
+validation stream: urls from model.validation_ds, seed from model.train_ds)."""
 
 
 def config_path(cfg) -> str:
@@ -24,14 +27,21 @@ def config_path(cfg) -> str:
 
 
 def field_path(cfg, name: str) -> str:
-    """The path of field `name` of component `cfg` as the user types it: 'model.train_ds.slots'."""
+    """The path of field `name` of component `cfg` as the user types it: 'model.train_ds.slots' (a
+    recorded alias first: see `set_config_path`)."""
+    alias = (getattr(cfg, ALIAS_ATTR, None) or {}).get(name)
+    if alias is not None:
+        return alias
     prefix = config_path(cfg)
     return f"{prefix}.{name}" if prefix else name
 
 
-def set_config_path(cfg, path: str):
-    """Record `path` as the place of component `cfg` (frozen dataclasses too); returns `cfg`."""
+def set_config_path(cfg, path: str, aliases: dict[str, str] | None = None):
+    """Record `path` as the place of component `cfg` (frozen dataclasses too), and `aliases` {field:
+    full path} for fields the user sets elsewhere; returns `cfg`."""
     object.__setattr__(cfg, PATH_ATTR, path)
+    if aliases is not None:
+        object.__setattr__(cfg, ALIAS_ATTR, dict(aliases))
     return cfg
 
 

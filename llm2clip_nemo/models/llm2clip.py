@@ -252,7 +252,9 @@ class LLM2CLIPModel(EngineCheckpointHooks, _model_pt()):
                         drop_last=False, upsampling_factors=None, weights=None, blend=False,
                         transform=replace_config(tc.train_ds.transform, train=False,
                                              image_size=vc.image_size or tc.vision.image_size))
-        set_config_path(ds, config_path(vc))  # its urls, sidecar_dir and caption field are model.validation_ds's
+        vp = config_path(vc)  # its urls, sidecar_dir and caption field are model.validation_ds's, the rest train_ds's
+        set_config_path(ds, config_path(tc.train_ds), aliases={"urls": f"{vp}.urls", "sidecar_dir": f"{vp}.sidecar_dir",
+                                                               "caption_fields": f"{vp}.caption_field"})
         offline = tc.teacher_mode == "offline"
         return ImageTextStream(ds, rank=0, world_size=1, output=tc.stream_output,
                                teacher_fingerprint=self.resolve_teacher_identity() if offline else None,
