@@ -149,7 +149,9 @@ def test_nonfinite_loss_on_one_rank_skips_the_step_on_both_gloo_ranks():
     assert run_workers(_skip_worker, 2) == [[(False, {"nonfinite_steps": 1.0}, 1, 1, True), msg]] * 2
 
 
-class _Cursor:
+class Cursor:
+    """A data source whose position is the count of batches it was told about (test_slots_faults uses it too)."""
+
     def __init__(self):
         self.n = 0
 
@@ -176,16 +178,16 @@ def test_payload_resume_gives_the_same_losses_weights_and_ema():
     cfg = OptimConfig(lr=0.05, warmup_steps=2, max_nonfinite_steps=0)
     torch.manual_seed(0)
     lin = torch.nn.Linear(3, 2)
-    eng = TrainEngine(lin, cfg, 6, ema=ema, data=_Cursor())
+    eng = TrainEngine(lin, cfg, 6, ema=ema, data=Cursor())
     ref = _noisy_run(eng, lin, 6)
     torch.manual_seed(0)
     lin2 = torch.nn.Linear(3, 2)
-    first = TrainEngine(lin2, cfg, 6, ema=ema, data=_Cursor())
+    first = TrainEngine(lin2, cfg, 6, ema=ema, data=Cursor())
     part = _noisy_run(first, lin2, 3)
     payload = first.state_dict()
     torch.manual_seed(123)  # another process: other init, other RNG position
     lin3 = torch.nn.Linear(3, 2)
-    resumed = TrainEngine(lin3, cfg, 6, ema=ema, data=_Cursor())
+    resumed = TrainEngine(lin3, cfg, 6, ema=ema, data=Cursor())
     resumed.load_state_dict(payload)
     assert (resumed.step, resumed.data.n) == (3, 3)
     assert part + _noisy_run(resumed, lin3, 3) == ref

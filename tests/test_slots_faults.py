@@ -118,23 +118,11 @@ def _ckpt_worker(rank, world, root):
     checkpoint (rank 1's file missing, damaged, or of step 3); both ranks load each: per copy, the
     (exception type, message) of this rank."""
     import torch.distributed as dist
+    from test_engine import Cursor
 
     from llm2clip_nemo.engine import TrainEngine
     from llm2clip_nemo.engine.checkpoint import rank_file
     from llm2clip_nemo.engine.optim import OptimConfig
-
-    class Cursor:
-        def __init__(self):
-            self.n = 0
-
-        def track(self, batch):
-            self.n += 1
-
-        def state_dict(self):
-            return {"n": self.n}
-
-        def load_state_dict(self, s):
-            self.n = s["n"]
 
     dist.init_process_group("gloo")
     torch.manual_seed(0)
