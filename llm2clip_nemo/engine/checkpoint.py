@@ -26,6 +26,7 @@ import json
 import random
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,15 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None, modules: M
     return state
 
 
+@contextmanager
+def _one_process_quiet():
+    """Context for DCP calls made in one process with no process group (a 1-process engine, export):
+    DCP then warns that it assumes one process, which is the intent; other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def _rank_world(group) -> tuple[int, int]:
     if not dist.is_initialized():
         return 0, 1
@@ -187,7 +197,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     state = _state(model, optimizer, modules)
     if async_save:
         return PendingSave(path, dcp.async_save(state, checkpoint_id=str(path), process_group=_async_group(group)))
-    dcp.save(state, checkpoint_id=str(path), process_group=group)
+    with _one_process_quiet():
+        dcp.save(state, checkpoint_id=str(path), process_group=group, no_dist=not dist.is_initialized())
     return PendingSave(path)
 
 
@@ -266,7 +277,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         if not any(k.startswith(name + ".") for k in stored):
             raise TrainingCheckpointError(f"{path} holds no {name!r} state (it has {sorted({k.split('.')[0] for k in stored})}): "
                                   f"load without {name!r}, or from a checkpoint saved with it.")
-    dcp.load(state, checkpoint_id=str(path), process_group=group)
+    with _one_process_quiet():
+        dcp.load(state, checkpoint_id=str(path), process_group=group, no_dist=not dist.is_initialized())
     if optimizer is not None:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     else:
@@ -301,7 +313,6 @@ def read_full_state_dict(path: str | Path, key: str = "model") -> dict[str, torc
                               "pass one of those as key.")
     flat = {k: torch.empty(m.size, dtype=m.properties.dtype) if isinstance(m, TensorStorageMetadata) else None
             for k, m in wanted.items()}
-    with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+    with _one_process_quiet():
         dcp.load(flat, checkpoint_id=str(path), no_dist=True)
     return {k[len(prefix):]: v for k, v in flat.items()}

@@ -19,7 +19,7 @@ Lightning stays the outer loop: `attach` hands the engine Lightning's `manual_ba
 wrapped optimizer's `step` (which counts `trainer.global_step`); without `attach` the engine uses
 `loss.backward()` and the bare optimizer (plain-torch use, tests).
 
-Length (~350 lines): the step and everything its checkpoint holds are one class on purpose, so the
+Length (~340 lines): the step and everything its checkpoint holds are one class on purpose, so the
 data position, optimizer, EMA, step and RNG are saved and restored by the code that owns them.
 """
 from __future__ import annotations
@@ -260,35 +260,17 @@ class TrainEngine:
 
     def load_sharded(self, path: str | Path, meta: dict) -> bool:
         """Restore a checkpoint written by `save_sharded` (tensors, into the current layout and world size)
-        and its `meta_state_dict()` (counters). The data position comes first, before any collective:
-        this rank's own at the world size that saved; at another world size every saved rank's, given
-        to the data source's `load_state_dicts` (when it has one; the stream re-splits its data slots).
-        The RNG is restored at the world size that saved (applied at the next `train_step`, after the
-        outer loop has built its data iterators) and left as it is otherwise. Collective over `dp_group`.
-        Returns whether the data position was restored. ValueError as `load_state_dict`; the data
-        source's own errors (e.g. DataSourceError) for a position it cannot take, and TrainingCheckpointError
-        for a missing rank file or one of another step; when only some ranks fail, the others raise
-        TrainingCheckpointError with the first failing rank's message (all before the collective load)."""
-        import torch.distributed as dist
-
-        from .checkpoint import load_checkpoint, read_rank_states, read_train_state
+        and its `meta_state_dict()` (counters). The data position comes first, before any collective
+        (`resume.restore_data_position`: this rank's own at the world size that saved, every saved rank's
+        at another). The RNG is restored at the world size that saved (applied at the next `train_step`,
+        after the outer loop has built its data iterators) and left as it is otherwise. Collective over
+        `dp_group`. Returns whether the data position was restored. ValueError as `load_state_dict`;
+        errors of the data position as `restore_data_position` raises them."""
+        from .checkpoint import load_checkpoint
+        from .resume import restore_data_position
 
         self.check_meta(meta)
-        same = read_train_state(path)["world_size"] == (dist.get_world_size(self.dp_group) if dist.is_initialized() else 1)
-        restored, error = False, None
-        try:
-            if self.data is not None:
-                if same:
-                    rank = dist.get_rank(self.dp_group) if dist.is_initialized() else 0
-                    states = [read_rank_states(path, [rank])[0]["data"]]
-                else:
-                    states = [s["data"] for s in read_rank_states(path)] if hasattr(self.data, "load_state_dicts") else [None]
-                if all(s is not None for s in states):
-                    got = self.data.load_state_dict(states[0]) if same else self.data.load_state_dicts(states)
-                    restored = got is not False
-        except Exception as e:  # noqa: BLE001 - every rank must learn of it before the collective load below
-            error = e
-        _agree_before_load(error, self.dp_group)
+        same, restored = restore_data_position(self.data, path, self.dp_group)
         load_checkpoint(path, self.model, self.optimizer, modules=self._sharded_modules(), group=self.dp_group)
         if self.ema is not None:
             self.ema.updates = int(meta["ema"]["updates"])
@@ -335,23 +317,6 @@ class TrainEngine:
             self.optimizer.load_state_dict(pending["optimizer"])
         if pending["rng"] is not None:
             set_rng_state(pending["rng"])
-
-
-def _agree_before_load(error: BaseException | None, group) -> None:
-    """Raise `error` (this rank's failure to take its part of a checkpoint) here, and on every other rank
-    of `group` a TrainingCheckpointError carrying the first failing rank's message, so that no rank enters
-    the collective load that a peer has left (it would wait forever). Collective over `group` when more
-    than one rank runs; returns when no rank failed."""
-    if dist.is_initialized() and dist.get_world_size(group) > 1:
-        msgs: list = [None] * dist.get_world_size(group)
-        dist.all_gather_object(msgs, None if error is None else str(error), group=group)
-        first = next((m for m in msgs if m is not None), None)
-        if error is None and first is not None:
-            from .checkpoint import TrainingCheckpointError
-
-            raise TrainingCheckpointError(first)
-    if error is not None:
-        raise error
 
 
 class _EmaShadows:
