@@ -161,27 +161,26 @@ class StreamTracker:
         """Totals over the tracked readers: samples per source ("valid", "raw"), the achieved "share" of
         valid samples per source and the "target" share (`weights`; None in factor mode), skips by
         reason, caption field counts, the furthest "epoch"."""
-        epochs = {p["epoch"] for p in self.positions.values()} or {0}
-        parts = [{**s, "epoch": max(epochs), "target": None} for s in self.stats.values()]
-        out = combine_summaries(parts or [{**empty_stats(n_sources), "epoch": max(epochs), "target": None}])
-        out["target"] = None if weights is None else list(weights)
-        return out
+        epoch = max((p["epoch"] for p in self.positions.values()), default=0)
+        return _totals(list(self.stats.values()), n_sources, epoch, None if weights is None else list(weights))
 
 
 def combine_summaries(parts: list[dict]) -> dict:
     """One `StreamTracker.summary()` of several ranks' (each rank's readers are its own): valid, raw,
     skipped and field counts summed, the furthest epoch, the share recomputed; "target" as given."""
-    out = empty_stats(len(parts[0]["valid"]))
-    for p in parts:
+    return _totals(parts, len(parts[0]["valid"]), max(p["epoch"] for p in parts), parts[0]["target"])
+
+
+def _totals(counts: list[dict], n_sources: int, epoch: int, target: list[float] | None) -> dict:
+    """Counts (`empty_stats` form) summed, with "epoch", the valid "share" per source and "target"."""
+    out = empty_stats(n_sources)
+    for c in counts:
         for k in ("skipped", "fields"):
-            for r, n in p[k].items():
+            for r, n in c[k].items():
                 out[k][r] = out[k].get(r, 0) + n
         for k in ("valid", "raw"):
-            out[k] = [a + b for a, b in zip(out[k], p[k])]
+            out[k] = [a + b for a, b in zip(out[k], c[k])]
     out["skipped"] = dict(sorted(out["skipped"].items()))
     out["fields"] = dict(sorted(out["fields"].items()))
-    out["epoch"] = max(p["epoch"] for p in parts)
     total = sum(out["valid"])
-    out["share"] = [v / total if total else 0.0 for v in out["valid"]]
-    out["target"] = parts[0]["target"]
-    return out
+    return {**out, "epoch": epoch, "share": [v / total if total else 0.0 for v in out["valid"]], "target": target}
